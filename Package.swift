@@ -1,0 +1,66 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Dependencies point one way: executable -> metrics, data plane -> core.
+// MirrorCore imports no C module and builds and tests anywhere.
+let package = Package(
+    name: "traffic-mirror",
+    products: [
+        .executable(name: "traffic-mirror", targets: ["traffic-mirror"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+    ],
+    targets: [
+        // C shim over libbpf: loading, attaching, maps, rings, test runs.
+        .target(
+            name: "CMirrorBPF",
+            linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]
+        ),
+        // C shim for what Glibc hides from Swift (mmsghdr, sendmmsg, setns).
+        .target(name: "CMirrorSys"),
+        // The BPF object, compiled from bpf/ at build time by the plugin.
+        .target(name: "MirrorBPFObject", plugins: ["BPFObjectBuilder"]),
+        .plugin(name: "BPFObjectBuilder", capability: .buildTool()),
+
+        .target(name: "MirrorCore"),
+        .target(
+            name: "MirrorDataPlane",
+            dependencies: [
+                "MirrorCore", "CMirrorBPF", "CMirrorSys", "MirrorBPFObject",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "traffic-mirror",
+            dependencies: [
+                "MirrorCore", "MirrorDataPlane",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // Tier 1: pure logic, runs anywhere.
+        .testTarget(name: "MirrorCoreTests", dependencies: ["MirrorCore"]),
+        // Tier 2: the loaded BPF program on frames built in Swift (root).
+        .testTarget(
+            name: "MirrorDataPlaneTests",
+            dependencies: ["MirrorDataPlane", "MirrorCore", "CMirrorBPF", "CMirrorSys", "MirrorTestSupport"]
+        ),
+        // Tier 3: the built binary between network namespaces (root).
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["MirrorCore", "MirrorDataPlane", "CMirrorSys", "MirrorTestSupport"]
+        ),
+        // Frame builders, namespaces and process helpers shared by tests.
+        .target(
+            name: "MirrorTestSupport",
+            dependencies: ["MirrorCore", "CMirrorSys"],
+            path: "Tests/MirrorTestSupport"
+        ),
+    ]
+)

@@ -1,0 +1,99 @@
+/*
+ * CMirrorSys: the system calls Swift's Glibc module hides (they need
+ * _GNU_SOURCE) or that are clearer as one small C call. Every function
+ * returns 0, a count or an fd on success and -errno on failure.
+ */
+#ifndef CMIRROR_SYS_H
+#define CMIRROR_SYS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+
+/* struct mmsghdr as the kernel has it; glibc declares it only under
+ * _GNU_SOURCE. */
+struct CMirrorSys_mmsghdr {
+	struct msghdr msg_hdr;
+	unsigned int msg_len;
+};
+
+int CMirrorSys_sendmmsg(int fd, struct CMirrorSys_mmsghdr *msgs, unsigned int count, int flags);
+int CMirrorSys_recvmmsg(int fd, struct CMirrorSys_mmsghdr *msgs, unsigned int count, int flags,
+			int timeout_ms);
+
+int CMirrorSys_socket(int domain, int type, int protocol);
+int CMirrorSys_setsockopt_int(int fd, int level, int name, int value);
+int CMirrorSys_getsockopt_int(int fd, int level, int name, int *value);
+int CMirrorSys_bind(int fd, const struct sockaddr *addr, socklen_t len);
+int CMirrorSys_connect(int fd, const struct sockaddr *addr, socklen_t len);
+int CMirrorSys_getsockname(int fd, struct sockaddr *addr, socklen_t *len);
+int CMirrorSys_close(int fd);
+/* Waits up to timeout_ms for `events` (POLLIN/POLLOUT) on fd; 0 on timeout. */
+int CMirrorSys_poll1(int fd, short events, int timeout_ms);
+
+/* epoll: create, add fd for reading (data = tag), wait returning tags. */
+int CMirrorSys_epoll_create(void);
+int CMirrorSys_epoll_add(int epfd, int fd, uint32_t tag);
+int CMirrorSys_epoll_wait(int epfd, uint32_t *tags, int max, int timeout_ms);
+/* An eventfd to wake an epoll wait from another thread. */
+int CMirrorSys_eventfd(void);
+int CMirrorSys_eventfd_signal(int fd);
+int CMirrorSys_eventfd_drain(int fd);
+
+/* Joins the calling thread to the network namespace of `fd` (a file of
+ * /run/netns or /proc/PID/ns/net). */
+int CMirrorSys_setns_net(int fd);
+int CMirrorSys_open_readonly(const char *path);
+
+int CMirrorSys_if_nametoindex(const char *name);
+int CMirrorSys_if_indextoname(int ifindex, char name[16]);
+/* Interface MTU and hardware address by name, through SIOCGIF* ioctls. */
+int CMirrorSys_if_mtu(const char *name);
+int CMirrorSys_if_hwaddr(const char *name, uint8_t mac[6]);
+
+/* Resolves a host name or literal (AF_UNSPEC; IPv4 first when both). */
+int CMirrorSys_resolve(const char *host, struct sockaddr_storage *out, socklen_t *len);
+
+/* Thread name of the calling thread (at most 15 characters). */
+void CMirrorSys_set_thread_name(const char *name);
+
+/* Process facts for metrics: CPU seconds (user+system), open fds. */
+double CMirrorSys_process_cpu_seconds(void);
+int CMirrorSys_count_open_fds(void);
+
+/* Monotonic and wall clocks in nanoseconds. */
+uint64_t CMirrorSys_monotonic_ns(void);
+uint64_t CMirrorSys_realtime_ns(void);
+
+
+
+/* Single-writer counters read by other threads: relaxed 64-bit accesses
+ * (no read-modify-write lock is needed with one writer). */
+static inline uint64_t CMirrorSys_load_relaxed_u64(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline void CMirrorSys_store_relaxed_u64(uint64_t *p, uint64_t v)
+{
+	__atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
+static inline void CMirrorSys_add_relaxed_u64(uint64_t *p, uint64_t v)
+{
+	__atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+
+/* A CPU hint inside spin loops. */
+static inline void CMirrorSys_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+#endif /* CMIRROR_SYS_H */

@@ -1,0 +1,265 @@
+#define _GNU_SOURCE
+#include "CMirrorSys.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+_Static_assert(sizeof(struct CMirrorSys_mmsghdr) == sizeof(struct mmsghdr),
+	       "CMirrorSys_mmsghdr must match struct mmsghdr");
+
+static int ret(int rc)
+{
+	return rc < 0 ? -errno : rc;
+}
+
+int CMirrorSys_sendmmsg(int fd, struct CMirrorSys_mmsghdr *msgs, unsigned int count, int flags)
+{
+	return ret(sendmmsg(fd, (struct mmsghdr *)msgs, count, flags));
+}
+
+int CMirrorSys_recvmmsg(int fd, struct CMirrorSys_mmsghdr *msgs, unsigned int count, int flags,
+			int timeout_ms)
+{
+	if (timeout_ms >= 0) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		int n = poll(&p, 1, timeout_ms);
+
+		if (n <= 0)
+			return n < 0 ? -errno : -EAGAIN;
+	}
+	return ret(recvmmsg(fd, (struct mmsghdr *)msgs, count, flags | MSG_DONTWAIT, NULL));
+}
+
+int CMirrorSys_socket(int domain, int type, int protocol)
+{
+	return ret(socket(domain, type | SOCK_CLOEXEC, protocol));
+}
+
+int CMirrorSys_setsockopt_int(int fd, int level, int name, int value)
+{
+	return ret(setsockopt(fd, level, name, &value, sizeof(value)));
+}
+
+int CMirrorSys_getsockopt_int(int fd, int level, int name, int *value)
+{
+	socklen_t len = sizeof(*value);
+
+	return ret(getsockopt(fd, level, name, value, &len));
+}
+
+int CMirrorSys_bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	return ret(bind(fd, addr, len));
+}
+
+int CMirrorSys_connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	return ret(connect(fd, addr, len));
+}
+
+int CMirrorSys_getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	return ret(getsockname(fd, addr, len));
+}
+
+int CMirrorSys_close(int fd)
+{
+	return ret(close(fd));
+}
+
+int CMirrorSys_poll1(int fd, short events, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+
+	return ret(poll(&p, 1, timeout_ms));
+}
+
+int CMirrorSys_epoll_create(void)
+{
+	return ret(epoll_create1(EPOLL_CLOEXEC));
+}
+
+int CMirrorSys_epoll_add(int epfd, int fd, uint32_t tag)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.u32 = tag };
+
+	return ret(epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev));
+}
+
+int CMirrorSys_epoll_wait(int epfd, uint32_t *tags, int max, int timeout_ms)
+{
+	struct epoll_event evs[64];
+	int n, i;
+
+	if (max > 64)
+		max = 64;
+	n = epoll_wait(epfd, evs, max, timeout_ms);
+	if (n < 0)
+		return errno == EINTR ? 0 : -errno;
+	for (i = 0; i < n; i++)
+		tags[i] = evs[i].data.u32;
+	return n;
+}
+
+int CMirrorSys_eventfd(void)
+{
+	return ret(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+}
+
+int CMirrorSys_eventfd_signal(int fd)
+{
+	uint64_t one = 1;
+
+	return ret((int)write(fd, &one, sizeof(one)));
+}
+
+int CMirrorSys_eventfd_drain(int fd)
+{
+	uint64_t v;
+
+	return ret((int)read(fd, &v, sizeof(v)));
+}
+
+int CMirrorSys_setns_net(int fd)
+{
+	return ret(setns(fd, CLONE_NEWNET));
+}
+
+int CMirrorSys_open_readonly(const char *path)
+{
+	return ret(open(path, O_RDONLY | O_CLOEXEC));
+}
+
+int CMirrorSys_if_nametoindex(const char *name)
+{
+	unsigned int idx = if_nametoindex(name);
+
+	return idx ? (int)idx : -errno;
+}
+
+int CMirrorSys_if_indextoname(int ifindex, char name[16])
+{
+	return if_indextoname((unsigned int)ifindex, name) ? 0 : -errno;
+}
+
+static int if_ioctl(const char *name, unsigned long req, struct ifreq *ifr)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), rc;
+
+	if (fd < 0)
+		return -errno;
+	memset(ifr, 0, sizeof(*ifr));
+	strncpy(ifr->ifr_name, name, IFNAMSIZ - 1);
+	rc = ioctl(fd, req, ifr);
+	rc = rc < 0 ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+int CMirrorSys_if_mtu(const char *name)
+{
+	struct ifreq ifr;
+	int rc = if_ioctl(name, SIOCGIFMTU, &ifr);
+
+	return rc < 0 ? rc : ifr.ifr_mtu;
+}
+
+int CMirrorSys_if_hwaddr(const char *name, uint8_t mac[6])
+{
+	struct ifreq ifr;
+	int rc = if_ioctl(name, SIOCGIFHWADDR, &ifr);
+
+	if (rc < 0)
+		return rc;
+	memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+	return ifr.ifr_hwaddr.sa_family;
+}
+
+int CMirrorSys_resolve(const char *host, struct sockaddr_storage *out, socklen_t *len)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM };
+	struct addrinfo *res, *ai, *pick = NULL;
+	int rc = getaddrinfo(host, NULL, &hints, &res);
+
+	if (rc != 0)
+		return rc == EAI_SYSTEM ? -errno : -ENOENT;
+	for (ai = res; ai; ai = ai->ai_next) {
+		if (ai->ai_family == AF_INET) {
+			pick = ai;
+			break;
+		}
+		if (!pick && ai->ai_family == AF_INET6)
+			pick = ai;
+	}
+	if (!pick) {
+		freeaddrinfo(res);
+		return -EAFNOSUPPORT;
+	}
+	memcpy(out, pick->ai_addr, pick->ai_addrlen);
+	*len = pick->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+void CMirrorSys_set_thread_name(const char *name)
+{
+	char buf[16];
+
+	strncpy(buf, name, sizeof(buf) - 1);
+	buf[15] = 0;
+	pthread_setname_np(pthread_self(), buf);
+}
+
+double CMirrorSys_process_cpu_seconds(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru) != 0)
+		return 0;
+	return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+	       ru.ru_stime.tv_usec / 1e6;
+}
+
+int CMirrorSys_count_open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -errno;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1; /* the directory's own fd */
+}
+
+uint64_t CMirrorSys_monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+uint64_t CMirrorSys_realtime_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}

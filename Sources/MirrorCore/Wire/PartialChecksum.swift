@@ -1,0 +1,58 @@
+/// Completes TCP/UDP checksums left for offload.
+///
+/// A host hands packets to the device with CHECKSUM_PARTIAL: the checksum
+/// field holds only the folded pseudo-header sum and the NIC finishes it on
+/// the wire. The hooks (and tcpdump) see it unfinished, both for packets
+/// this host sends and for packets a veth peer sends it. A mirror copy
+/// should carry what the wire carries, so an IDS that verifies checksums
+/// does not discard it: when the field equals the pseudo-header sum and the
+/// segment does not verify, the copy gets the finished checksum. Anything
+/// else, a checksum that is simply wrong included, is mirrored untouched.
+public enum PartialChecksum {
+    /// The finished checksum and where it goes (offset in the frame), or nil
+    /// when the frame's checksum is already complete, absent (UDP over IPv4
+    /// with 0) or not an unfinished offload value.
+    public static func completion(
+        frame: UnsafeRawBufferPointer, l3Offset: Int, l4Offset: Int, l4Protocol: UInt8
+    ) -> (offset: Int, value: UInt16)? {
+        let fieldOffset: Int
+        switch l4Protocol {
+        case 6: fieldOffset = l4Offset + 16
+        case 17: fieldOffset = l4Offset + 6
+        default: return nil
+        }
+        guard l3Offset >= 14, l4Offset > l3Offset, fieldOffset + 2 <= frame.count else { return nil }
+        let version = frame[l3Offset] >> 4
+        let l4End: Int
+        var pseudo: InternetChecksum
+        if version == 4 {
+            l4End = l3Offset + Int(be16(frame, l3Offset + 2))
+            guard l4End <= frame.count, l4End > l4Offset else { return nil }
+            pseudo = PseudoHeader.sumIPv4(
+                source: UnsafeRawBufferPointer(rebasing: frame[(l3Offset + 12)..<(l3Offset + 16)]),
+                destination: UnsafeRawBufferPointer(rebasing: frame[(l3Offset + 16)..<(l3Offset + 20)]),
+                protocol: l4Protocol, length: l4End - l4Offset)
+        } else if version == 6 {
+            l4End = l3Offset + 40 + Int(be16(frame, l3Offset + 4))
+            guard l4End <= frame.count, l4End > l4Offset else { return nil }
+            pseudo = PseudoHeader.sumIPv6(
+                source: UnsafeRawBufferPointer(rebasing: frame[(l3Offset + 8)..<(l3Offset + 24)]),
+                destination: UnsafeRawBufferPointer(rebasing: frame[(l3Offset + 24)..<(l3Offset + 40)]),
+                protocol: l4Protocol, length: l4End - l4Offset)
+        } else {
+            return nil
+        }
+        let stored = be16(frame, fieldOffset)
+        if l4Protocol == 17 && version == 4 && stored == 0 { return nil }
+        // Cheap test first: an unfinished field equals the folded pseudo sum.
+        guard stored == pseudo.folded else { return nil }
+        var full = pseudo
+        full.add(UnsafeRawBufferPointer(rebasing: frame[l4Offset..<fieldOffset]))
+        full.add(UnsafeRawBufferPointer(rebasing: frame[(fieldOffset + 2)..<l4End]))
+        var value = full.value
+        if value == 0 && l4Protocol == 17 { value = 0xFFFF } // UDP sends 0 as all ones
+        // A finished checksum that happens to equal the pseudo sum verifies.
+        if value == stored { return nil }
+        return (fieldOffset, value)
+    }
+}

@@ -1,0 +1,95 @@
+/// Writes the classic pcap format (nanosecond variant), which tcpdump,
+/// tshark and Wireshark read from a file or a pipe.
+public struct PcapWriter {
+    /// LINKTYPE_ETHERNET.
+    public static let linkTypeEthernet: UInt32 = 1
+    public static let magicNanoseconds: UInt32 = 0xA1B2_3C4D
+    public static let magicMicroseconds: UInt32 = 0xA1B2_C3D4
+
+    /// The 24-byte file header.
+    public static func fileHeader(snapLength: UInt32 = 262_144) -> [UInt8] {
+        var h = [UInt8]()
+        h.reserveCapacity(24)
+        append32(&h, magicNanoseconds)
+        append16(&h, 2); append16(&h, 4) // version 2.4
+        append32(&h, 0); append32(&h, 0) // thiszone, sigfigs
+        append32(&h, snapLength)
+        append32(&h, linkTypeEthernet)
+        return h
+    }
+
+    /// Appends one record header (16 bytes) for a frame captured at
+    /// `timestampNanoseconds` (since the epoch).
+    public static func appendRecordHeader(
+        _ out: inout [UInt8], timestampNanoseconds: UInt64, capturedLength: Int, originalLength: Int
+    ) {
+        append32(&out, UInt32(truncatingIfNeeded: timestampNanoseconds / 1_000_000_000))
+        append32(&out, UInt32(truncatingIfNeeded: timestampNanoseconds % 1_000_000_000))
+        append32(&out, UInt32(capturedLength))
+        append32(&out, UInt32(originalLength))
+    }
+
+    static func append16(_ b: inout [UInt8], _ v: UInt16) {
+        b.append(UInt8(v & 0xFF)); b.append(UInt8(v >> 8))
+    }
+
+    static func append32(_ b: inout [UInt8], _ v: UInt32) {
+        for i in 0..<4 { b.append(UInt8((v >> (8 * UInt32(i))) & 0xFF)) }
+    }
+}
+
+/// Reads a pcap file (either byte order, micro- or nanosecond stamps).
+public struct PcapReader {
+    public struct Frame: Equatable, Sendable {
+        public var timestampNanoseconds: UInt64
+        public var originalLength: Int
+        public var bytes: [UInt8]
+    }
+
+    public enum Error: Swift.Error, CustomStringConvertible {
+        case notPcap, truncated
+
+        public var description: String {
+            switch self {
+            case .notPcap: "not a pcap file (bad magic)"
+            case .truncated: "pcap file ends inside a record"
+            }
+        }
+    }
+
+    public let linkType: UInt32
+    public let frames: [Frame]
+
+    public init(bytes: [UInt8]) throws {
+        guard bytes.count >= 24 else { throw Error.notPcap }
+        func le32(_ o: Int) -> UInt32 {
+            UInt32(bytes[o]) | UInt32(bytes[o + 1]) << 8 | UInt32(bytes[o + 2]) << 16 | UInt32(bytes[o + 3]) << 24
+        }
+        let magic = le32(0)
+        let swapped: Bool
+        let nanos: Bool
+        switch magic {
+        case PcapWriter.magicMicroseconds: (swapped, nanos) = (false, false)
+        case PcapWriter.magicNanoseconds: (swapped, nanos) = (false, true)
+        case PcapWriter.magicMicroseconds.byteSwapped: (swapped, nanos) = (true, false)
+        case PcapWriter.magicNanoseconds.byteSwapped: (swapped, nanos) = (true, true)
+        default: throw Error.notPcap
+        }
+        func r32(_ o: Int) -> UInt32 { swapped ? le32(o).byteSwapped : le32(o) }
+        linkType = r32(20) & 0xFFFF
+        var out = [Frame]()
+        var o = 24
+        while o < bytes.count {
+            guard o + 16 <= bytes.count else { throw Error.truncated }
+            let sec = UInt64(r32(o)), frac = UInt64(r32(o + 4))
+            let cap = Int(r32(o + 8)), orig = Int(r32(o + 12))
+            o += 16
+            guard o + cap <= bytes.count else { throw Error.truncated }
+            out.append(Frame(
+                timestampNanoseconds: sec * 1_000_000_000 + (nanos ? frac : frac * 1000),
+                originalLength: orig, bytes: Array(bytes[o..<(o + cap)])))
+            o += cap
+        }
+        frames = out
+    }
+}

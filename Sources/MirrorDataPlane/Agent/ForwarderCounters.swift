@@ -1,0 +1,144 @@
+import CMirrorSys
+import Synchronization
+
+/// Why user space did not send a selected packet (the kernel's reasons are
+/// in `enum tm_session_outcome`).
+public enum UserDropReason: Int, CaseIterable, Sendable {
+    /// The network stack refused the packet (no route, message too long...).
+    case sendFailed
+    /// The socket stayed full (EAGAIN/ENOBUFS) past the back-pressure budget.
+    case backpressure
+    /// The record names a plan bank the agent no longer holds (cannot
+    /// happen unless a reload raced a crash); counted rather than sent wrong.
+    case noPlan
+
+    public var label: String {
+        switch self {
+        case .sendFailed: "send_failed"
+        case .backpressure: "backpressure"
+        case .noPlan: "no_plan"
+        }
+    }
+}
+
+/// Counters the forwarding thread writes and the metrics endpoint reads.
+///
+/// Storage is allocated once: one slot per (session, target) pair and per
+/// session, named through registries that only grow (a session keeps its
+/// counters across reloads, by name). Each slot has a single writer, the
+/// forwarding thread, so plain relaxed stores suffice; readers see whole
+/// 64-bit values.
+public final class ForwarderCounters: @unchecked Sendable {
+    // @unchecked: the raw storage follows the single-writer rule above; the
+    // registries are behind a Mutex.
+
+    public static let maxPairs = 4096
+    public static let maxSessions = 1024
+
+    let sentPackets: UnsafeMutablePointer<UInt64>
+    let sentBytes: UnsafeMutablePointer<UInt64>
+    let drops: UnsafeMutablePointer<UInt64>
+    let batches: UnsafeMutablePointer<UInt64>
+    let backpressureWaits: UnsafeMutablePointer<UInt64>
+
+    private struct Registry {
+        var pairs: [Pair: Int] = [:]
+        var sessions: [String: Int] = [:]
+    }
+
+    public struct Pair: Hashable, Sendable {
+        public var session: String
+        public var target: String
+    }
+
+    private let registry = Mutex(Registry())
+
+    public init() {
+        sentPackets = .allocate(capacity: Self.maxPairs)
+        sentPackets.initialize(repeating: 0, count: Self.maxPairs)
+        sentBytes = .allocate(capacity: Self.maxPairs)
+        sentBytes.initialize(repeating: 0, count: Self.maxPairs)
+        let n = Self.maxSessions * UserDropReason.allCases.count
+        drops = .allocate(capacity: n)
+        drops.initialize(repeating: 0, count: n)
+        batches = .allocate(capacity: 1)
+        batches.initialize(to: 0)
+        backpressureWaits = .allocate(capacity: 1)
+        backpressureWaits.initialize(to: 0)
+    }
+
+    deinit {
+        sentPackets.deallocate()
+        sentBytes.deallocate()
+        drops.deallocate()
+        batches.deallocate()
+        backpressureWaits.deallocate()
+    }
+
+    /// The slot of a (session, target) pair, created on first use; nil
+    /// when the table is full.
+    public func pairSlot(session: String, target: String) -> Int? {
+        registry.withLock { r in
+            let p = Pair(session: session, target: target)
+            if let s = r.pairs[p] { return s }
+            guard r.pairs.count < Self.maxPairs else { return nil }
+            r.pairs[p] = r.pairs.count
+            return r.pairs[p]
+        }
+    }
+
+    public func sessionSlot(_ name: String) -> Int? {
+        registry.withLock { r in
+            if let s = r.sessions[name] { return s }
+            guard r.sessions.count < Self.maxSessions else { return nil }
+            r.sessions[name] = r.sessions.count
+            return r.sessions[name]
+        }
+    }
+
+    // MARK: forwarding thread
+
+    @inline(__always)
+    func addSent(pair: Int, bytes: Int) {
+        CMirrorSys_add_relaxed_u64(sentPackets + pair, 1)
+        CMirrorSys_add_relaxed_u64(sentBytes + pair, UInt64(bytes))
+    }
+
+    @inline(__always)
+    func addDrop(session: Int, _ reason: UserDropReason) {
+        CMirrorSys_add_relaxed_u64(drops + session * UserDropReason.allCases.count + reason.rawValue, 1)
+    }
+
+    @inline(__always)
+    func addBatch() { CMirrorSys_add_relaxed_u64(batches, 1) }
+
+    @inline(__always)
+    func addBackpressureWait() { CMirrorSys_add_relaxed_u64(backpressureWaits, 1) }
+
+    // MARK: readers
+
+    public struct Snapshot: Sendable {
+        public var sent: [Pair: (packets: UInt64, bytes: UInt64)]
+        public var drops: [String: [UserDropReason: UInt64]]
+        public var batches: UInt64
+        public var backpressureWaits: UInt64
+    }
+
+    public func snapshot() -> Snapshot {
+        let (pairs, sessions) = registry.withLock { ($0.pairs, $0.sessions) }
+        var sent = [Pair: (UInt64, UInt64)]()
+        for (p, s) in pairs {
+            sent[p] = (CMirrorSys_load_relaxed_u64(sentPackets + s), CMirrorSys_load_relaxed_u64(sentBytes + s))
+        }
+        var d = [String: [UserDropReason: UInt64]]()
+        for (name, s) in sessions {
+            var m = [UserDropReason: UInt64]()
+            for r in UserDropReason.allCases {
+                m[r] = CMirrorSys_load_relaxed_u64(drops + s * UserDropReason.allCases.count + r.rawValue)
+            }
+            d[name] = m
+        }
+        return Snapshot(sent: sent, drops: d, batches: CMirrorSys_load_relaxed_u64(batches),
+                        backpressureWaits: CMirrorSys_load_relaxed_u64(backpressureWaits))
+    }
+}

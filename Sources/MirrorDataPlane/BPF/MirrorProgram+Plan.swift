@@ -1,0 +1,234 @@
+import CMirrorBPF
+import MirrorCore
+
+/// A session as the kernel needs it: limits already resolved against the
+/// target's MTU, the tunnel header already built.
+public struct KernelSession: Sendable, Equatable {
+    public var lengthLimit: UInt32
+    public var mtuLimit: UInt32
+    public var sampleEvery: UInt32
+    public var rate: UInt64
+    public var burst: UInt64
+    public var rateBits: Bool
+    public var tunnelHeader: [UInt8]
+
+    public init(lengthLimit: UInt32 = 0, mtuLimit: UInt32 = 0, sampleEvery: UInt32 = 0, rate: UInt64 = 0,
+                burst: UInt64 = 0, rateBits: Bool = false, tunnelHeader: [UInt8]) {
+        self.lengthLimit = lengthLimit
+        self.mtuLimit = mtuLimit
+        self.sampleEvery = sampleEvery
+        self.rate = rate
+        self.burst = burst
+        self.rateBits = rateBits
+        self.tunnelHeader = tunnelHeader
+    }
+}
+
+extension MirrorProgram {
+    // MARK: slots
+
+    public func setSlot(ifindex: UInt32, slot: UInt32) throws(SystemError) {
+        var k = ifindex, v = slot
+        try SystemError.check(CMirrorBPF_map_update(slotsMap, &k, &v, 0), "adding interface \(ifindex) to tm_slots")
+    }
+
+    public func removeSlot(ifindex: UInt32) {
+        var k = ifindex
+        _ = CMirrorBPF_map_delete(slotsMap, &k)
+    }
+
+    // MARK: plan banks
+
+    /// The bank the hooks read now.
+    public func activeBank() throws(SystemError) -> Int {
+        var k: UInt32 = 0
+        var c = tm_control()
+        try SystemError.check(CMirrorBPF_map_lookup(controlMap, &k, &c), "reading tm_control")
+        return Int(c.active_bank & 1)
+    }
+
+    /// Points the hooks at `bank` with one map write: each packet reads the
+    /// bank once, so none sees half of one plan and half of another.
+    public func activate(bank: Int) throws(SystemError) {
+        var k: UInt32 = 0
+        var c = tm_control()
+        _ = CMirrorBPF_map_lookup(controlMap, &k, &c)
+        c.active_bank = UInt32(bank)
+        c.generation &+= 1
+        try SystemError.check(CMirrorBPF_map_update(controlMap, &k, &c, 0), "switching tm_control to bank \(bank)")
+    }
+
+    /// Returns once every hook invocation that started before the call has
+    /// finished. Updating a map-in-map entry makes the kernel wait for an
+    /// RCU grace period (maybe_wait_bpf_programs), and the hooks run inside
+    /// RCU read sections; re-storing ring 0 is a no-op otherwise.
+    public func waitForRunningHooks(ring0: Int32) throws(SystemError) {
+        var k: UInt32 = 0
+        var fd = ring0
+        try SystemError.check(CMirrorBPF_map_update(ringsMap, &k, &fd, 0), "RCU barrier on tm_rings")
+    }
+
+    /// Writes sessions, scopes and filter entries into `bank`, which the hooks
+    /// must not be reading. `slots` maps interface names to slots.
+    /// Entries that a previous install left in this bank are deleted.
+    public func install(
+        plan: MirrorPlan, sessions: [KernelSession], slots: [String: UInt32], bank: Int,
+        previousKeys: inout [[UInt8]]
+    ) throws(SystemError) {
+        precondition(sessions.count == plan.sessions.count && sessions.count <= Int(TM_MAX_SESSIONS))
+        // Sessions: write the plan's, deactivate the rest of the bank.
+        for i in 0..<Int(TM_MAX_SESSIONS) {
+            var key = UInt32(bank * Int(TM_MAX_SESSIONS) + i)
+            var v = tm_session()
+            if i < sessions.count {
+                let s = sessions[i]
+                v.flags = UInt32(TM_SESSION_ACTIVE.rawValue) | (plan.sessions[i].filter != nil ? UInt32(TM_SESSION_FILTERED.rawValue) : 0)
+                v.length_limit = s.lengthLimit
+                v.mtu_limit = s.mtuLimit
+                v.sample_every = s.sampleEvery
+                v.rate = s.rate
+                v.burst = s.burst
+                v.rate_bits = s.rateBits ? 1 : 0
+                withUnsafeMutableBytes(of: &v.tunnel_hdr) { $0.copyBytes(from: s.tunnelHeader.prefix(8)) }
+            }
+            try SystemError.check(CMirrorBPF_map_update(sessionsMap, &key, &v, 0), "writing tm_sessions[\(key)]")
+        }
+        try resetSessionState(bank: bank)
+
+        // Scopes: every slot and direction of the bank, empty unless planned.
+        var planned = [UInt32: MirrorPlan.Scope]()
+        var scopeKeys = [Int: UInt32]()
+        for (index, scope) in plan.scopes.enumerated() {
+            guard let slot = slots[scope.interface] else { continue }
+            let key = Self.scope(bank: bank, slot: slot, direction: scope.direction)
+            planned[key] = scope
+            scopeKeys[index] = key
+        }
+        for slot in 0..<UInt32(TM_MAX_SLOTS) {
+            for d in Direction.allCases {
+                var key = Self.scope(bank: bank, slot: slot, direction: d)
+                var bytes = Self.slotPlanBytes(planned[key])
+                try SystemError.check(bytes.withUnsafeMutableBytes { CMirrorBPF_map_update(slotPlansMap, &key, $0.baseAddress, 0) },
+                                      "writing tm_slot_plans[\(key)]")
+            }
+        }
+
+        // Filter entries: delete what this bank held, then write the new.
+        for var k in previousKeys { _ = CMirrorBPF_map_delete(ruleMap, &k) }
+        previousKeys.removeAll()
+        let valueSize = MemoryLayout<tm_bits>.size
+        var value = [UInt8](repeating: 0, count: valueSize)
+        for e in plan.entries {
+            guard let scopeKey = scopeKeys[e.scope] else { continue }
+            var key = Self.lpmKey(scope: scopeKey, field: e.field, value: e.value, prefixLength: e.prefixLength)
+            for i in value.indices { value[i] = 0 }
+            value.withUnsafeMutableBytes { raw in
+                for (w, word) in e.bits.enumerated() { raw.storeBytes(of: word, toByteOffset: w * 8, as: UInt64.self) }
+            }
+            try SystemError.check(CMirrorBPF_map_update(ruleMap, &key, &value, 0),
+                                  "writing tm_rule_lpm (\(plan.entries.count) entries; the map holds 65536 for both banks)")
+            previousKeys.append(key)
+        }
+    }
+
+    static func scope(bank: Int, slot: UInt32, direction: Direction) -> UInt32 {
+        (UInt32(bank) * UInt32(TM_MAX_SLOTS) + slot) * UInt32(TM_DIR_COUNT.rawValue) + UInt32(direction.index)
+    }
+
+    static func lpmKey(scope: UInt32, field: MirrorPlan.Field, value: [UInt8], prefixLength: Int) -> [UInt8] {
+        var key = [UInt8](repeating: 0, count: MemoryLayout<tm_lpm_key>.size)
+        key.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: UInt32(TM_LPM_FIXED_BITS) + UInt32(prefixLength), toByteOffset: MemoryLayout<tm_lpm_key>.offset(of: \.prefixlen)!, as: UInt32.self)
+            raw.storeBytes(of: scope, toByteOffset: MemoryLayout<tm_lpm_key>.offset(of: \.scope)!, as: UInt32.self)
+            raw.storeBytes(of: UInt32(field.rawValue), toByteOffset: MemoryLayout<tm_lpm_key>.offset(of: \.field)!, as: UInt32.self)
+            let vo = MemoryLayout<tm_lpm_key>.offset(of: \.value)!
+            for (i, b) in value.prefix(16).enumerated() { raw[vo + i] = b }
+        }
+        return key
+    }
+
+    static func slotPlanBytes(_ scope: MirrorPlan.Scope?) -> [UInt8] {
+        typealias P = tm_slot_plan
+        var b = [UInt8](repeating: 0, count: MemoryLayout<P>.size)
+        guard let s = scope else { return b }
+        b.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: UInt32(s.sessions.count), toByteOffset: MemoryLayout<P>.offset(of: \.session_count)!, as: UInt32.self)
+            raw.storeBytes(of: UInt32(s.wordTotal), toByteOffset: MemoryLayout<P>.offset(of: \.word_total)!, as: UInt32.self)
+            raw.storeBytes(of: s.filteredMask, toByteOffset: MemoryLayout<P>.offset(of: \.filtered_mask)!, as: UInt32.self)
+            let so = MemoryLayout<P>.offset(of: \.session)!
+            let wso = MemoryLayout<P>.offset(of: \.word_start)!
+            let wco = MemoryLayout<P>.offset(of: \.word_count)!
+            for (i, sess) in s.sessions.enumerated() {
+                raw.storeBytes(of: UInt16(sess), toByteOffset: so + 2 * i, as: UInt16.self)
+                raw.storeBytes(of: UInt16(s.wordStart[i]), toByteOffset: wso + 2 * i, as: UInt16.self)
+                raw[wco + i] = UInt8(s.wordCount[i])
+            }
+            let ao = MemoryLayout<P>.offset(of: \.accept)!
+            for (w, word) in s.accept.enumerated() { raw.storeBytes(of: word, toByteOffset: ao + 8 * w, as: UInt64.self) }
+        }
+        return b
+    }
+
+    /// Zeroes a bank's session counters, sampling and rate state so a new
+    /// plan in it starts from nothing.
+    func resetSessionState(bank: Int) throws(SystemError) {
+        let cpus = cpuCount
+        var zeroCounters = [UInt8](repeating: 0, count: MemoryLayout<tm_session_counters>.stride * cpus)
+        var zeroSample = [UInt64](repeating: 0, count: cpus)
+        var zeroRate = [UInt8](repeating: 0, count: 32)
+        for i in 0..<Int(TM_MAX_SESSIONS) {
+            let skey = UInt32(bank * Int(TM_MAX_SESSIONS) + i)
+            for d in 0..<Int(TM_DIR_COUNT.rawValue) {
+                var k = skey * UInt32(TM_DIR_COUNT.rawValue) + UInt32(d)
+                try SystemError.check(CMirrorBPF_map_update(sessionStatsMap, &k, &zeroCounters, 0), "zeroing tm_session_stats")
+            }
+            var k = skey
+            try SystemError.check(CMirrorBPF_map_update(sampleMap, &k, &zeroSample, 0), "zeroing tm_sample")
+            try SystemError.check(CMirrorBPF_map_update(rateMap, &k, &zeroRate, 0), "zeroing tm_rate")
+        }
+    }
+
+    // MARK: counters
+
+    /// Interface counters of one slot and direction, summed over CPUs,
+    /// indexed by `enum tm_if_outcome`.
+    public func interfaceCounters(slot: UInt32, direction: Direction) throws(SystemError) -> [UInt64] {
+        var k = slot * UInt32(TM_DIR_COUNT.rawValue) + UInt32(direction.index)
+        return try perCPUSum(map: ifStatsMap, key: &k, counters: Int(TM_IF_OUTCOME_COUNT.rawValue), what: "tm_if_stats")
+    }
+
+    /// Session counters of one bank, session and direction, summed over
+    /// CPUs, indexed by `enum tm_session_outcome`.
+    public func sessionCounters(bank: Int, session: Int, direction: Direction) throws(SystemError) -> [UInt64] {
+        var k = UInt32((bank * Int(TM_MAX_SESSIONS) + session) * Int(TM_DIR_COUNT.rawValue) + direction.index)
+        return try perCPUSum(map: sessionStatsMap, key: &k, counters: Int(TM_SESSION_OUTCOME_COUNT.rawValue), what: "tm_session_stats")
+    }
+
+    private func perCPUSum(map: Int32, key: inout UInt32, counters: Int, what: String) throws(SystemError) -> [UInt64] {
+        // Per-CPU values come back one per possible CPU, each rounded up to 8 bytes.
+        var buf = [UInt64](repeating: 0, count: counters * cpuCount)
+        try SystemError.check(CMirrorBPF_map_lookup(map, &key, &buf), "reading \(what)")
+        var out = [UInt64](repeating: 0, count: counters)
+        for cpu in 0..<cpuCount {
+            for c in 0..<counters { out[c] &+= buf[cpu * counters + c] }
+        }
+        return out
+    }
+
+    /// Zeroes the counters of one interface slot (a slot that is reused).
+    public func resetInterfaceCounters(slot: UInt32) throws(SystemError) {
+        var zero = [UInt8](repeating: 0, count: MemoryLayout<tm_if_counters>.stride * cpuCount)
+        for d in 0..<UInt32(TM_DIR_COUNT.rawValue) {
+            var k = slot * UInt32(TM_DIR_COUNT.rawValue) + d
+            try SystemError.check(CMirrorBPF_map_update(ifStatsMap, &k, &zero, 0), "zeroing tm_if_stats")
+        }
+    }
+
+    /// Labels of the kernel's outcome lists, in index order.
+    public static let interfaceOutcomeLabels: [String] = (0..<TM_IF_OUTCOME_COUNT.rawValue).map {
+        String(cStringPointer: CMirrorBPF_if_outcome_label($0))
+    }
+    public static let sessionOutcomeLabels: [String] = (0..<TM_SESSION_OUTCOME_COUNT.rawValue).map {
+        String(cStringPointer: CMirrorBPF_session_outcome_label($0))
+    }
+}

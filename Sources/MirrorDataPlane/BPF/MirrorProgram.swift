@@ -1,0 +1,128 @@
+import CMirrorBPF
+import MirrorBPFObject
+
+/// The loaded BPF object: its programs and maps. Owns the libbpf object;
+/// closing it (deinit) releases every program and map the object holds.
+/// Attachments hold their own references and are owned separately.
+public final class MirrorProgram: @unchecked Sendable {
+    // @unchecked: the fds are immutable after load; map updates go through
+    // the kernel, which serialises them.
+
+    public struct Settings: Sendable {
+        /// Bytes of each per-CPU ring (a power of two, at least one page).
+        public var ringBytes: UInt32
+        /// skb mark of the agent's own packets (0: no loop protection).
+        public var ownMark: UInt32
+
+        public init(ringBytes: UInt32 = 8 << 20, ownMark: UInt32 = MirrorProgram.defaultOwnMark) {
+            self.ringBytes = ringBytes
+            self.ownMark = ownMark
+        }
+    }
+
+    /// "tmir" — the mark the agent puts on its packets and skips at egress.
+    public static let defaultOwnMark: UInt32 = 0x746D_6972
+
+    private let object: OpaquePointer
+    public let settings: Settings
+    public let cpuCount: Int
+
+    public let xdpIngress: Int32
+    public let tcEgress: Int32
+    public let tcIngress: Int32
+
+    public let controlMap: Int32
+    public let slotsMap: Int32
+    public let slotPlansMap: Int32
+    public let sessionsMap: Int32
+    public let ruleMap: Int32
+    public let ifStatsMap: Int32
+    public let sessionStatsMap: Int32
+    public let sampleMap: Int32
+    public let rateMap: Int32
+    public let ringsMap: Int32
+
+    /// Opens and loads the embedded object. The error names the cause and
+    /// the remedy (privileges, kernel features, verifier refusal).
+    public init(settings: Settings = Settings()) throws(OperationalError) {
+        self.settings = settings
+        let cpus = CMirrorBPF_num_possible_cpus()
+        guard cpus > 0 else { throw OperationalError("cannot read the number of possible CPUs: \(SystemError("libbpf_num_possible_cpus", code: cpus))") }
+        cpuCount = Int(cpus)
+        guard settings.ringBytes >= 4096, settings.ringBytes & (settings.ringBytes - 1) == 0 else {
+            throw OperationalError("ring size \(settings.ringBytes) must be a power of two of at least 4096 bytes")
+        }
+
+        CMirrorBPF_log_capture(1)
+        var obj: OpaquePointer?
+        let bytes = MirrorBPFObject.bytes
+        var rc = bytes.withUnsafeBytes {
+            CMirrorBPF_object_open($0.baseAddress, $0.count, "traffic_mirror", &obj)
+        }
+        guard rc == 0, let obj else {
+            throw OperationalError("cannot open the embedded BPF object: \(SystemError("bpf_object__open_mem", code: rc)); \(Self.takeLog())")
+        }
+        rc = CMirrorBPF_object_configure(obj, settings.ringBytes, UInt32(cpus), settings.ownMark)
+        if rc == 0 { rc = CMirrorBPF_object_load(obj) }
+        if rc != 0 {
+            let log = Self.takeLog()
+            CMirrorBPF_object_close(obj)
+            throw OperationalError(Self.explainLoadFailure(code: rc, log: log))
+        }
+        CMirrorBPF_log_capture(0)
+        object = obj
+
+        func prog(_ name: String) -> Int32 { CMirrorBPF_object_prog_fd(obj, name) }
+        func map(_ name: String) -> Int32 { CMirrorBPF_object_map_fd(obj, name) }
+        xdpIngress = prog("tm_xdp_ingress")
+        tcEgress = prog("tm_tc_egress")
+        tcIngress = prog("tm_tc_ingress")
+        controlMap = map("tm_control")
+        slotsMap = map("tm_slots")
+        slotPlansMap = map("tm_slot_plans")
+        sessionsMap = map("tm_sessions")
+        ruleMap = map("tm_rule_lpm")
+        ifStatsMap = map("tm_if_stats")
+        sessionStatsMap = map("tm_session_stats")
+        sampleMap = map("tm_sample")
+        rateMap = map("tm_rate")
+        ringsMap = map("tm_rings")
+        let fds = [xdpIngress, tcEgress, tcIngress, controlMap, slotsMap, slotPlansMap, sessionsMap,
+                   ruleMap, ifStatsMap, sessionStatsMap, sampleMap, rateMap, ringsMap]
+        guard fds.allSatisfy({ $0 >= 0 }) else {
+            CMirrorBPF_object_close(obj)
+            throw OperationalError("the embedded BPF object lacks a program or map this agent expects (a build mismatch); rebuild with swift build")
+        }
+    }
+
+    deinit {
+        CMirrorBPF_object_close(object)
+    }
+
+    static func takeLog() -> String {
+        var buf = [CChar](repeating: 0, count: 65536)
+        let n = CMirrorBPF_log_take(&buf, buf.count)
+        return String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// One line naming the cause and the remedy; the tail of the verifier
+    /// log when the verifier refused.
+    static func explainLoadFailure(code: Int32, log: String) -> String {
+        let err = SystemError("loading the BPF program", code: code)
+        switch -code {
+        case 1 /* EPERM */:
+            return "\(err): the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root); run it as root or with the capabilities of deploy/traffic-mirror.service"
+        case 22 /* EINVAL */, 524 /* ENOTSUPP */, 95 /* EOPNOTSUPP */:
+            return "\(err): this kernel lacks a BPF feature the program needs (XDP multi-buffer, bpf_xdp_load_bytes, ring buffers: Linux 5.18 or newer, with BTF); \(lastLines(log))"
+        case 13 /* EACCES */:
+            return "\(err): the kernel's verifier refused the program (a bug in this build, please report it): \(lastLines(log))"
+        default:
+            return "\(err): \(lastLines(log))"
+        }
+    }
+
+    static func lastLines(_ log: String) -> String {
+        let lines = log.split(separator: "\n").map { $0.drop { $0 == " " || $0 == "\t" } }.filter { !$0.isEmpty }
+        return lines.suffix(4).joined(separator: " | ")
+    }
+}

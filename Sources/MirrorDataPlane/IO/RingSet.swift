@@ -1,0 +1,181 @@
+import CMirrorBPF
+import CMirrorSys
+import MirrorCore
+
+/// The per-CPU ring buffers, mapped for consuming without libbpf's callback
+/// loop: records are read in place and released only after they are sent,
+/// so the sender reads them straight from the ring (no copy), and the
+/// kernel counts ring_full as soon as the agent falls behind.
+///
+/// Single consumer: only the forwarding thread may call `collect`/`release`.
+public final class RingSet: @unchecked Sendable {
+    // @unchecked: the mappings are touched by the forwarding thread only;
+    // `wake()` writes an eventfd, which is thread-safe.
+
+    public let count: Int
+    public let bytesPerRing: UInt32
+    let rings: UnsafeMutablePointer<CMirrorBPF_ring>
+    /// Read position per ring, ahead of the released consumer position.
+    let cursor: UnsafeMutablePointer<UInt64>
+    let fds: [Int32]
+    let epoll: Int32
+    let wakeFD: Int32
+    private var nextRing = 0
+
+    /// Creates one ring per possible CPU and puts it in the program's
+    /// ring array; the hooks may be attached afterwards.
+    public init(program: MirrorProgram) throws(SystemError) {
+        count = program.cpuCount
+        bytesPerRing = program.settings.ringBytes
+        rings = .allocate(capacity: count)
+        rings.initialize(repeating: CMirrorBPF_ring(), count: count)
+        cursor = .allocate(capacity: count)
+        cursor.initialize(repeating: 0, count: count)
+        var fds = [Int32]()
+        var ep: Int32 = -1, wk: Int32 = -1
+        do throws(SystemError) {
+            ep = try SystemError.check(CMirrorSys_epoll_create(), "epoll_create1")
+            wk = try SystemError.check(CMirrorSys_eventfd(), "eventfd")
+            try SystemError.check(CMirrorSys_epoll_add(ep, wk, UInt32.max), "epoll_ctl(eventfd)")
+            for cpu in 0..<count {
+                let fd = try SystemError.check(CMirrorBPF_ringbuf_create("tm_ring", bytesPerRing), "creating the ring buffer of CPU \(cpu)")
+                fds.append(fd)
+                var key = UInt32(cpu)
+                var value = fd
+                try SystemError.check(CMirrorBPF_map_update(program.ringsMap, &key, &value, 0), "tm_rings[\(cpu)]")
+                try SystemError.check(CMirrorBPF_ring_map(fd, bytesPerRing, rings + cpu), "mmap of ring \(cpu)")
+                cursor[cpu] = rings[cpu].consumer_pos.pointee
+                try SystemError.check(CMirrorSys_epoll_add(ep, fd, UInt32(cpu)), "epoll_ctl(ring \(cpu))")
+            }
+        } catch {
+            for cpu in 0..<count { CMirrorBPF_ring_unmap(rings + cpu) }
+            for fd in fds { _ = CMirrorSys_close(fd) }
+            if ep >= 0 { _ = CMirrorSys_close(ep) }
+            if wk >= 0 { _ = CMirrorSys_close(wk) }
+            rings.deallocate()
+            cursor.deallocate()
+            throw error
+        }
+        self.fds = fds
+        epoll = ep
+        wakeFD = wk
+    }
+
+    deinit {
+        for cpu in 0..<count { CMirrorBPF_ring_unmap(rings + cpu) }
+        for fd in fds { _ = CMirrorSys_close(fd) }
+        _ = CMirrorSys_close(epoll)
+        _ = CMirrorSys_close(wakeFD)
+        rings.deallocate()
+        cursor.deallocate()
+    }
+
+    /// The fd of ring 0 (for the RCU barrier of `MirrorProgram`).
+    public var firstRingFD: Int32 { fds[0] }
+
+    /// Appends up to `max` records to `batch`, taking the rings in turn so
+    /// a busy CPU cannot starve the others. Returns how many it added.
+    @inline(__always)
+    public func collect(into batch: inout RecordBatch, max: Int) -> Int {
+        var added = 0
+        var scanned = 0
+        var r = nextRing
+        while scanned < count && added < max {
+            added += collect(ring: r, into: &batch, max: max - added)
+            r = r + 1 == count ? 0 : r + 1
+            scanned += 1
+        }
+        nextRing = r
+        return added
+    }
+
+    @inline(__always)
+    private func collect(ring r: Int, into batch: inout RecordBatch, max: Int) -> Int {
+        let ring = rings[r]
+        var pos = cursor[r]
+        let producer = CMirrorBPF_load_acquire_u64(ring.producer_pos)
+        var added = 0
+        while pos < producer && added < max {
+            let header = ring.data + Int(pos & ring.mask)
+            let word = CMirrorBPF_load_acquire_u32(header)
+            if word & CMIRRORBPF_RING_BUSY_BIT != 0 { break } // reserved, not committed yet
+            let length = Int(word & ~(CMIRRORBPF_RING_BUSY_BIT | CMIRRORBPF_RING_DISCARD_BIT))
+            if word & CMIRRORBPF_RING_DISCARD_BIT == 0 {
+                // The data area is mapped twice, so a record never wraps.
+                batch.append(RecordView(base: UnsafeRawPointer(header + Int(CMIRRORBPF_RING_HDR_SIZE)), length: length))
+                added += 1
+            }
+            pos += UInt64((length + Int(CMIRRORBPF_RING_HDR_SIZE) + 7) & ~7)
+        }
+        cursor[r] = pos
+        return added
+    }
+
+    /// Gives every collected record's space back to the kernel.
+    @inline(__always)
+    public func release() {
+        for r in 0..<count {
+            let pos = cursor[r]
+            if rings[r].consumer_pos.pointee != pos {
+                CMirrorBPF_store_release_u64(rings[r].consumer_pos, pos)
+            }
+        }
+    }
+
+    /// Whether any ring holds records not collected yet.
+    public var hasPending: Bool {
+        for r in 0..<count where CMirrorBPF_load_acquire_u64(rings[r].producer_pos) != cursor[r] {
+            return true
+        }
+        return false
+    }
+
+    /// Sleeps until a ring has data, `wake()` is called, or the timeout.
+    public func wait(timeoutMilliseconds: Int32) {
+        var tags = [UInt32](repeating: 0, count: 8)
+        let n = CMirrorSys_epoll_wait(epoll, &tags, 8, timeoutMilliseconds)
+        if n > 0 && tags.prefix(Int(n)).contains(UInt32.max) {
+            _ = CMirrorSys_eventfd_drain(wakeFD)
+        }
+    }
+
+    /// Interrupts `wait` from any thread.
+    public func wake() {
+        _ = CMirrorSys_eventfd_signal(wakeFD)
+    }
+
+    /// Bytes waiting in each ring (for metrics).
+    public func backlog() -> [UInt64] {
+        (0..<count).map { r in
+            CMirrorBPF_load_acquire_u64(rings[r].producer_pos) &- CMirrorBPF_load_acquire_u64(rings[r].consumer_pos)
+        }
+    }
+}
+
+/// Records collected for one send: pointers into the rings, allocated once.
+public struct RecordBatch: ~Copyable {
+    public let capacity: Int
+    public private(set) var count = 0
+    let records: UnsafeMutablePointer<RecordView>
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+        records = .allocate(capacity: capacity)
+    }
+
+    deinit {
+        records.deallocate()
+    }
+
+    @inline(__always)
+    mutating func append(_ r: RecordView) {
+        records.advanced(by: count).initialize(to: r)
+        count += 1
+    }
+
+    @inline(__always)
+    public subscript(i: Int) -> RecordView { records[i] }
+
+    @inline(__always)
+    public mutating func removeAll() { count = 0 }
+}

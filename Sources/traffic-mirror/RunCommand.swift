@@ -1,0 +1,155 @@
+import ArgumentParser
+import Logging
+import MirrorCore
+import MirrorDataPlane
+import ServiceLifecycle
+
+extension DirectionSelection: ExpressibleByArgument {}
+extension HookPolicy.IngressHook: ExpressibleByArgument {}
+extension HookPolicy.TCAttach: ExpressibleByArgument {}
+
+/// A byte count with an optional K/M/G suffix (powers of 1024).
+struct ByteSize: ExpressibleByArgument {
+    var bytes: Int
+
+    init?(argument: String) {
+        let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        var text = Substring(argument.uppercased())
+        var scale = 1
+        if let last = text.last, let u = units[last] {
+            scale = u
+            text = text.dropLast()
+        }
+        if text.hasSuffix("I") { return nil }
+        guard let n = Int(text), n > 0 else { return nil }
+        bytes = n * scale
+    }
+}
+
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Attach to the interfaces and mirror until SIGINT or SIGTERM.",
+        discussion: """
+        Either --config FILE, or the quick flags for one unfiltered session: \
+        --interface (repeatable) and --target, with --vni, --direction and \
+        --packet-length. On stop everything attached is detached and the rings \
+        are drained, so every selected packet is sent or counted as dropped.
+        """
+    )
+
+    @Option(name: .customLong("interface"), help: ArgumentHelp("Source interface to mirror (repeatable).", valueName: "name"))
+    var interfaces: [String] = []
+
+    @Option(help: ArgumentHelp("Target as HOST[:PORT]: IPv4, [IPv6] in brackets, or a host name; port 4789 by default.", valueName: "host[:port]"))
+    var target: String?
+
+    @Option(help: ArgumentHelp("VXLAN network identifier, 0...16777215 (default 1).", valueName: "n"))
+    var vni: UInt32?
+
+    @Option(help: ArgumentHelp("Directions to mirror: ingress, egress or both (default both).", valueName: "direction"))
+    var direction: DirectionSelection?
+
+    @Option(help: ArgumentHelp("Keep only the first N bytes of each mirrored frame, 14...65535 (default: the whole frame, up to what the target's MTU allows).", valueName: "n"))
+    var packetLength: Int?
+
+    @Option(help: ArgumentHelp("Hook for ingress: xdp (default) or tc (for interfaces whose XDP slot another program holds, or NICs that strip VLAN tags before XDP).", valueName: "hook"))
+    var ingressHook: HookPolicy.IngressHook = .xdp
+
+    @Option(help: ArgumentHelp("How tc programs are attached: auto (tcx links where the kernel has them, else netlink filters), tcx, or netlink.", valueName: "mode"))
+    var tcAttach: HookPolicy.TCAttach = .auto
+
+    @Option(help: ArgumentHelp("Bytes of ring buffer per CPU, a power of two with an optional K/M/G suffix (default 8M).", valueName: "bytes"))
+    var ringSize: ByteSize = ByteSize(argument: "8M")!
+
+    @Option(help: ArgumentHelp("Records per sendmmsg batch, 1...4096 (default 256).", valueName: "n"))
+    var batchSize: Int = 256
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        var problems = [String]()
+        if interfaces.isEmpty { problems.append("--interface: at least one source interface is required") }
+        for name in interfaces where name.isEmpty || name.utf8.count > 15 || name.contains("/") || name.contains(" ") {
+            problems.append("--interface: \"\(name)\" is not an interface name (1 to 15 characters, no '/' or spaces)")
+        }
+        if let t = target {
+            do { _ = try HostPort(parsing: t) } catch { problems.append("--target: \(error.message)") }
+        } else {
+            problems.append("--target: a target is required (HOST[:PORT])")
+        }
+        if let v = vni, v > TunnelHeader.maxVNI {
+            problems.append("--vni: \(v) is out of range 0...\(TunnelHeader.maxVNI)")
+        }
+        if let p = packetLength, !(14...65535).contains(p) {
+            problems.append("--packet-length: \(p) is out of range 14...65535 (an Ethernet header is 14 bytes)")
+        }
+        let ring = ringSize.bytes
+        if ring < 4096 || ring & (ring - 1) != 0 || ring > 1 << 30 {
+            problems.append("--ring-size: \(ring) must be a power of two from 4K to 1G")
+        }
+        if !(1...4096).contains(batchSize) {
+            problems.append("--batch-size: \(batchSize) is out of range 1...4096")
+        }
+        if !problems.isEmpty {
+            throw ValidationError(problems.joined(separator: "\n"))
+        }
+    }
+
+    func makeConfig() throws -> MirrorConfig {
+        let t = try HostPort(parsing: target!)
+        return MirrorConfig.quick(interfaces: interfaces, target: t, vni: vni ?? 1,
+                                  direction: direction ?? .both, packetLength: packetLength)
+    }
+
+    func run() async throws {
+        let logger = logging.bootstrap()
+        let config = try makeConfig()
+        let options = Agent.Options(
+            program: .init(ringBytes: UInt32(ringSize.bytes)),
+            forwarder: .init(batchSize: batchSize),
+            hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach))
+        let agent: Agent
+        do {
+            agent = try Agent(options: options, logger: logger)
+        } catch {
+            report(error.message)
+            throw ExitCode(1)
+        }
+        do {
+            try agent.apply(config)
+        } catch {
+            agent.shutdown()
+            report(error.message)
+            throw ExitCode(1)
+        }
+        for t in agent.applied?.targets ?? [] {
+            logger.info("mirroring", metadata: [
+                "target": "\(t.name)", "endpoint": "\(t.endpointDescription)", "source": "\(t.source)",
+                "mtu": "\(t.mtu)", "frame_limit": "\(t.innerLimit)",
+            ])
+        }
+
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: AgentService(agent: agent, logger: logger))],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        try await group.run()
+    }
+}
+
+/// Keeps the agent running until graceful shutdown, then stops it.
+struct AgentService: Service {
+    let agent: Agent
+    let logger: Logger
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        logger.info("stopping: detaching hooks and draining the rings")
+        agent.shutdown()
+        let s = agent.forwarder.counters.snapshot()
+        let sent = s.sent.values.reduce(0) { $0 + $1.packets }
+        let dropped = s.drops.values.reduce(0) { $0 + $1.values.reduce(0, +) }
+        logger.info("stopped", metadata: ["sent_packets": "\(sent)", "user_space_drops": "\(dropped)"])
+    }
+}

@@ -1,0 +1,25 @@
+import ArgumentParser
+import CMirrorBPF
+import MirrorBPFObject
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct VersionCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "version",
+        abstract: "Print the version and build facts (libbpf version, BPF object hash)."
+    )
+
+    func run() throws {
+        var u = utsname()
+        uname(&u)
+        let kernel = withUnsafeBytes(of: u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        print("traffic-mirror \(TrafficMirror.version)")
+        print("libbpf \(String(decoding: UnsafeRawBufferPointer(start: CMirrorBPF_libbpf_version(), count: strlen(CMirrorBPF_libbpf_version())), as: UTF8.self))")
+        print("bpf object sha256 \(MirrorBPFObject.sha256) (\(MirrorBPFObject.bytes.count) bytes)")
+        print("bpf compiler \(MirrorBPFObject.compiler)")
+        print("kernel \(kernel)")
+    }
+}

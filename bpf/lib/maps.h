@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Every map of the mirror program, one comment each. Keys and values are
+ * defined in tm_abi.h; user space finds the maps by these names. */
+#ifndef TM_MAPS_H
+#define TM_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "../tm_abi.h"
+
+/* Which plan bank the hooks read (entry 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tm_control);
+} tm_control SEC(".maps");
+
+/* ifindex -> interface slot. Slots outlive reloads so counters stay put. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TM_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} tm_slots SEC(".maps");
+
+/* Sessions of each interface and direction, in evaluation order (per bank). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TM_SCOPE_COUNT);
+	__type(key, __u32);
+	__type(value, struct tm_slot_plan);
+} tm_slot_plans SEC(".maps");
+
+/* Per-session settings: limits, sampling, rate, tunnel header (per bank). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TM_BANKS * TM_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, struct tm_session);
+} tm_sessions SEC(".maps");
+
+/* Field value -> bitmap of the rules that allow it (see tm_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tm_lpm_key);
+	__type(value, struct tm_bits);
+} tm_rule_lpm SEC(".maps");
+
+/* Scratch for the AND of the field bitmaps (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tm_bits);
+} tm_match SEC(".maps");
+
+/* Outcome counters per interface slot and direction. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TM_MAX_SLOTS * TM_DIR_COUNT);
+	__type(key, __u32);
+	__type(value, struct tm_if_counters);
+} tm_if_stats SEC(".maps");
+
+/* Outcome counters per bank, session and direction. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TM_BANKS * TM_MAX_SESSIONS * TM_DIR_COUNT);
+	__type(key, __u32);
+	__type(value, struct tm_session_counters);
+} tm_session_stats SEC(".maps");
+
+/* Per-CPU count of selected packets per session, for 1-in-N sampling. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TM_BANKS * TM_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} tm_sample SEC(".maps");
+
+/* Token bucket per session, shared by all CPUs (hence the lock). */
+struct tm_rate_state {
+	struct bpf_spin_lock lock;
+	__u32 pad;
+	__u64 tokens; /* scaled by 1e9: token-nanoseconds */
+	__u64 last_ns;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TM_BANKS * TM_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, struct tm_rate_state);
+} tm_rate SEC(".maps");
+
+/* One ring buffer per possible CPU, so producers never contend. User space
+ * creates the rings and fills the slots before attaching; it also supplies
+ * the inner-map template (a ring of the configured size) at load time
+ * instead of a BTF-declared inner map, because libbpf 1.1 cannot resize a
+ * BTF-declared inner map (bpf_map__set_max_entries dereferences its NULL
+ * object pointer). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} tm_rings SEC(".maps");
+
+#endif /* TM_MAPS_H */

@@ -1,0 +1,382 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * traffic-mirror's kernel side: XDP (ingress) and tc (egress, or ingress
+ * where XDP is not wanted) programs that share one select path. Each picks
+ * the session that mirrors a packet (SPEC §3), writes the frame as it is on
+ * the wire into the CPU's ring buffer behind a record header and the
+ * session's tunnel header, and counts every outcome.
+ *
+ * Observe only: every exit lets the packet continue, unchanged. XDP returns
+ * XDP_PASS. tc returns TC_ACT_UNSPEC, which is TCX_NEXT for tcx links: the
+ * packet goes on to whatever programs and filters follow ours, exactly as
+ * if we were not there (TC_ACT_OK would skip them).
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "tm_abi.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/hash.h"
+#include "lib/classify.h"
+
+/* skb->mark of the agent's own packets (SO_MARK); 0 turns the check off. */
+const volatile __u32 tm_own_mark = 0;
+
+/* Keeps clang from folding a clamp the verifier needs to see. */
+#define tm_barrier_var(var) asm volatile("" : "+r"(var))
+
+struct tm_meta {
+	__u32 ifindex;
+	__u32 dir;
+	__u32 mark;
+	__u32 vlan_tags; /* 1 when the skb carries a tag as metadata */
+	__u16 vlan_proto; /* network order */
+	__u16 vlan_tci;   /* host order */
+	__u16 gso_size;
+	__u16 gso_segs;
+};
+
+/* The parsers as global functions, one per context type, each verified once
+ * (see tm_classify). */
+__noinline int tm_parse_xdp(struct xdp_md *ctx, struct tm_pkt *p)
+{
+	struct tm_src src = { .ctx = ctx };
+
+	if (!ctx || !p)
+		return -1;
+	src.len = bpf_xdp_get_buff_len(ctx);
+	tm_parse(&src, 1, p, 0);
+	return 0;
+}
+
+__noinline int tm_parse_skb(struct __sk_buff *skb, struct tm_pkt *p, __u32 tags)
+{
+	struct tm_src src = { .ctx = skb };
+
+	if (!skb || !p)
+		return -1;
+	src.len = skb->len;
+	tm_parse(&src, 0, p, tags);
+	return 0;
+}
+
+/* Copy the frame as it is on the wire into a record of `room` frame bytes,
+ * re-inserting a tag the skb carries as metadata after the MAC addresses. */
+static __always_inline int tm_copy(const struct tm_src *src, const int xdp,
+				   const struct tm_meta *m, __u8 *frame, __u32 cap,
+				   const __u32 room)
+{
+	__u32 n;
+
+	if (!xdp && m->vlan_tags) {
+		__u16 tci = bpf_htons(m->vlan_tci);
+
+		if (tm_load(src, xdp, 0, frame, 12))
+			return -1;
+		__builtin_memcpy(frame + 12, &m->vlan_proto, 2);
+		__builtin_memcpy(frame + 14, &tci, 2);
+		if (cap <= 16)
+			return 0;
+		n = cap - 16;
+		tm_barrier_var(n);
+		if (n > room - 16)
+			n = room - 16;
+		if (n == 0)
+			return 0;
+		return tm_load(src, xdp, 12, frame + 16, n);
+	}
+	n = cap;
+	tm_barrier_var(n);
+	if (n > room)
+		n = room;
+	if (n == 0)
+		return 0;
+	return tm_load(src, xdp, 0, frame, n);
+}
+
+static __always_inline void tm_fill(struct tm_record *r, const struct tm_meta *m,
+				    const struct tm_pkt *p, const struct tm_session *s,
+				    __u32 session, __u32 bank, __u32 frame_len,
+				    __u32 cap, __u32 flags)
+{
+	/* Offsets past the MAC addresses move with a re-inserted tag. */
+	__u32 shift = m->vlan_tags ? 4 : 0;
+
+	r->tstamp_ns = bpf_ktime_get_ns();
+	r->ifindex = m->ifindex;
+	r->orig_len = frame_len;
+	r->cap_len = cap;
+	r->flow_hash = tm_flow_hash(p);
+	r->session = session;
+	r->bank = bank;
+	r->direction = m->dir;
+	r->l4_proto = p->proto < 256 ? p->proto : 0;
+	r->l3_off = (p->flags & TM_PKT_IP) ? p->l3_off + shift : 0;
+	r->l4_off = (p->flags & TM_PKT_IP) && p->l4_off ? p->l4_off + shift : 0;
+	r->gso_size = m->gso_size;
+	r->gso_segs = m->gso_segs;
+	r->reserved = 0;
+	if (m->vlan_tags)
+		flags |= TM_REC_VLAN_INSERTED;
+	if (p->flags & TM_PKT_FRAGMENT)
+		flags |= TM_REC_FRAGMENT;
+	if ((p->flags & TM_PKT_L4_COMPLETE) && p->l4_end + shift <= cap)
+		flags |= TM_REC_L4_COMPLETE;
+	if (m->gso_segs > 1)
+		flags |= TM_REC_GSO;
+	r->flags = flags;
+	__builtin_memcpy(r->tunnel_hdr, s->tunnel_hdr, TM_TUNNEL_HDR_LEN);
+}
+
+/* Reserve a record of the smallest size class that holds `cap` frame bytes:
+ * the reserve size must be a constant, and one class per power of two keeps
+ * a 64-byte frame from taking a 16 KiB slot of the ring. */
+#define TM_EMIT_CLASS(room)                                                        \
+	if (cap <= (room)) {                                                       \
+		struct tm_record *r =                                              \
+			bpf_ringbuf_reserve(ring, TM_RECORD_HDR_LEN + (room), 0);  \
+		if (!r)                                                            \
+			return TM_SO_DROP_RING_FULL;                               \
+		tm_fill(r, m, p, s, session, bank, frame_len, cap, flags);         \
+		if (tm_copy(src, xdp, m, (__u8 *)(r + 1), cap, (room))) {          \
+			bpf_ringbuf_discard(r, 0);                                 \
+			return TM_SO_DROP_CAPTURE_ERROR;                           \
+		}                                                                  \
+		bpf_ringbuf_submit(r, 0);                                          \
+		return 0;                                                          \
+	}
+
+/* 0 when the record is in the ring, else the drop outcome. */
+static __always_inline int tm_emit(const struct tm_src *src, const int xdp,
+				   const struct tm_meta *m, const struct tm_pkt *p,
+				   const struct tm_session *s, __u32 session, __u32 bank,
+				   __u32 frame_len, __u32 cap, __u32 flags)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	void *ring = bpf_map_lookup_elem(&tm_rings, &cpu);
+
+	if (!ring)
+		return TM_SO_DROP_RING_FULL;
+	TM_EMIT_CLASS(72)
+	TM_EMIT_CLASS(200)
+	TM_EMIT_CLASS(456)
+	TM_EMIT_CLASS(968)
+	TM_EMIT_CLASS(1544)
+	TM_EMIT_CLASS(2056)
+	TM_EMIT_CLASS(4104)
+	TM_EMIT_CLASS(8200)
+	TM_EMIT_CLASS(TM_MAX_FRAME)
+	return TM_SO_DROP_CAPTURE_ERROR;
+}
+
+/* 1-in-N sampling, per CPU: the first of every N selected packets goes. */
+static __always_inline int tm_sampled_out(const struct tm_session *s, __u32 skey)
+{
+	__u64 *n;
+
+	if (s->sample_every <= 1)
+		return 0;
+	n = bpf_map_lookup_elem(&tm_sample, &skey);
+	if (!n)
+		return 0;
+	return (*n)++ % s->sample_every != 0;
+}
+
+/* Token bucket in tokens * 1e9 (token-nanoseconds) so refill is exact. */
+static __always_inline int tm_rate_limited(const struct tm_session *s, __u32 skey,
+					   __u32 frame_len)
+{
+	struct tm_rate_state *st;
+	__u64 now, cost, cap, tokens, full, elapsed;
+	int limited;
+
+	if (!s->rate)
+		return 0;
+	st = bpf_map_lookup_elem(&tm_rate, &skey);
+	if (!st)
+		return 0;
+	now = bpf_ktime_get_ns();
+	cost = (s->rate_bits ? (__u64)frame_len * 8 : 1) * 1000000000ULL;
+	cap = s->burst * 1000000000ULL;
+	/* Past this much idle time the bucket is full; capping the elapsed time
+	 * first keeps elapsed * rate from overflowing. */
+	full = cap / s->rate + 1;
+	bpf_spin_lock(&st->lock);
+	elapsed = now > st->last_ns ? now - st->last_ns : 0;
+	if (st->last_ns == 0 || elapsed >= full)
+		tokens = cap;
+	else
+		tokens = st->tokens + elapsed * s->rate;
+	if (tokens > cap)
+		tokens = cap;
+	st->last_ns = now;
+	limited = tokens < cost;
+	if (!limited)
+		tokens -= cost;
+	st->tokens = tokens;
+	bpf_spin_unlock(&st->lock);
+	return limited;
+}
+
+static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
+				      const struct tm_meta *m)
+{
+	struct tm_pkt pkt = {}, *p = &pkt;
+	struct tm_if_counters *ic;
+	struct tm_session_counters *sc;
+	struct tm_control *ctl;
+	struct tm_slot_plan *plan;
+	struct tm_session *s;
+	__u32 zero = 0, *slotp, slot, key, bank, scope, session, skey;
+	__u32 frame_len, cap, limit, reason, flags = 0;
+	int sid, drop;
+
+	slotp = bpf_map_lookup_elem(&tm_slots, &m->ifindex);
+	if (!slotp)
+		return;
+	slot = *slotp;
+	if (slot >= TM_MAX_SLOTS)
+		return;
+	key = slot * TM_DIR_COUNT + m->dir;
+	ic = bpf_map_lookup_elem(&tm_if_stats, &key);
+	if (!ic)
+		return;
+	ic->count[TM_IO_SEEN]++;
+
+	if (m->dir == TM_DIR_EGRESS && tm_own_mark && m->mark == tm_own_mark) {
+		ic->count[TM_IO_OWN_TRAFFIC]++;
+		return;
+	}
+
+	ctl = bpf_map_lookup_elem(&tm_control, &zero);
+	if (!ctl)
+		goto no_match;
+	bank = ctl->active_bank & 1;
+	scope = TM_SCOPE(bank, slot, m->dir);
+	plan = bpf_map_lookup_elem(&tm_slot_plans, &scope);
+	if (!plan)
+		goto no_match;
+
+	if (xdp)
+		tm_parse_xdp(src->ctx, p);
+	else
+		tm_parse_skb(src->ctx, p, m->vlan_tags);
+	if (p->flags & TM_PKT_MALFORMED)
+		ic->count[TM_IO_MALFORMED_IP]++;
+	if (p->flags & TM_PKT_L4_TRUNCATED)
+		ic->count[TM_IO_L4_TRUNCATED]++;
+
+	sid = tm_classify(scope, plan, p);
+	if (sid == TM_V_REJECTED) {
+		ic->count[TM_IO_REJECTED]++;
+		return;
+	}
+	if (sid < 0 || sid >= TM_MAX_SESSIONS)
+		goto no_match;
+	session = sid;
+	skey = bank * TM_MAX_SESSIONS + session;
+	s = bpf_map_lookup_elem(&tm_sessions, &skey);
+	key = skey * TM_DIR_COUNT + m->dir;
+	sc = bpf_map_lookup_elem(&tm_session_stats, &key);
+	if (!s || !sc)
+		goto no_match;
+	ic->count[TM_IO_SELECTED]++;
+	sc->count[TM_SO_SELECTED]++;
+
+	frame_len = src->len + (m->vlan_tags ? 4 : 0);
+	if (tm_sampled_out(s, skey)) {
+		sc->count[TM_SO_DROP_SAMPLED_OUT]++;
+		return;
+	}
+	if (tm_rate_limited(s, skey, frame_len)) {
+		sc->count[TM_SO_DROP_RATE_LIMITED]++;
+		return;
+	}
+
+	/* The tightest limit cuts the copy and names the reason; on a tie the
+	 * one the user asked for (packet_length) wins. */
+	limit = TM_MAX_FRAME;
+	reason = TM_SO_TRUNCATED_MAX;
+	if (s->mtu_limit && s->mtu_limit <= limit) {
+		limit = s->mtu_limit;
+		reason = TM_SO_TRUNCATED_MTU;
+	}
+	if (s->length_limit && s->length_limit <= limit) {
+		limit = s->length_limit;
+		reason = TM_SO_TRUNCATED_LENGTH;
+	}
+	cap = frame_len;
+	if (cap > limit) {
+		cap = limit;
+		flags = reason == TM_SO_TRUNCATED_LENGTH ? TM_REC_TRUNC_LENGTH :
+			reason == TM_SO_TRUNCATED_MTU	 ? TM_REC_TRUNC_MTU :
+							   TM_REC_TRUNC_MAX;
+	}
+
+	drop = tm_emit(src, xdp, m, p, s, session, bank, frame_len, cap, flags);
+	if (drop) {
+		if (drop == TM_SO_DROP_RING_FULL)
+			sc->count[TM_SO_DROP_RING_FULL]++;
+		else
+			sc->count[TM_SO_DROP_CAPTURE_ERROR]++;
+		return;
+	}
+	if (flags) {
+		if (reason == TM_SO_TRUNCATED_LENGTH)
+			sc->count[TM_SO_TRUNCATED_LENGTH]++;
+		else if (reason == TM_SO_TRUNCATED_MTU)
+			sc->count[TM_SO_TRUNCATED_MTU]++;
+		else
+			sc->count[TM_SO_TRUNCATED_MAX]++;
+	}
+	return;
+
+no_match:
+	ic->count[TM_IO_NO_MATCH]++;
+}
+
+SEC("xdp.frags")
+int tm_xdp_ingress(struct xdp_md *ctx)
+{
+	struct tm_src src = { .ctx = ctx, .len = bpf_xdp_get_buff_len(ctx) };
+	struct tm_meta m = { .ifindex = ctx->ingress_ifindex, .dir = TM_DIR_INGRESS };
+
+	tm_mirror(&src, 1, &m);
+	return XDP_PASS;
+}
+
+static __always_inline void tm_tc(struct __sk_buff *skb, __u32 dir)
+{
+	struct tm_src src = { .ctx = skb, .len = skb->len };
+	struct tm_meta m = {
+		.ifindex = skb->ifindex,
+		.dir = dir,
+		.mark = skb->mark,
+		.vlan_tags = skb->vlan_present ? 1 : 0,
+		.vlan_proto = skb->vlan_proto,
+		.vlan_tci = skb->vlan_tci,
+		.gso_size = skb->gso_size,
+		.gso_segs = skb->gso_segs,
+	};
+
+	tm_mirror(&src, 0, &m);
+}
+
+SEC("tc")
+int tm_tc_egress(struct __sk_buff *skb)
+{
+	tm_tc(skb, TM_DIR_EGRESS);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int tm_tc_ingress(struct __sk_buff *skb)
+{
+	tm_tc(skb, TM_DIR_INGRESS);
+	return TC_ACT_UNSPEC;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,232 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The kernel/user ABI of traffic-mirror: every struct, index, limit and
+ * outcome that crosses the line between the BPF program (bpf/mirror.bpf.c)
+ * and the Swift agent. Both sides include this one file; the Swift side
+ * imports it through the CMirrorBPF module and checks the layouts in
+ * Tests/MirrorDataPlaneTests/ABILayoutTests.swift.
+ *
+ * Only fixed-width types, no pointers, no bitfields.
+ */
+#ifndef TM_ABI_H
+#define TM_ABI_H
+
+#include <linux/types.h>
+
+/* ---- Limits ------------------------------------------------------------ */
+
+/* Interfaces one agent can hook (slots are stable across reloads). */
+#define TM_MAX_SLOTS 64
+/* Sessions in one plan bank, across all interfaces. */
+#define TM_MAX_SESSIONS 256
+/* Sessions evaluated for one interface and direction. */
+#define TM_MAX_SESSIONS_PER_SLOT 32
+/* Rules in one filter direction (AWS allows 10). */
+#define TM_MAX_RULES 256
+/* 64-bit words of a scope's rule bitmap: every rule of every session of one
+ * interface and direction has one bit. */
+#define TM_RULE_WORDS (TM_MAX_SESSIONS_PER_SLOT * TM_MAX_RULES / 64)
+/* Words of one filter direction (TM_MAX_RULES bits). */
+#define TM_FILTER_WORDS (TM_MAX_RULES / 64)
+/* Bytes of one frame copied into the ring; longer frames are truncated and
+ * counted (TM_SO_TRUNCATED_MAX). Covers every jumbo frame with two tags. */
+#define TM_MAX_FRAME 16384
+/* VLAN tags the parser looks through (802.1Q / 802.1ad). */
+#define TM_MAX_VLAN_DEPTH 2
+/* IPv6 extension headers walked before giving up on the transport header. */
+#define TM_MAX_EXT_HEADERS 8
+/* Plan banks: the hooks read one while user space writes the other. */
+#define TM_BANKS 2
+/* Bytes of the tunnel header (VXLAN, or GENEVE without options) that the
+ * kernel writes into every record so user space sends straight from the ring. */
+#define TM_TUNNEL_HDR_LEN 8
+
+enum tm_direction {
+	TM_DIR_INGRESS = 0, /* packets the interface receives (XDP) */
+	TM_DIR_EGRESS = 1,  /* packets the interface sends (tc) */
+	TM_DIR_COUNT = 2,
+};
+
+/* ---- Outcomes (one list for both sides, Cilium drop_reasons style) ------ */
+
+/*
+ * Per interface and direction. The first five partition what a hook saw:
+ *   seen = own_traffic + no_match + rejected + selected
+ * where selected is also counted per session. The side counters after them
+ * describe packets already counted in the partition.
+ */
+#define TM_IF_OUTCOMES(X)                                                  \
+	X(SEEN, seen)                                                      \
+	X(OWN_TRAFFIC, own_traffic)                                        \
+	X(NO_MATCH, no_match)                                              \
+	X(REJECTED, rejected)                                              \
+	X(SELECTED, selected)                                              \
+	X(MALFORMED_IP, malformed_ip)                                      \
+	X(L4_TRUNCATED, l4_truncated)
+
+/*
+ * Per session and direction. selected = sent (counted by user space) + the
+ * kernel drops here + the user-space drops. TRUNCATED_* are not drops: the
+ * shortened copy still goes out.
+ */
+#define TM_SESSION_OUTCOMES(X)                                             \
+	X(SELECTED, selected)                                              \
+	X(DROP_RING_FULL, ring_full)                                       \
+	X(DROP_SAMPLED_OUT, sampled_out)                                   \
+	X(DROP_RATE_LIMITED, rate_limited)                                 \
+	X(DROP_CAPTURE_ERROR, capture_error)                               \
+	X(TRUNCATED_LENGTH, packet_length)                                 \
+	X(TRUNCATED_MTU, mtu)                                              \
+	X(TRUNCATED_MAX, capture_max)
+
+#define TM_ENUM_IF(name, label) TM_IO_##name,
+enum tm_if_outcome { TM_IF_OUTCOMES(TM_ENUM_IF) TM_IF_OUTCOME_COUNT };
+#undef TM_ENUM_IF
+
+#define TM_ENUM_SO(name, label) TM_SO_##name,
+enum tm_session_outcome { TM_SESSION_OUTCOMES(TM_ENUM_SO) TM_SESSION_OUTCOME_COUNT };
+#undef TM_ENUM_SO
+
+/* Value of tm_if_stats (per-CPU), key = slot * TM_DIR_COUNT + direction. */
+struct tm_if_counters {
+	__u64 count[TM_IF_OUTCOME_COUNT];
+};
+
+/* Value of tm_session_stats (per-CPU),
+ * key = (bank * TM_MAX_SESSIONS + session) * TM_DIR_COUNT + direction. */
+struct tm_session_counters {
+	__u64 count[TM_SESSION_OUTCOME_COUNT];
+};
+
+/* ---- Plan (written by user space, read by the hooks) -------------------- */
+
+/* tm_control[0]: which bank the hooks read. Flipped with one 4-byte write;
+ * a hook reads it once per packet, so no packet sees half a plan. */
+struct tm_control {
+	__u32 active_bank;
+	__u32 generation; /* counts flips; informational */
+};
+
+enum tm_session_flags {
+	TM_SESSION_ACTIVE = 1 << 0,
+	TM_SESSION_FILTERED = 1 << 1, /* has a filter; else mirrors every frame */
+};
+
+/* tm_sessions, key = bank * TM_MAX_SESSIONS + session. */
+struct tm_session {
+	__u32 flags;        /* enum tm_session_flags */
+	__u32 length_limit; /* frame bytes kept because of packet_length; 0 = all */
+	__u32 mtu_limit;    /* frame bytes that fit the target MTU; 0 = no limit */
+	__u32 sample_every; /* mirror 1 of every N selected packets; 0 or 1 = all */
+	/* Token bucket, 0 = unlimited: tokens per second and bucket depth, in
+	 * packets, or in bits when rate_bits is 1. */
+	__u64 rate;
+	__u64 burst;
+	__u32 rate_bits;
+	__u32 reserved;
+	__u8 tunnel_hdr[TM_TUNNEL_HDR_LEN]; /* ready to send, VNI included */
+};
+
+/* Plans are banked per interface slot and direction: the "scope". */
+#define TM_SCOPE(bank, slot, dir) \
+	(((bank) * TM_MAX_SLOTS + (slot)) * TM_DIR_COUNT + (dir))
+#define TM_SCOPE_COUNT (TM_BANKS * TM_MAX_SLOTS * TM_DIR_COUNT)
+
+/*
+ * tm_slot_plans, key = scope. The sessions of one interface and direction in
+ * evaluation order. A filtered session owns rule-bitmap words
+ * [word_start[i], word_start[i] + word_count[i]); sessions that share a
+ * filter share words.
+ */
+struct tm_slot_plan {
+	__u32 session_count;
+	__u32 word_total;    /* bitmap words in use in this scope */
+	__u32 filtered_mask; /* bit i: session i has a filter */
+	__u32 reserved;
+	__u16 session[TM_MAX_SESSIONS_PER_SLOT];
+	__u16 word_start[TM_MAX_SESSIONS_PER_SLOT];
+	__u8 word_count[TM_MAX_SESSIONS_PER_SLOT];
+	/* Bit b set: rule b of this scope accepts (else it rejects). */
+	__u64 accept[TM_RULE_WORDS];
+};
+
+/*
+ * Filters as bitmaps (the bit-vector classifier): every rule of a scope has
+ * one bit. For each packet field a longest-prefix lookup in tm_rule_lpm
+ * yields the set of rules that the field value allows; the AND over all
+ * fields is the set of rules that match, and the lowest set bit of a
+ * session's words is its first matching rule. Ports and protocols are keys
+ * of 32-bit big-endian numbers (a port range becomes a few prefixes);
+ * addresses are keyed by family. Every (scope, field) used has a /0 entry.
+ */
+enum tm_field {
+	TM_FIELD_PROTO = 0,
+	TM_FIELD_SPORT = 1,
+	TM_FIELD_DPORT = 2,
+	TM_FIELD_SRC4 = 3,
+	TM_FIELD_DST4 = 4,
+	TM_FIELD_SRC6 = 5,
+	TM_FIELD_DST6 = 6,
+	TM_FIELD_COUNT = 7,
+};
+
+/* Port value of a packet without ports (ICMP, non-first fragment, transport
+ * header cut short, not TCP/UDP): only rules without ports allow it. */
+#define TM_PORT_NONE 65536
+/* Protocol value of an IP packet whose upper protocol was not found (IPv6
+ * extension-header chain longer than TM_MAX_EXT_HEADERS): only "all". */
+#define TM_PROTO_UNKNOWN 256
+
+struct tm_lpm_key {
+	__u32 prefixlen; /* TM_LPM_FIXED_BITS + prefix bits of value */
+	__u32 scope;
+	__u32 field;     /* enum tm_field */
+	__u8 value[16];  /* network order; numbers as 32-bit big-endian */
+};
+#define TM_LPM_FIXED_BITS 64
+
+/* Value of tm_rule_lpm. Only the first word_total words of a scope count. */
+struct tm_bits {
+	__u64 word[TM_RULE_WORDS];
+};
+
+/* ---- Ring records (kernel -> user space) -------------------------------- */
+
+enum tm_record_flags {
+	TM_REC_TRUNC_LENGTH = 1 << 0,  /* cut by packet_length */
+	TM_REC_TRUNC_MTU = 1 << 1,     /* cut to fit the target MTU */
+	TM_REC_TRUNC_MAX = 1 << 2,     /* cut at TM_MAX_FRAME */
+	TM_REC_VLAN_INSERTED = 1 << 3, /* tag re-inserted from skb metadata */
+	TM_REC_L4_COMPLETE = 1 << 4,   /* a whole TCP/UDP segment from l4_off */
+	TM_REC_FRAGMENT = 1 << 5,      /* IP fragment, first or not */
+	TM_REC_GSO = 1 << 6,           /* the skb was a GSO super-packet */
+};
+
+/*
+ * One ring record: this header (tunnel header last), then cap_len bytes of
+ * the frame exactly as on the wire, VLAN tags included. l3_off and l4_off
+ * are relative to the start of the frame.
+ */
+struct tm_record {
+	__u64 tstamp_ns; /* bpf_ktime_get_ns() at the hook */
+	__u32 ifindex;
+	__u32 orig_len;  /* frame length on the wire */
+	__u32 cap_len;   /* frame bytes in this record */
+	__u32 flow_hash; /* symmetric hash of the inner flow */
+	__u16 session;   /* index in the record's bank */
+	__u8 bank;
+	__u8 direction;  /* enum tm_direction */
+	__u8 flags;      /* enum tm_record_flags */
+	__u8 l4_proto;   /* IP protocol of the transport header, if any */
+	__u16 l3_off;    /* 0 when not IP */
+	__u16 l4_off;    /* 0 when no transport header was found */
+	__u16 gso_size;  /* skb gso_size at tc, else 0 */
+	__u16 gso_segs;  /* skb gso_segs at tc, else 0 */
+	__u16 reserved;
+	__u8 tunnel_hdr[TM_TUNNEL_HDR_LEN];
+	/* __u8 frame[cap_len]; */
+};
+
+#define TM_RECORD_HDR_LEN 48 /* sizeof(struct tm_record), tunnel header included */
+
+#endif /* TM_ABI_H */

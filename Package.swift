@@ -45,21 +45,23 @@ let package = Package(
         ),
 
         // Tier 1: pure logic, runs anywhere.
-        .testTarget(name: "MirrorCoreTests", dependencies: ["MirrorCore"]),
+        .testTarget(name: "MirrorCoreTests", dependencies: ["MirrorCore", "MirrorFixtures"]),
         // Tier 2: the loaded BPF program on frames built in Swift (root).
         .testTarget(
             name: "MirrorDataPlaneTests",
-            dependencies: ["MirrorDataPlane", "MirrorCore", "CMirrorBPF", "CMirrorSys", "MirrorTestSupport"]
+            dependencies: ["MirrorDataPlane", "MirrorCore", "CMirrorBPF", "CMirrorSys", "MirrorFixtures", "MirrorTestSupport"]
         ),
         // Tier 3: the built binary between network namespaces (root).
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["MirrorCore", "MirrorDataPlane", "CMirrorSys", "MirrorTestSupport"]
+            dependencies: ["MirrorCore", "MirrorDataPlane", "CMirrorBPF", "CMirrorSys", "MirrorFixtures", "MirrorTestSupport"]
         ),
-        // Frame builders, namespaces and process helpers shared by tests.
+        // Frames built byte by byte (pure Swift, any platform).
+        .target(name: "MirrorFixtures", dependencies: ["MirrorCore"], path: "Tests/MirrorFixtures"),
+        // Namespaces, captures and processes for the privileged tiers.
         .target(
             name: "MirrorTestSupport",
-            dependencies: ["MirrorCore", "CMirrorSys"],
+            dependencies: ["MirrorCore", "MirrorFixtures", "CMirrorSys", "CMirrorBPF"],
             path: "Tests/MirrorTestSupport"
         ),
     ]

@@ -125,8 +125,6 @@ static __always_inline void tm_fill(struct tm_record *r, const struct tm_meta *m
 		flags |= TM_REC_FRAGMENT;
 	if ((p->flags & TM_PKT_L4_COMPLETE) && p->l4_end + shift <= cap)
 		flags |= TM_REC_L4_COMPLETE;
-	if (m->gso_segs > 1)
-		flags |= TM_REC_GSO;
 	r->flags = flags;
 	__builtin_memcpy(r->tunnel_hdr, s->tunnel_hdr, TM_TUNNEL_HDR_LEN);
 }
@@ -169,6 +167,8 @@ static __always_inline int tm_emit(const struct tm_src *src, const int xdp,
 	TM_EMIT_CLASS(4104)
 	TM_EMIT_CLASS(8200)
 	TM_EMIT_CLASS(TM_MAX_FRAME)
+	TM_EMIT_CLASS(32768)
+	TM_EMIT_CLASS(TM_MAX_GSO_FRAME)
 	return TM_SO_DROP_CAPTURE_ERROR;
 }
 
@@ -221,6 +221,26 @@ static __always_inline int tm_rate_limited(const struct tm_session *s, __u32 ske
 	return limited;
 }
 
+/* UDP ports of tunnels whose GSO packets carry an inner segmentation that
+ * cutting by the outer UDP payload would get wrong. */
+static __always_inline int tm_tunnel_port(__u16 port)
+{
+	return port == 4789 || port == 6081 || port == 8472 || port == 4790;
+}
+
+/* Whether user space can cut this GSO super-packet into its wire segments
+ * the way the kernel's GSO will (TCP segmentation, UDP segmentation). */
+static __always_inline int tm_segmentable(const struct tm_meta *m, const struct tm_pkt *p)
+{
+	if (m->gso_segs <= 1 || m->gso_size == 0)
+		return 0;
+	if (!(p->flags & TM_PKT_L4_COMPLETE))
+		return 0;
+	if (p->proto == IPPROTO_TCP)
+		return 1;
+	return p->proto == IPPROTO_UDP && !tm_tunnel_port(p->dport) && !tm_tunnel_port(p->sport);
+}
+
 static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 				      const struct tm_meta *m)
 {
@@ -231,7 +251,7 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	struct tm_slot_plan *plan;
 	struct tm_session *s;
 	__u32 zero = 0, *slotp, slot, key, bank, scope, session, skey;
-	__u32 frame_len, cap, limit, reason, flags = 0;
+	__u32 frame_len, cap, limit, reason, flags = 0, segs;
 	int sid, drop;
 
 	slotp = bpf_map_lookup_elem(&tm_slots, &m->ifindex);
@@ -244,10 +264,13 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	ic = bpf_map_lookup_elem(&tm_if_stats, &key);
 	if (!ic)
 		return;
-	ic->count[TM_IO_SEEN]++;
+	/* Counted as the packets the wire carries: a GSO super-packet is the
+	 * gso_segs segments it becomes. */
+	segs = m->gso_segs > 1 ? m->gso_segs : 1;
+	ic->count[TM_IO_SEEN] += segs;
 
 	if (m->dir == TM_DIR_EGRESS && tm_own_mark && m->mark == tm_own_mark) {
-		ic->count[TM_IO_OWN_TRAFFIC]++;
+		ic->count[TM_IO_OWN_TRAFFIC] += segs;
 		return;
 	}
 
@@ -265,13 +288,13 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	else
 		tm_parse_skb(src->ctx, p, m->vlan_tags);
 	if (p->flags & TM_PKT_MALFORMED)
-		ic->count[TM_IO_MALFORMED_IP]++;
+		ic->count[TM_IO_MALFORMED_IP] += segs;
 	if (p->flags & TM_PKT_L4_TRUNCATED)
-		ic->count[TM_IO_L4_TRUNCATED]++;
+		ic->count[TM_IO_L4_TRUNCATED] += segs;
 
 	sid = tm_classify(scope, plan, p);
 	if (sid == TM_V_REJECTED) {
-		ic->count[TM_IO_REJECTED]++;
+		ic->count[TM_IO_REJECTED] += segs;
 		return;
 	}
 	if (sid < 0 || sid >= TM_MAX_SESSIONS)
@@ -283,59 +306,70 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	sc = bpf_map_lookup_elem(&tm_session_stats, &key);
 	if (!s || !sc)
 		goto no_match;
-	ic->count[TM_IO_SELECTED]++;
-	sc->count[TM_SO_SELECTED]++;
+	ic->count[TM_IO_SELECTED] += segs;
+	sc->count[TM_SO_SELECTED] += segs;
 
 	frame_len = src->len + (m->vlan_tags ? 4 : 0);
 	if (tm_sampled_out(s, skey)) {
-		sc->count[TM_SO_DROP_SAMPLED_OUT]++;
+		sc->count[TM_SO_DROP_SAMPLED_OUT] += segs;
 		return;
 	}
 	if (tm_rate_limited(s, skey, frame_len)) {
-		sc->count[TM_SO_DROP_RATE_LIMITED]++;
+		sc->count[TM_SO_DROP_RATE_LIMITED] += segs;
 		return;
 	}
 
-	/* The tightest limit cuts the copy and names the reason; on a tie the
-	 * one the user asked for (packet_length) wins. */
-	limit = TM_MAX_FRAME;
-	reason = TM_SO_TRUNCATED_MAX;
-	if (s->mtu_limit && s->mtu_limit <= limit) {
-		limit = s->mtu_limit;
-		reason = TM_SO_TRUNCATED_MTU;
-	}
-	if (s->length_limit && s->length_limit <= limit) {
-		limit = s->length_limit;
-		reason = TM_SO_TRUNCATED_LENGTH;
-	}
-	cap = frame_len;
-	if (cap > limit) {
-		cap = limit;
-		flags = reason == TM_SO_TRUNCATED_LENGTH ? TM_REC_TRUNC_LENGTH :
-			reason == TM_SO_TRUNCATED_MTU	 ? TM_REC_TRUNC_MTU :
-							   TM_REC_TRUNC_MAX;
+	if (segs > 1 && tm_segmentable(m, p)) {
+		/* Whole, for user space to cut; the limits apply per segment. */
+		flags = TM_REC_GSO;
+		cap = frame_len < TM_MAX_GSO_FRAME ? frame_len : TM_MAX_GSO_FRAME;
+		reason = 0;
+	} else {
+		/* The tightest limit cuts the copy and names the reason; on a
+		 * tie the one the user asked for (packet_length) wins. */
+		limit = TM_MAX_FRAME;
+		reason = TM_SO_TRUNCATED_MAX;
+		if (s->mtu_limit && s->mtu_limit <= limit) {
+			limit = s->mtu_limit;
+			reason = TM_SO_TRUNCATED_MTU;
+		}
+		if (s->length_limit && s->length_limit <= limit) {
+			limit = s->length_limit;
+			reason = TM_SO_TRUNCATED_LENGTH;
+		}
+		cap = frame_len;
+		if (cap > limit) {
+			cap = limit;
+			flags = reason == TM_SO_TRUNCATED_LENGTH ? TM_REC_TRUNC_LENGTH :
+				reason == TM_SO_TRUNCATED_MTU	 ? TM_REC_TRUNC_MTU :
+								   TM_REC_TRUNC_MAX;
+		} else {
+			reason = 0;
+		}
 	}
 
 	drop = tm_emit(src, xdp, m, p, s, session, bank, frame_len, cap, flags);
 	if (drop) {
 		if (drop == TM_SO_DROP_RING_FULL)
-			sc->count[TM_SO_DROP_RING_FULL]++;
+			sc->count[TM_SO_DROP_RING_FULL] += segs;
 		else
-			sc->count[TM_SO_DROP_CAPTURE_ERROR]++;
+			sc->count[TM_SO_DROP_CAPTURE_ERROR] += segs;
 		return;
 	}
-	if (flags) {
-		if (reason == TM_SO_TRUNCATED_LENGTH)
-			sc->count[TM_SO_TRUNCATED_LENGTH]++;
-		else if (reason == TM_SO_TRUNCATED_MTU)
-			sc->count[TM_SO_TRUNCATED_MTU]++;
-		else
-			sc->count[TM_SO_TRUNCATED_MAX]++;
+	if (segs > 1 && !(flags & TM_REC_GSO)) {
+		/* One truncated copy stands for the first segment. */
+		sc->count[TM_SO_DROP_GSO_UNSEGMENTED] += segs - 1;
 	}
+	if (reason == TM_SO_TRUNCATED_LENGTH)
+		sc->count[TM_SO_TRUNCATED_LENGTH]++;
+	else if (reason == TM_SO_TRUNCATED_MTU)
+		sc->count[TM_SO_TRUNCATED_MTU]++;
+	else if (reason == TM_SO_TRUNCATED_MAX)
+		sc->count[TM_SO_TRUNCATED_MAX]++;
 	return;
 
 no_match:
-	ic->count[TM_IO_NO_MATCH]++;
+	ic->count[TM_IO_NO_MATCH] += segs;
 }
 
 SEC("xdp.frags")

@@ -31,6 +31,9 @@
 /* Bytes of one frame copied into the ring; longer frames are truncated and
  * counted (TM_SO_TRUNCATED_MAX). Covers every jumbo frame with two tags. */
 #define TM_MAX_FRAME 16384
+/* Bytes of a GSO super-packet copied whole so user space can cut it into
+ * the segments the wire will carry (64 KiB GSO plus headers and a tag). */
+#define TM_MAX_GSO_FRAME 65664
 /* VLAN tags the parser looks through (802.1Q / 802.1ad). */
 #define TM_MAX_VLAN_DEPTH 2
 /* IPv6 extension headers walked before giving up on the transport header. */
@@ -68,6 +71,11 @@ enum tm_direction {
  * Per session and direction. selected = sent (counted by user space) + the
  * kernel drops here + the user-space drops. TRUNCATED_* are not drops: the
  * shortened copy still goes out.
+ *
+ * All counts are of packets as the wire carries them: a GSO super-packet
+ * that tc sees counts as the gso_segs segments it becomes. When it cannot
+ * be cut into them (a tunnel's GSO), one truncated copy goes and the other
+ * segments count as gso_unsegmented.
  */
 #define TM_SESSION_OUTCOMES(X)                                             \
 	X(SELECTED, selected)                                              \
@@ -75,6 +83,7 @@ enum tm_direction {
 	X(DROP_SAMPLED_OUT, sampled_out)                                   \
 	X(DROP_RATE_LIMITED, rate_limited)                                 \
 	X(DROP_CAPTURE_ERROR, capture_error)                               \
+	X(DROP_GSO_UNSEGMENTED, gso_unsegmented)                           \
 	X(TRUNCATED_LENGTH, packet_length)                                 \
 	X(TRUNCATED_MTU, mtu)                                              \
 	X(TRUNCATED_MAX, capture_max)
@@ -199,7 +208,9 @@ enum tm_record_flags {
 	TM_REC_VLAN_INSERTED = 1 << 3, /* tag re-inserted from skb metadata */
 	TM_REC_L4_COMPLETE = 1 << 4,   /* a whole TCP/UDP segment from l4_off */
 	TM_REC_FRAGMENT = 1 << 5,      /* IP fragment, first or not */
-	TM_REC_GSO = 1 << 6,           /* the skb was a GSO super-packet */
+	TM_REC_GSO = 1 << 6,           /* a whole TCP/UDP GSO super-packet: cut it into
+					* gso_segs segments of gso_size payload bytes;
+					* limits apply per segment, in user space */
 };
 
 /*

@@ -287,6 +287,15 @@ int CMirrorBPF_tcx_link(int prog_fd, int ifindex, int egress)
 					 egress ? TM_BPF_TCX_EGRESS : TM_BPF_TCX_INGRESS, NULL));
 }
 
+int CMirrorBPF_tcx_query(int ifindex, int egress, uint32_t *prog_ids, uint32_t max)
+{
+	__u32 count = max;
+	int err = bpf_prog_query(ifindex, egress ? TM_BPF_TCX_EGRESS : TM_BPF_TCX_INGRESS, 0, NULL,
+				 prog_ids, &count);
+
+	return err ? neg_errno(err) : (int)count;
+}
+
 int CMirrorBPF_tc_attach(int prog_fd, int ifindex, int egress)
 {
 	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex,

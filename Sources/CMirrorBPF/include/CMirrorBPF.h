@@ -77,6 +77,9 @@ int CMirrorBPF_xdp_query(int ifindex, uint32_t *prog_id);
 /* tc through a tcx link (Linux 6.6+), appended after any program already
  * there. Returns the link fd; -EINVAL on kernels without tcx. */
 int CMirrorBPF_tcx_link(int prog_fd, int ifindex, int egress);
+/* Programs attached through tcx on an interface and direction (up to
+ * `max` ids); returns their number. */
+int CMirrorBPF_tcx_query(int ifindex, int egress, uint32_t *prog_ids, uint32_t max);
 
 /* Legacy tc (clsact + a direct-action cls_bpf filter) for kernels without
  * tcx. A filter outlives its creator, so ours use a fixed handle and

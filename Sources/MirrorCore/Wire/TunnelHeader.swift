@@ -59,6 +59,12 @@ public enum TunnelHeader {
         public var vni: UInt32
         /// Bytes from the start of the UDP payload to the inner frame.
         public var headerLength: Int
+
+        public init(encapsulation: Encapsulation, vni: UInt32, headerLength: Int) {
+            self.encapsulation = encapsulation
+            self.vni = vni
+            self.headerLength = headerLength
+        }
     }
 
     /// Decodes a UDP payload as VXLAN or GENEVE (chosen by the UDP port the

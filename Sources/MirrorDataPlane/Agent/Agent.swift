@@ -170,7 +170,8 @@ public final class Agent: @unchecked Sendable {
         }
         forwarder.install(
             ForwardingTable(targets: targets, sessionNames: plan.sessions.map(\.name),
-                            sessionTargets: plan.sessions.map(\.target), counters: forwarder.counters),
+                            sessionTargets: plan.sessions.map(\.target), packetLengths: plan.sessions.map(\.packetLength),
+                            counters: forwarder.counters),
             bank: bank)
 
         // Attach what is missing before switching, so a failed attach leaves

@@ -16,6 +16,10 @@ public final class ForwardingTable: @unchecked Sendable {
         var target: Int32
         var pair: Int32
         var slot: Int32
+        /// Frame bytes a copy may keep (packet_length or the MTU), applied
+        /// here to GSO segments; Int32.max for none.
+        var limit: Int32
+        var limitIsLength: Bool
     }
 
     struct TargetInfo {
@@ -32,8 +36,10 @@ public final class ForwardingTable: @unchecked Sendable {
     let templates: UnsafeMutableRawPointer
     let addresses: UnsafeMutablePointer<sockaddr_storage>
 
-    /// `sessionTargets[i]` is the index in `targets` of session i.
-    init(targets: [ResolvedTarget], sessionNames: [String], sessionTargets: [Int], counters: ForwarderCounters) {
+    /// `sessionTargets[i]` is the index in `targets` of session i,
+    /// `packetLengths[i]` its packet_length.
+    init(targets: [ResolvedTarget], sessionNames: [String], sessionTargets: [Int], packetLengths: [Int?],
+         counters: ForwarderCounters) {
         self.targets = targets
         self.sessionNames = sessionNames
         sessionCount = sessionNames.count
@@ -42,7 +48,11 @@ public final class ForwardingTable: @unchecked Sendable {
             let t = sessionTargets[i]
             let pair = counters.pairSlot(session: sessionNames[i], target: targets[t].name) ?? 0
             let slot = counters.sessionSlot(sessionNames[i]) ?? 0
-            (sessions + i).initialize(to: SessionInfo(target: Int32(t), pair: Int32(pair), slot: Int32(slot)))
+            let mtuLimit = targets[t].innerLimit
+            let length = packetLengths[i] ?? Int(Int32.max)
+            (sessions + i).initialize(to: SessionInfo(
+                target: Int32(t), pair: Int32(pair), slot: Int32(slot),
+                limit: Int32(min(length, mtuLimit, Int(Int32.max))), limitIsLength: length <= mtuLimit))
         }
         targetInfo = .allocate(capacity: max(1, targets.count))
         templates = .allocate(byteCount: max(1, targets.count) * 64, alignment: 16)
@@ -94,11 +104,14 @@ public final class Forwarder: @unchecked Sendable {
         var bytes: Int32
     }
 
-    /// iovecs per message: outer header, then the payload, split in three
-    /// when a checksum inside it is completed.
+    /// iovecs per message: outer header, then the payload in up to three
+    /// pieces (around a completed checksum, or tunnel header + segment
+    /// headers + segment payload).
     static let iovPerMessage = 4
-    /// Scratch per message: outer header (<= 48) + a completed checksum.
-    static let scratchPerMessage = 64
+    /// Scratch per message: outer header at 0 (<= 48), a completed checksum
+    /// at 48, rewritten segment headers at 64.
+    static let scratchPerMessage = 64 + GSOSegmenter.maxHeaderLength
+    static let segmentHeadersAt = 64
 
     public let settings: Settings
     let rings: RingSet
@@ -117,12 +130,17 @@ public final class Forwarder: @unchecked Sendable {
     private var batch: RecordBatch
     private let socket4: Int32
     private let socket6: Int32
+    /// Messages built before a flush (a batch of records plus room for
+    /// the segments of GSO super-packets).
+    private let capacity: Int
     private let scratch: UnsafeMutableRawPointer
     private let iov: UnsafeMutablePointer<iovec>
     private let msgs4: UnsafeMutablePointer<CMirrorSys_mmsghdr>
     private let msgs6: UnsafeMutablePointer<CMirrorSys_mmsghdr>
     private let meta4: UnsafeMutablePointer<Meta>
     private let meta6: UnsafeMutablePointer<Meta>
+    /// Messages built since the last flush: k in total, n4 + n6 == k.
+    private var k = 0, n4 = 0, n6 = 0
     private var identification: UInt16 = 0
     private var lastSendError: Int32 = 0
     private var sendErrorsSinceLog = 0
@@ -138,6 +156,7 @@ public final class Forwarder: @unchecked Sendable {
         self.logger = logger
         let b = settings.batchSize
         batch = RecordBatch(capacity: b)
+        capacity = max(b, 64)
         func open(_ family: Int32) throws(SystemError) -> Int32 {
             let fd = try SystemError.check(CMirrorSys_socket(family, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_RAW)),
                                            "socket(\(family == AF_INET ? "AF_INET" : "AF_INET6"), SOCK_RAW, IPPROTO_RAW)")
@@ -153,14 +172,15 @@ public final class Forwarder: @unchecked Sendable {
         }
         socket4 = try open(AF_INET)
         socket6 = (try? open(AF_INET6)) ?? -1
-        scratch = .allocate(byteCount: b * Self.scratchPerMessage, alignment: 16)
-        iov = .allocate(capacity: b * Self.iovPerMessage)
-        msgs4 = .allocate(capacity: b)
-        msgs6 = .allocate(capacity: b)
-        meta4 = .allocate(capacity: b)
-        meta6 = .allocate(capacity: b)
-        msgs4.initialize(repeating: CMirrorSys_mmsghdr(), count: b)
-        msgs6.initialize(repeating: CMirrorSys_mmsghdr(), count: b)
+        let c = capacity
+        scratch = .allocate(byteCount: c * Self.scratchPerMessage, alignment: 16)
+        iov = .allocate(capacity: c * Self.iovPerMessage)
+        msgs4 = .allocate(capacity: c)
+        msgs6 = .allocate(capacity: c)
+        meta4 = .allocate(capacity: c)
+        meta6 = .allocate(capacity: c)
+        msgs4.initialize(repeating: CMirrorSys_mmsghdr(), count: c)
+        msgs6.initialize(repeating: CMirrorSys_mmsghdr(), count: c)
     }
 
     deinit {
@@ -248,7 +268,6 @@ public final class Forwarder: @unchecked Sendable {
 
     @inline(__always)
     private func forwardBatch() {
-        var n4 = 0, n6 = 0
         let count = batch.count
         for i in 0..<count {
             let r = batch[i]
@@ -257,64 +276,166 @@ public final class Forwarder: @unchecked Sendable {
                 continue
             }
             let s = table.sessions[r.session]
-            let t = table.targetInfo[Int(s.target)]
-            let h = scratch + i * Self.scratchPerMessage
-            (h).copyMemory(from: table.templates + Int(s.target) * 64, byteCount: t.constants.length)
-            let v = iov + i * Self.iovPerMessage
-            v[0] = iovec(iov_base: h, iov_len: t.constants.length)
-            let payload = r.payload
-            var iovCount = 2
-            var payloadSum: UInt64 = 0
-            let fix: (offset: Int, value: UInt16)? = r.flags.contains(.l4Complete)
-                ? PartialChecksum.completion(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol)
-                : nil
-            if let fix {
-                // Send around the unfinished field and the finished value
-                // from scratch: the ring itself is read-only.
-                let at = TunnelHeader.length + fix.offset
-                let fixed = h + 48
-                fixed.storeBytes(of: fix.value.bigEndian, as: UInt16.self)
-                v[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress!), iov_len: at)
-                v[2] = iovec(iov_base: fixed, iov_len: 2)
-                v[3] = iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress! + at + 2), iov_len: payload.count - at - 2)
-                iovCount = 4
-                if t.ipv6 {
-                    var sum = InternetChecksum()
-                    sum.add(UnsafeRawBufferPointer(rebasing: payload[..<at]))
-                    sum.add(UnsafeRawBufferPointer(start: fixed, count: 2))
-                    sum.add(UnsafeRawBufferPointer(rebasing: payload[(at + 2)...]))
-                    payloadSum = sum.sum
-                }
+            if r.flags.contains(.gso) {
+                forwardSegments(r, table, s)
             } else {
-                v[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress!), iov_len: payload.count)
-                if t.ipv6 {
-                    var sum = InternetChecksum()
-                    sum.add(payload)
-                    payloadSum = sum.sum
-                }
-            }
-            identification &+= 1
-            OuterHeader.finish(h, t.constants, sourcePort: FlowHash.sourcePort(for: r.flowHash),
-                               payloadLength: payload.count, identification: identification, payloadSum: payloadSum)
-            let meta = Meta(pair: s.pair, slot: s.slot, bytes: Int32(t.constants.length + payload.count))
-            var hdr = msghdr()
-            hdr.msg_name = UnsafeMutableRawPointer(table.addresses + Int(s.target))
-            hdr.msg_namelen = t.addressLength
-            hdr.msg_iov = v
-            hdr.msg_iovlen = iovCount
-            if t.ipv6 {
-                msgs6[n6] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
-                meta6[n6] = meta
-                n6 += 1
-            } else {
-                msgs4[n4] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
-                meta4[n4] = meta
-                n4 += 1
+                forwardFrame(r, table, s)
             }
         }
+        flush()
+        counters.addBatch()
+    }
+
+    /// One record, one message: the ring's tunnel header and frame follow
+    /// the outer header, split around a completed checksum if there is one.
+    @inline(__always)
+    private func forwardFrame(_ r: RecordView, _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo) {
+        if k == capacity { flush() }
+        let t = table.targetInfo[Int(s.target)]
+        let h = scratch + k * Self.scratchPerMessage
+        let v = iov + k * Self.iovPerMessage
+        let payload = r.payload
+        let base = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
+        var iovCount = 2
+        var payloadSum: UInt64 = 0
+        let fix: (offset: Int, value: UInt16)? = r.flags.contains(.l4Complete)
+            ? PartialChecksum.completion(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol)
+            : nil
+        if let fix {
+            // Send around the unfinished field, and the finished value from
+            // scratch: the ring itself is read-only.
+            let at = TunnelHeader.length + fix.offset
+            let fixed = h + 48
+            fixed.storeBytes(of: fix.value.bigEndian, as: UInt16.self)
+            v[1] = iovec(iov_base: base, iov_len: at)
+            v[2] = iovec(iov_base: fixed, iov_len: 2)
+            v[3] = iovec(iov_base: base + at + 2, iov_len: payload.count - at - 2)
+            iovCount = 4
+            if t.ipv6 {
+                var sum = InternetChecksum()
+                sum.add(UnsafeRawBufferPointer(rebasing: payload[..<at]))
+                sum.add(UnsafeRawBufferPointer(start: fixed, count: 2))
+                sum.add(UnsafeRawBufferPointer(rebasing: payload[(at + 2)...]))
+                payloadSum = sum.sum
+            }
+        } else {
+            v[1] = iovec(iov_base: base, iov_len: payload.count)
+            if t.ipv6 {
+                var sum = InternetChecksum()
+                sum.add(payload)
+                payloadSum = sum.sum
+            }
+        }
+        append(table, s, t, h, iovCount, payloadLength: payload.count, payloadSum: payloadSum, hash: r.flowHash)
+    }
+
+    /// A GSO super-packet becomes the segments the wire carries: rewritten
+    /// headers from scratch, payload chunks straight from the ring, the
+    /// session's limits applied to each segment.
+    private func forwardSegments(_ r: RecordView, _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo) {
+        let expected = r.gsoSegments
+        guard let seg = GSOSegmenter(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset,
+                                     l4Protocol: r.l4Protocol, gsoSize: r.gsoSize) else {
+            // Headers too long to rewrite: the first bytes go as one copy.
+            forwardTruncated(r, table, s)
+            if expected > 1 { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, expected - 1) }
+            return
+        }
+        let t = table.targetInfo[Int(s.target)]
+        let n = min(seg.segmentCount, expected)
+        let tunnel = UnsafeMutableRawPointer(mutating: r.payload.baseAddress!)
+        let frameBase = UnsafeMutableRawPointer(mutating: r.frame.baseAddress!)
+        for i in 0..<n {
+            if k == capacity { flush() }
+            let h = scratch + k * Self.scratchPerMessage
+            let headers = h + Self.segmentHeadersAt
+            let v = iov + k * Self.iovPerMessage
+            seg.writeHeaders(i, to: headers)
+            let chunk = seg.payloadRange(i)
+            var headerBytes = seg.headerLength
+            var payloadBytes = chunk.count
+            if headerBytes + payloadBytes > Int(s.limit) {
+                payloadBytes = max(0, Int(s.limit) - headerBytes)
+                headerBytes = min(headerBytes, Int(s.limit))
+                counters.addTruncation(session: Int(s.slot), s.limitIsLength ? .packetLength : .mtu)
+            }
+            v[1] = iovec(iov_base: tunnel, iov_len: TunnelHeader.length)
+            v[2] = iovec(iov_base: headers, iov_len: headerBytes)
+            v[3] = iovec(iov_base: frameBase + chunk.lowerBound, iov_len: payloadBytes)
+            var payloadSum: UInt64 = 0
+            if t.ipv6 {
+                var sum = InternetChecksum()
+                sum.add(UnsafeRawBufferPointer(start: tunnel, count: TunnelHeader.length))
+                sum.add(UnsafeRawBufferPointer(start: headers, count: headerBytes))
+                sum.add(UnsafeRawBufferPointer(start: frameBase + chunk.lowerBound, count: payloadBytes))
+                payloadSum = sum.sum
+            }
+            append(table, s, t, h, 4, payloadLength: TunnelHeader.length + headerBytes + payloadBytes,
+                   payloadSum: payloadSum, hash: r.flowHash)
+        }
+        if n < expected { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, expected - n) }
+    }
+
+    /// The first bytes of a record that cannot be segmented, within the
+    /// session's limit.
+    private func forwardTruncated(_ r: RecordView, _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo) {
+        if k == capacity { flush() }
+        let t = table.targetInfo[Int(s.target)]
+        let h = scratch + k * Self.scratchPerMessage
+        let v = iov + k * Self.iovPerMessage
+        let length = TunnelHeader.length + min(r.capturedLength, Int(s.limit))
+        if r.capturedLength > Int(s.limit) {
+            counters.addTruncation(session: Int(s.slot), s.limitIsLength ? .packetLength : .mtu)
+        }
+        v[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: r.payload.baseAddress!), iov_len: length)
+        var payloadSum: UInt64 = 0
+        if t.ipv6 {
+            var sum = InternetChecksum()
+            sum.add(UnsafeRawBufferPointer(start: r.payload.baseAddress!, count: length))
+            payloadSum = sum.sum
+        }
+        append(table, s, t, h, 2, payloadLength: length, payloadSum: payloadSum, hash: r.flowHash)
+    }
+
+    /// Completes message k: outer header from the target's template, the
+    /// address, the counters' slots.
+    @inline(__always)
+    private func append(
+        _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo, _ t: ForwardingTable.TargetInfo,
+        _ h: UnsafeMutableRawPointer, _ iovCount: Int, payloadLength: Int, payloadSum: UInt64, hash: UInt32
+    ) {
+        let v = iov + k * Self.iovPerMessage
+        h.copyMemory(from: table.templates + Int(s.target) * 64, byteCount: t.constants.length)
+        identification &+= 1
+        OuterHeader.finish(h, t.constants, sourcePort: FlowHash.sourcePort(for: hash),
+                           payloadLength: payloadLength, identification: identification, payloadSum: payloadSum)
+        v[0] = iovec(iov_base: h, iov_len: t.constants.length)
+        var hdr = msghdr()
+        hdr.msg_name = UnsafeMutableRawPointer(table.addresses + Int(s.target))
+        hdr.msg_namelen = t.addressLength
+        hdr.msg_iov = v
+        hdr.msg_iovlen = iovCount
+        let meta = Meta(pair: s.pair, slot: s.slot, bytes: Int32(t.constants.length + payloadLength))
+        if t.ipv6 {
+            msgs6[n6] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
+            meta6[n6] = meta
+            n6 += 1
+        } else {
+            msgs4[n4] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
+            meta4[n4] = meta
+            n4 += 1
+        }
+        k += 1
+    }
+
+    /// Sends what was built, one sendmmsg per address family.
+    @inline(__always)
+    private func flush() {
         if n4 > 0 { send(socket4, msgs4, meta4, n4) }
         if n6 > 0 { send(socket6, msgs6, meta6, n6) }
-        counters.addBatch()
+        k = 0
+        n4 = 0
+        n6 = 0
     }
 
     /// Sends `count` messages, resubmitting after partial sends. A full

@@ -8,17 +8,30 @@ public enum UserDropReason: Int, CaseIterable, Sendable {
     case sendFailed
     /// The socket stayed full (EAGAIN/ENOBUFS) past the back-pressure budget.
     case backpressure
-    /// The record names a plan bank the agent no longer holds (cannot
-    /// happen unless a reload raced a crash); counted rather than sent wrong.
+    /// The record names a plan bank the agent does not hold (a record
+    /// written while a reload raced); counted rather than sent wrong.
     case noPlan
+    /// A GSO super-packet whose headers were too long to rewrite: one
+    /// truncated copy went, the other segments count here.
+    case gsoUnsegmented
 
+    /// The label of `traffic_mirror_dropped_packets_total{reason=...}`;
+    /// gso_unsegmented is shared with the kernel's reason of that name.
     public var label: String {
         switch self {
         case .sendFailed: "send_failed"
         case .backpressure: "backpressure"
         case .noPlan: "no_plan"
+        case .gsoUnsegmented: "gso_unsegmented"
         }
     }
+}
+
+/// Why user space shortened a copy (GSO segments get their limits here).
+public enum UserTruncation: Int, CaseIterable, Sendable {
+    case packetLength, mtu
+
+    public var label: String { self == .packetLength ? "packet_length" : "mtu" }
 }
 
 /// Counters the forwarding thread writes and the metrics endpoint reads.
@@ -38,6 +51,7 @@ public final class ForwarderCounters: @unchecked Sendable {
     let sentPackets: UnsafeMutablePointer<UInt64>
     let sentBytes: UnsafeMutablePointer<UInt64>
     let drops: UnsafeMutablePointer<UInt64>
+    let truncations: UnsafeMutablePointer<UInt64>
     let batches: UnsafeMutablePointer<UInt64>
     let backpressureWaits: UnsafeMutablePointer<UInt64>
 
@@ -61,6 +75,9 @@ public final class ForwarderCounters: @unchecked Sendable {
         let n = Self.maxSessions * UserDropReason.allCases.count
         drops = .allocate(capacity: n)
         drops.initialize(repeating: 0, count: n)
+        let t = Self.maxSessions * UserTruncation.allCases.count
+        truncations = .allocate(capacity: t)
+        truncations.initialize(repeating: 0, count: t)
         batches = .allocate(capacity: 1)
         batches.initialize(to: 0)
         backpressureWaits = .allocate(capacity: 1)
@@ -71,6 +88,7 @@ public final class ForwarderCounters: @unchecked Sendable {
         sentPackets.deallocate()
         sentBytes.deallocate()
         drops.deallocate()
+        truncations.deallocate()
         batches.deallocate()
         backpressureWaits.deallocate()
     }
@@ -110,6 +128,16 @@ public final class ForwarderCounters: @unchecked Sendable {
     }
 
     @inline(__always)
+    func addDrops(session: Int, _ reason: UserDropReason, _ n: Int) {
+        CMirrorSys_add_relaxed_u64(drops + session * UserDropReason.allCases.count + reason.rawValue, UInt64(n))
+    }
+
+    @inline(__always)
+    func addTruncation(session: Int, _ reason: UserTruncation) {
+        CMirrorSys_add_relaxed_u64(truncations + session * UserTruncation.allCases.count + reason.rawValue, 1)
+    }
+
+    @inline(__always)
     func addBatch() { CMirrorSys_add_relaxed_u64(batches, 1) }
 
     @inline(__always)
@@ -120,6 +148,7 @@ public final class ForwarderCounters: @unchecked Sendable {
     public struct Snapshot: Sendable {
         public var sent: [Pair: (packets: UInt64, bytes: UInt64)]
         public var drops: [String: [UserDropReason: UInt64]]
+        public var truncations: [String: [UserTruncation: UInt64]]
         public var batches: UInt64
         public var backpressureWaits: UInt64
     }
@@ -131,14 +160,20 @@ public final class ForwarderCounters: @unchecked Sendable {
             sent[p] = (CMirrorSys_load_relaxed_u64(sentPackets + s), CMirrorSys_load_relaxed_u64(sentBytes + s))
         }
         var d = [String: [UserDropReason: UInt64]]()
+        var t = [String: [UserTruncation: UInt64]]()
         for (name, s) in sessions {
             var m = [UserDropReason: UInt64]()
             for r in UserDropReason.allCases {
                 m[r] = CMirrorSys_load_relaxed_u64(drops + s * UserDropReason.allCases.count + r.rawValue)
             }
             d[name] = m
+            var tm = [UserTruncation: UInt64]()
+            for r in UserTruncation.allCases {
+                tm[r] = CMirrorSys_load_relaxed_u64(truncations + s * UserTruncation.allCases.count + r.rawValue)
+            }
+            t[name] = tm
         }
-        return Snapshot(sent: sent, drops: d, batches: CMirrorSys_load_relaxed_u64(batches),
+        return Snapshot(sent: sent, drops: d, truncations: t, batches: CMirrorSys_load_relaxed_u64(batches),
                         backpressureWaits: CMirrorSys_load_relaxed_u64(backpressureWaits))
     }
 }

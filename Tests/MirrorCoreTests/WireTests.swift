@@ -1,0 +1,258 @@
+import MirrorCore
+import MirrorFixtures
+import Testing
+
+@Suite("Tunnel headers")
+struct TunnelHeaderTests {
+    @Test("VXLAN: flags 0x08, reserved zero, 24-bit VNI (RFC 7348)")
+    func vxlan() {
+        #expect(TunnelHeader.bytes(.vxlan, vni: 42) == [0x08, 0, 0, 0, 0, 0, 42, 0])
+        #expect(TunnelHeader.bytes(.vxlan, vni: 0xABCDEF) == [0x08, 0, 0, 0, 0xAB, 0xCD, 0xEF, 0])
+        #expect(TunnelHeader.bytes(.vxlan, vni: 0) == [0x08, 0, 0, 0, 0, 0, 0, 0])
+    }
+
+    @Test("GENEVE: version 0, no options, protocol 0x6558 (RFC 8926)")
+    func geneve() {
+        #expect(TunnelHeader.bytes(.geneve, vni: 0x123456) == [0, 0, 0x65, 0x58, 0x12, 0x34, 0x56, 0])
+    }
+
+    @Test("decode inverts write and rejects what is not ours")
+    func decode() {
+        for enc in Encapsulation.allCases {
+            for vni: UInt32 in [0, 1, 4096, TunnelHeader.maxVNI] {
+                let b = TunnelHeader.bytes(enc, vni: vni)
+                let d = b.withUnsafeBytes { TunnelHeader.decode($0, as: enc) }
+                #expect(d == .init(encapsulation: enc, vni: vni, headerLength: 8))
+            }
+        }
+        let noI: [UInt8] = [0, 0, 0, 0, 0, 0, 1, 0]
+        #expect(noI.withUnsafeBytes { TunnelHeader.decode($0, as: .vxlan) } == nil)
+        let ipPayload: [UInt8] = [0, 0, 0x08, 0x00, 0, 0, 1, 0]
+        #expect(ipPayload.withUnsafeBytes { TunnelHeader.decode($0, as: .geneve) } == nil)
+        let short: [UInt8] = [0x08, 0, 0]
+        #expect(short.withUnsafeBytes { TunnelHeader.decode($0, as: .vxlan) } == nil)
+    }
+}
+
+@Suite("Checksums")
+struct ChecksumTests {
+    @Test("RFC 1071 example sums to 0xddf2")
+    func rfc1071() {
+        var c = InternetChecksum()
+        c.add([0x00, 0x01, 0xF2, 0x03, 0xF4, 0xF5, 0xF6, 0xF7])
+        #expect(c.folded == 0xDDF2)
+    }
+
+    @Test("summing in odd-sized pieces equals summing at once")
+    func pieces() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            let n = Int.random(in: 0...300, using: &rng)
+            let bytes = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            var whole = InternetChecksum()
+            whole.add(bytes)
+            var parts = InternetChecksum()
+            var i = 0
+            while i < n {
+                let k = min(n - i, Int.random(in: 1...17, using: &rng))
+                parts.add(Array(bytes[i..<(i + k)]))
+                i += k
+            }
+            #expect(whole.folded == parts.folded)
+        }
+    }
+
+    @Test("an unfinished offload checksum is completed, a finished or wrong one left alone")
+    func partialCompletion() throws {
+        let payload = Array("partial checksum payload!".utf8) // odd length
+        let cases: [(String, Bool, (Bool) -> [UInt8])] = [
+            ("udp4", false, { p in Frames.ethernet(etherType: 0x0800, payload: Frames.ipv4(transport: .udp(sport: 1000, dport: 2000, payload: payload), partialChecksum: p)) }),
+            ("tcp4", false, { p in Frames.ethernet(etherType: 0x0800, payload: Frames.ipv4(transport: .tcp(sport: 1000, dport: 80, seq: 9, flags: 0x10, payload: payload), partialChecksum: p)) }),
+            ("udp6", true, { p in Frames.ethernet(etherType: 0x86DD, payload: Frames.ipv6(transport: .udp(sport: 1000, dport: 2000, payload: payload), partialChecksum: p)) }),
+            ("tcp6", true, { p in Frames.ethernet(etherType: 0x86DD, payload: Frames.ipv6(transport: .tcp(sport: 1000, dport: 80, seq: 9, flags: 0x10, payload: payload), extensions: [.hopByHop()], partialChecksum: p)) }),
+        ]
+        for (name, _, make) in cases {
+            let good = make(false), partial = make(true)
+            let p = ParsedPacket(frame: partial)
+            #expect(p.transportComplete, "\(name) parses as a complete segment")
+            let fix = partial.withUnsafeBytes {
+                PartialChecksum.completion(frame: $0, l3Offset: p.l3Offset, l4Offset: p.l4Offset, l4Protocol: UInt8(p.proto))
+            }
+            let f = try #require(fix, "\(name): unfinished checksum detected")
+            var fixed = partial
+            fixed[f.offset] = UInt8(f.value >> 8)
+            fixed[f.offset + 1] = UInt8(f.value & 0xFF)
+            #expect(fixed == good, "\(name): completed copy equals the finished frame")
+            let none = good.withUnsafeBytes {
+                PartialChecksum.completion(frame: $0, l3Offset: p.l3Offset, l4Offset: p.l4Offset, l4Protocol: UInt8(p.proto))
+            }
+            #expect(none == nil, "\(name): a finished checksum is left alone")
+            var wrong = good
+            wrong[f.offset] ^= 0x5A
+            let w = wrong.withUnsafeBytes {
+                PartialChecksum.completion(frame: $0, l3Offset: p.l3Offset, l4Offset: p.l4Offset, l4Protocol: UInt8(p.proto))
+            }
+            #expect(w == nil, "\(name): a wrong checksum is mirrored as it is")
+        }
+    }
+}
+
+@Suite("Outer headers")
+struct OuterHeaderTests {
+    @Test("IPv4: valid header checksum, DF, lengths, zero UDP checksum, source port")
+    func ipv4() {
+        let h = OuterHeader(source: [198, 18, 1, 1], destination: [198, 18, 1, 2], destinationPort: 4789)
+        #expect(h.length == 28 && h.overhead == 36)
+        #expect(h.innerLimit(mtu: 1500) == 1464)
+        let b = h.bytes(sourcePort: 50000, payloadLength: 100, identification: 0x1234)
+        var c = InternetChecksum()
+        c.add(Array(b[0..<20]))
+        #expect(c.folded == 0xFFFF, "IPv4 header checksum verifies")
+        #expect(b[0] == 0x45 && b[6] == 0x40 && b[9] == 17)
+        #expect(Int(b[2]) << 8 | Int(b[3]) == 128)
+        #expect(Array(b[20..<28]) == [0xC3, 0x50, 0x12, 0xB5, 0, 108, 0, 0])
+    }
+
+    @Test("IPv6: UDP checksum verifies over pseudo header and payload")
+    func ipv6() {
+        let src = Frames.ip6(1), dst = Frames.ip6(2)
+        let h = OuterHeader(source: src, destination: dst, destinationPort: 6081)
+        #expect(h.length == 48 && h.innerLimit(mtu: 1500) == 1444)
+        for n in [0, 1, 7, 8, 61, 1400] {
+            let payload = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            var sum = InternetChecksum()
+            sum.add(payload)
+            let b = h.bytes(sourcePort: 65535, payloadLength: n, identification: 0, payloadSum: sum.sum)
+            var v = src.withUnsafeBytes { s in dst.withUnsafeBytes { d in
+                PseudoHeader.sumIPv6(source: s, destination: d, protocol: 17, length: 8 + n)
+            } }
+            v.add(Array(b[40..<48]))
+            v.add(payload)
+            #expect(v.folded == 0xFFFF, "UDP checksum verifies for \(n) bytes")
+            #expect(Int(b[4]) << 8 | Int(b[5]) == 8 + n)
+        }
+    }
+}
+
+@Suite("Flow hash")
+struct FlowHashTests {
+    @Test("both directions of a flow hash alike; ports stay in 49152...65535")
+    func symmetric() {
+        var rng = SystemRandomNumberGenerator()
+        for i in 0..<2000 {
+            let v6 = i % 2 == 0
+            let a: [UInt8] = v6 ? (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) } : (0..<4).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let b: [UInt8] = i % 7 == 0 ? a : (v6 ? (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) } : (0..<4).map { _ in UInt8.random(in: 0...255, using: &rng) })
+            let sp = UInt16.random(in: 0...65535, using: &rng), dp = UInt16.random(in: 0...65535, using: &rng)
+            let t: Frames.Transport = i % 3 == 0 ? .udp(sport: sp, dport: dp, payload: []) : .tcp(sport: sp, dport: dp, seq: 1, flags: 2, payload: [])
+            let fwd: [UInt8], rev: [UInt8]
+            let tr: Frames.Transport = i % 3 == 0 ? .udp(sport: dp, dport: sp, payload: []) : .tcp(sport: dp, dport: sp, seq: 9, flags: 0x12, payload: [])
+            if v6 {
+                fwd = Frames.ethernet(etherType: 0x86DD, payload: Frames.ipv6(src: a, dst: b, transport: t))
+                rev = Frames.ethernet(dst: Frames.macA, src: Frames.macB, etherType: 0x86DD, payload: Frames.ipv6(src: b, dst: a, transport: tr))
+            } else {
+                fwd = Frames.ethernet(etherType: 0x0800, payload: Frames.ipv4(src: a, dst: b, transport: t))
+                rev = Frames.ethernet(dst: Frames.macA, src: Frames.macB, etherType: 0x0800, payload: Frames.ipv4(src: b, dst: a, transport: tr))
+            }
+            let h1 = FlowHash.hash(ParsedPacket(frame: fwd)), h2 = FlowHash.hash(ParsedPacket(frame: rev))
+            #expect(h1 == h2)
+            let port = FlowHash.sourcePort(for: h1)
+            #expect(port >= 49152)
+        }
+    }
+
+    @Test("fragments of a datagram share a hash; different flows spread")
+    func fragmentsAndSpread() {
+        let first = Frames.ethernet(etherType: 0x0800, payload: Frames.ipv4(transport: .udp(sport: 5, dport: 6, payload: [1, 2, 3]), fragment: 0x2000))
+        let later = Frames.ethernet(etherType: 0x0800, payload: Frames.ipv4(transport: .raw(proto: 17, bytes: [9, 9, 9, 9]), fragment: 0x0010))
+        #expect(FlowHash.hash(ParsedPacket(frame: first)) == FlowHash.hash(ParsedPacket(frame: later)))
+        var ports = Set<UInt16>()
+        for p in 0..<1000 {
+            ports.insert(FlowHash.sourcePort(for: FlowHash.hash(ParsedPacket(frame: Frames.udp4(sport: UInt16(1000 + p))))))
+        }
+        #expect(ports.count > 950, "1000 flows take nearly 1000 ports (\(ports.count))")
+        let arpAB = Frames.ethernet(dst: Frames.macB, src: Frames.macA, etherType: 0x0806, payload: [UInt8](repeating: 0, count: 28))
+        let arpBA = Frames.ethernet(dst: Frames.macA, src: Frames.macB, etherType: 0x0806, payload: [UInt8](repeating: 1, count: 28))
+        #expect(FlowHash.hash(ParsedPacket(frame: arpAB)) == FlowHash.hash(ParsedPacket(frame: arpBA)))
+    }
+}
+
+@Suite("pcap")
+struct PcapTests {
+    @Test("what the writer writes, the reader reads")
+    func roundTrip() throws {
+        var file = PcapWriter.fileHeader()
+        let frames: [[UInt8]] = [Frames.udp4(), Frames.tcp6(payload: [1, 2, 3]), [UInt8](repeating: 7, count: 60)]
+        for (i, f) in frames.enumerated() {
+            PcapWriter.appendRecordHeader(&file, timestampNanoseconds: UInt64(i) * 1_500_000_123, capturedLength: f.count, originalLength: f.count + i)
+            file += f
+        }
+        let r = try PcapReader(bytes: file)
+        #expect(r.linkType == 1)
+        #expect(r.frames.map(\.bytes) == frames)
+        #expect(r.frames.map(\.timestampNanoseconds) == [0, 1_500_000_123, 3_000_000_246])
+        #expect(r.frames.map(\.originalLength) == [frames[0].count, frames[1].count + 1, frames[2].count + 2])
+        #expect(throws: PcapReader.Error.self) { try PcapReader(bytes: [1, 2, 3, 4] + [UInt8](repeating: 0, count: 20)) }
+    }
+}
+
+@Suite("GSO segmentation")
+struct GSOSegmenterTests {
+    /// Segment i as a sender without GSO would have built it.
+    static func expected(v6: Bool, tcp: Bool, vlans: [Frames.VLAN], payload: [UInt8], mss: Int, i: Int, count: Int,
+                         flags: UInt8, seq: UInt32, id: UInt16) -> [UInt8] {
+        let chunk = Array(payload[(i * mss)..<min(payload.count, (i + 1) * mss)])
+        var f = flags
+        if i > 0 { f &= ~0x80 }
+        if i < count - 1 { f &= ~0x09 }
+        let t: Frames.Transport = tcp ? .tcp(sport: 443, dport: 50000, seq: seq &+ UInt32(i * mss), flags: f, payload: chunk)
+                                      : .udp(sport: 4433, dport: 50000, payload: chunk)
+        return v6 ? Frames.ethernet(vlans: vlans, etherType: 0x86DD, payload: Frames.ipv6(transport: t, extensions: [.destination()]))
+                  : Frames.ethernet(vlans: vlans, etherType: 0x0800, payload: Frames.ipv4(transport: t, id: id &+ UInt16(i)))
+    }
+
+    @Test("TCP and UDP super-packets become the segments the kernel's GSO sends", arguments: [
+        (false, true), (true, true), (false, false), (true, false),
+    ])
+    func segments(v6: Bool, tcp: Bool) throws {
+        let mss = tcp ? 1448 : 1200
+        for vlans in [[], [Frames.VLAN(tci: 5)]] {
+            for size in [mss + 1, 3 * mss, 10_000, 60_000] {
+                let payload = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+                let count = (size + mss - 1) / mss
+                let flags: UInt8 = 0x80 | 0x10 | 0x08 | 0x01 // CWR ACK PSH FIN
+                let t: Frames.Transport = tcp ? .tcp(sport: 443, dport: 50000, seq: 0xFFFF_F000, flags: flags, payload: payload)
+                                              : .udp(sport: 4433, dport: 50000, payload: payload)
+                let superPacket = v6
+                    ? Frames.ethernet(vlans: vlans, etherType: 0x86DD, payload: Frames.ipv6(transport: t, extensions: [.destination()], partialChecksum: true))
+                    : Frames.ethernet(vlans: vlans, etherType: 0x0800, payload: Frames.ipv4(transport: t, id: 0xFFFE, partialChecksum: true))
+                let p = ParsedPacket(frame: superPacket)
+                try superPacket.withUnsafeBytes { raw in
+                    let seg = try #require(GSOSegmenter(frame: raw, l3Offset: p.l3Offset, l4Offset: p.l4Offset,
+                                                        l4Protocol: UInt8(p.proto), gsoSize: mss))
+                    #expect(seg.segmentCount == count)
+                    var headers = [UInt8](repeating: 0, count: seg.headerLength)
+                    for i in 0..<count {
+                        headers.withUnsafeMutableBytes { seg.writeHeaders(i, to: $0.baseAddress!) }
+                        let got = headers + Array(raw[seg.payloadRange(i)])
+                        let want = Self.expected(v6: v6, tcp: tcp, vlans: vlans, payload: payload, mss: mss, i: i, count: count,
+                                                 flags: flags, seq: 0xFFFF_F000, id: 0xFFFE)
+                        #expect(got == want, "segment \(i) of \(count) (v6 \(v6), tcp \(tcp), \(size) bytes, tags \(vlans.count))")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test("refuses what it cannot cut")
+    func refuses() {
+        let icmp = Frames.ethernet(etherType: 0x0800, payload: Frames.ipv4(transport: .icmpEcho(id: 1, seq: 1, payload: [1])))
+        icmp.withUnsafeBytes {
+            #expect(GSOSegmenter(frame: $0, l3Offset: 14, l4Offset: 34, l4Protocol: 1, gsoSize: 100) == nil)
+        }
+        let tcp = Frames.udp4()
+        tcp.withUnsafeBytes {
+            #expect(GSOSegmenter(frame: $0, l3Offset: 14, l4Offset: 34, l4Protocol: 17, gsoSize: 0) == nil)
+        }
+    }
+}

@@ -1,0 +1,64 @@
+import CMirrorBPF
+import MirrorCore
+import Testing
+
+/// The Swift side reads kernel structs without C in MirrorCore; these hold
+/// every offset and limit it assumes to the one C header (bpf/tm_abi.h).
+@Suite("ABI layout")
+struct ABILayoutTests {
+    @Test("tm_record offsets match RecordLayout")
+    func record() {
+        typealias R = tm_record
+        #expect(MemoryLayout<R>.size == RecordLayout.headerLength)
+        #expect(Int(TM_RECORD_HDR_LEN) == RecordLayout.headerLength)
+        #expect(MemoryLayout<R>.offset(of: \.tstamp_ns) == RecordLayout.tstamp)
+        #expect(MemoryLayout<R>.offset(of: \.ifindex) == RecordLayout.ifindex)
+        #expect(MemoryLayout<R>.offset(of: \.orig_len) == RecordLayout.origLen)
+        #expect(MemoryLayout<R>.offset(of: \.cap_len) == RecordLayout.capLen)
+        #expect(MemoryLayout<R>.offset(of: \.flow_hash) == RecordLayout.flowHash)
+        #expect(MemoryLayout<R>.offset(of: \.session) == RecordLayout.session)
+        #expect(MemoryLayout<R>.offset(of: \.bank) == RecordLayout.bank)
+        #expect(MemoryLayout<R>.offset(of: \.direction) == RecordLayout.direction)
+        #expect(MemoryLayout<R>.offset(of: \.flags) == RecordLayout.flags)
+        #expect(MemoryLayout<R>.offset(of: \.l4_proto) == RecordLayout.l4Proto)
+        #expect(MemoryLayout<R>.offset(of: \.l3_off) == RecordLayout.l3Off)
+        #expect(MemoryLayout<R>.offset(of: \.l4_off) == RecordLayout.l4Off)
+        #expect(MemoryLayout<R>.offset(of: \.gso_size) == RecordLayout.gsoSize)
+        #expect(MemoryLayout<R>.offset(of: \.gso_segs) == RecordLayout.gsoSegs)
+        #expect(MemoryLayout<R>.offset(of: \.tunnel_hdr) == RecordLayout.tunnelHeader)
+    }
+
+    @Test("record flags, limits and field ids match")
+    func constants() {
+        #expect(RecordLayout.Flags.truncatedLength.rawValue == UInt8(TM_REC_TRUNC_LENGTH.rawValue))
+        #expect(RecordLayout.Flags.truncatedMTU.rawValue == UInt8(TM_REC_TRUNC_MTU.rawValue))
+        #expect(RecordLayout.Flags.truncatedMax.rawValue == UInt8(TM_REC_TRUNC_MAX.rawValue))
+        #expect(RecordLayout.Flags.vlanInserted.rawValue == UInt8(TM_REC_VLAN_INSERTED.rawValue))
+        #expect(RecordLayout.Flags.l4Complete.rawValue == UInt8(TM_REC_L4_COMPLETE.rawValue))
+        #expect(RecordLayout.Flags.fragment.rawValue == UInt8(TM_REC_FRAGMENT.rawValue))
+        #expect(RecordLayout.Flags.gso.rawValue == UInt8(TM_REC_GSO.rawValue))
+        #expect(PlanLimits.sessionsPerInterface == Int(TM_MAX_SESSIONS_PER_SLOT))
+        #expect(PlanLimits.rulesPerFilterDirection == Int(TM_MAX_RULES))
+        #expect(PlanLimits.sessions == Int(TM_MAX_SESSIONS))
+        #expect(PlanLimits.interfaces == Int(TM_MAX_SLOTS))
+        #expect(PlanLimits.ruleWords * 8 == MemoryLayout<tm_bits>.size)
+        #expect(ParsedPacket.protocolUnknown == UInt16(TM_PROTO_UNKNOWN))
+        #expect(ParsedPacket.maxVLANDepth == Int(TM_MAX_VLAN_DEPTH))
+        #expect(ParsedPacket.maxExtensionHeaders == Int(TM_MAX_EXT_HEADERS))
+        #expect(TunnelHeader.length == Int(TM_TUNNEL_HDR_LEN))
+        for f in MirrorPlan.Field.allCases {
+            let c: UInt32 = switch f {
+            case .proto: TM_FIELD_PROTO.rawValue
+            case .sourcePort: TM_FIELD_SPORT.rawValue
+            case .destinationPort: TM_FIELD_DPORT.rawValue
+            case .source4: TM_FIELD_SRC4.rawValue
+            case .destination4: TM_FIELD_DST4.rawValue
+            case .source6: TM_FIELD_SRC6.rawValue
+            case .destination6: TM_FIELD_DST6.rawValue
+            }
+            #expect(UInt32(f.rawValue) == c)
+        }
+        #expect(Direction.ingress.index == Int(TM_DIR_INGRESS.rawValue))
+        #expect(Direction.egress.index == Int(TM_DIR_EGRESS.rawValue))
+    }
+}

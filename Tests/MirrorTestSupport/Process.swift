@@ -1,0 +1,156 @@
+import Foundation
+
+/// Runs commands for tests and tells what they did.
+public enum Shell {
+    public struct Result: Sendable {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+        public var ok: Bool { status == 0 }
+    }
+
+    /// Runs `arguments` (argv[0] looked up on PATH) to completion.
+    @discardableResult
+    public static func run(_ arguments: [String], input: Data? = nil, timeout: TimeInterval = 120) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        let inPipe = Pipe()
+        p.standardInput = input == nil ? FileHandle.nullDevice : inPipe
+        try p.run()
+        if let input {
+            inPipe.fileHandleForWriting.write(input)
+            try? inPipe.fileHandleForWriting.close()
+        }
+        // Read both pipes while waiting, or a chatty child blocks on a full pipe.
+        let group = DispatchGroup()
+        nonisolated(unsafe) var o = Data(), e = Data()
+        group.enter()
+        DispatchQueue.global().async { o = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        group.enter()
+        DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(10_000) }
+        if p.isRunning {
+            p.terminate()
+            usleep(200_000)
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        }
+        p.waitUntilExit()
+        group.wait()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+                      stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    /// Runs a command and throws with its output when it fails.
+    @discardableResult
+    public static func check(_ arguments: [String], timeout: TimeInterval = 120) throws -> String {
+        let r = try run(arguments, timeout: timeout)
+        guard r.ok else { throw Failure("\(arguments.joined(separator: " ")) exited \(r.status): \(r.stderr)\(r.stdout)") }
+        return r.stdout
+    }
+}
+
+public struct Failure: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// A process started in the background and stopped by PID, only ever the
+/// one this object started.
+public final class Background: @unchecked Sendable {
+    public let process = Process()
+    private let out = Pipe(), err = Pipe()
+    private let lock = NSLock()
+    private var outData = Data(), errData = Data()
+
+    public init(_ arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        out.fileHandleForReading.readabilityHandler = { [weak self] h in
+            let d = h.availableData
+            guard let self, !d.isEmpty else { return }
+            self.lock.lock(); self.outData.append(d); self.lock.unlock()
+        }
+        err.fileHandleForReading.readabilityHandler = { [weak self] h in
+            let d = h.availableData
+            guard let self, !d.isEmpty else { return }
+            self.lock.lock(); self.errData.append(d); self.lock.unlock()
+        }
+        try process.run()
+    }
+
+    public var pid: Int32 { process.processIdentifier }
+    public var isRunning: Bool { process.isRunning }
+
+    public var stdout: String { lock.lock(); defer { lock.unlock() }; return String(decoding: outData, as: UTF8.self) }
+    public var stderr: String { lock.lock(); defer { lock.unlock() }; return String(decoding: errData, as: UTF8.self) }
+
+    /// Waits until `predicate` holds on stderr (the agent logs there).
+    public func waitForStderr(timeout: TimeInterval = 30, _ predicate: (String) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if predicate(stderr) { return true }
+            if !process.isRunning { return predicate(stderr) }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the exit; returns the status.
+    @discardableResult
+    public func stop(signal: Int32 = SIGTERM, timeout: TimeInterval = 30) -> Int32 {
+        if process.isRunning { kill(pid, signal) }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning {
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+        }
+        usleep(50_000) // let the readability handlers take the last output
+        return process.terminationStatus
+    }
+
+    /// How the process ended: `.exit` or `.uncaughtSignal`.
+    public var terminationReason: Process.TerminationReason { process.terminationReason }
+
+    deinit {
+        if process.isRunning {
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+        }
+        out.fileHandleForReading.readabilityHandler = nil
+        err.fileHandleForReading.readabilityHandler = nil
+    }
+}
+
+/// Where the traffic-mirror binary is: $TRAFFIC_MIRROR_BIN, else next to
+/// the test bundle (swift build puts products side by side).
+public func trafficMirrorBinary() throws -> String {
+    if let env = ProcessInfo.processInfo.environment["TRAFFIC_MIRROR_BIN"], !env.isEmpty {
+        guard FileManager.default.isExecutableFile(atPath: env) else {
+            throw Failure("TRAFFIC_MIRROR_BIN=\(env) is not an executable")
+        }
+        return env
+    }
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for _ in 0..<4 {
+        let candidate = dir.appendingPathComponent("traffic-mirror").path
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        dir = dir.deletingLastPathComponent()
+    }
+    throw Failure("traffic-mirror binary not found next to the tests; run 'swift build' first or set TRAFFIC_MIRROR_BIN")
+}
+
+/// Fails with what is missing unless the tests run as root (BPF, netns).
+public func requireRoot(_ what: String) throws {
+    guard geteuid() == 0 else {
+        throw Failure("\(what) needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces): run the tests as root, as CI does")
+    }
+}

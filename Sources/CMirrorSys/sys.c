@@ -214,6 +214,20 @@ int CMirrorSys_resolve(const char *host, struct sockaddr_storage *out, socklen_t
 	return 0;
 }
 
+int CMirrorSys_pin_thread(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return -pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+int CMirrorSys_cpu_count(void)
+{
+	return (int)sysconf(_SC_NPROCESSORS_ONLN);
+}
+
 void CMirrorSys_set_thread_name(const char *name)
 {
 	char buf[16];

@@ -109,19 +109,35 @@ struct RunCommand: AsyncParsableCommand {
             program: .init(ringBytes: UInt32(ringSize.bytes)),
             forwarder: .init(batchSize: batchSize),
             hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach))
-        let agent: Agent
+        // The group traps SIGTERM/SIGINT before the service attaches
+        // anything, so a signal during start-up still ends in a clean stop.
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: AgentService(options: options, config: config, logger: logger))],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
         do {
-            agent = try Agent(options: options, logger: logger)
-        } catch {
+            try await group.run()
+        } catch let error as OperationalError {
             report(error.message)
             throw ExitCode(1)
         }
+    }
+}
+
+/// Starts the agent, keeps it running until graceful shutdown, then stops
+/// it. A start-up failure ends the group with the OperationalError.
+struct AgentService: Service {
+    let options: Agent.Options
+    let config: MirrorConfig
+    let logger: Logger
+
+    func run() async throws {
+        let agent = try Agent(options: options, logger: logger)
         do {
             try agent.apply(config)
         } catch {
             agent.shutdown()
-            report(error.message)
-            throw ExitCode(1)
+            throw error
         }
         for t in agent.applied?.targets ?? [] {
             logger.info("mirroring", metadata: [
@@ -129,21 +145,6 @@ struct RunCommand: AsyncParsableCommand {
                 "mtu": "\(t.mtu)", "frame_limit": "\(t.innerLimit)",
             ])
         }
-
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: AgentService(agent: agent, logger: logger))],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
-        try await group.run()
-    }
-}
-
-/// Keeps the agent running until graceful shutdown, then stops it.
-struct AgentService: Service {
-    let agent: Agent
-    let logger: Logger
-
-    func run() async throws {
         try? await gracefulShutdown()
         logger.info("stopping: detaching hooks and draining the rings")
         agent.shutdown()

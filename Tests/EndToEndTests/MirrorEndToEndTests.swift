@@ -162,6 +162,29 @@ struct MirrorEndToEndTests {
         }
         #expect(portsByFlow.count == 1 && portsByFlow.values.first?.count == 1,
                 "both directions of the TCP connection leave with one source port: \(portsByFlow)")
+
+        // Order: the copies of the connection arrive in the order each
+        // direction had on the wire, and the handshake comes first, though
+        // its two directions are hooked on different CPUs.
+        func conversation(_ frames: [[UInt8]], toServer: Bool) -> [[UInt8]] {
+            frames.filter { f in
+                let p = ParsedPacket(frame: f)
+                return p.isIP && p.proto == 6 && (toServer ? p.destinationPort == 18080 : p.sourcePort == 18080)
+            }
+        }
+        let mirroredInOrder = outers.map(\.inner)
+        for toServer in [true, false] {
+            let got = conversation(mirroredInOrder, toServer: toServer)
+            let want = conversation(toServer ? outFrames : inFrames, toServer: toServer).map(Self.onTheWire)
+            let inOrder = got == want
+            #expect(inOrder, "\(toServer ? "client to server" : "server to client"): \(got.count) copies in the order of the \(want.count) frames on the wire; first difference at \(zip(got, want).firstIndex { $0 != $1 } ?? min(got.count, want.count))")
+        }
+        let flags = mirroredInOrder.compactMap { f -> UInt8? in
+            let p = ParsedPacket(frame: f)
+            guard p.isIP, p.proto == 6, p.sourcePort == 18080 || p.destinationPort == 18080 else { return nil }
+            return f[p.l4Offset + 13]
+        }
+        #expect(Array(flags.prefix(3)) == [0x02, 0x12, 0x10], "SYN, SYN-ACK, ACK first: \(flags.prefix(3))")
         try checkWithTshark(datagrams: datagrams, vni: 42)
 
         let after = try topo.attachments(topo.mon, "m0")

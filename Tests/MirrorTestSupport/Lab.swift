@@ -27,13 +27,28 @@ public final class Lab: @unchecked Sendable {
     deinit { teardown() }
 
     /// Creates namespace `<prefix>-<name>` with lo up; returns its full name.
+    /// Commands run in it with `ip netns exec` see /etc/netns/<name>/ over
+    /// /etc: a resolver that asks only the namespace's own loopback (so a
+    /// test's lookup never leaves the machine) and a hosts file that tests
+    /// can add names to (`addHost`).
     @discardableResult
     public func namespace(_ name: String) throws -> String {
         let full = "\(prefix)-\(name)"
         try Shell.check(["ip", "netns", "add", full])
         lock.lock(); namespaces.append(full); lock.unlock()
         try Shell.check(["ip", "-n", full, "link", "set", "lo", "up"])
+        let etc = "/etc/netns/\(full)"
+        try FileManager.default.createDirectory(atPath: etc, withIntermediateDirectories: true)
+        try "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n".write(toFile: etc + "/resolv.conf", atomically: true, encoding: .utf8)
+        try "127.0.0.1 localhost\n".write(toFile: etc + "/hosts", atomically: true, encoding: .utf8)
         return full
+    }
+
+    /// Adds `name` for `address` to a namespace's hosts file.
+    public func addHost(_ ns: String, _ name: String, _ address: String) throws {
+        let path = "/etc/netns/\(ns)/hosts"
+        let old = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        try (old + "\(address) \(name)\n").write(toFile: path, atomically: true, encoding: .utf8)
     }
 
     /// A veth pair between two namespaces, both ends up.
@@ -108,7 +123,10 @@ public final class Lab: @unchecked Sendable {
         namespaces = []
         lock.unlock()
         for b in bg where b.isRunning { b.stop(signal: SIGKILL, timeout: 5) }
-        for n in ns { _ = try? Shell.run(["ip", "netns", "del", n]) }
+        for n in ns {
+            _ = try? Shell.run(["ip", "netns", "del", n])
+            try? FileManager.default.removeItem(atPath: "/etc/netns/\(n)")
+        }
     }
 }
 

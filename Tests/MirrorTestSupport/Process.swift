@@ -1,5 +1,17 @@
 import Foundation
 
+/// Runs `body` (which spawns a child) with no signal blocked on this
+/// thread: a child inherits the spawning thread's mask, and the test
+/// runner's threads block SIGINT/SIGTERM, which would leave tcpdump or the
+/// agent deaf to them.
+func withSignalsUnblocked<T>(_ body: () throws -> T) rethrows -> T {
+    var all = sigset_t(), old = sigset_t()
+    sigfillset(&all)
+    pthread_sigmask(SIG_UNBLOCK, &all, &old)
+    defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
+    return try body()
+}
+
 /// Runs commands for tests and tells what they did.
 public enum Shell {
     public struct Result: Sendable {
@@ -20,7 +32,7 @@ public enum Shell {
         p.standardError = err
         let inPipe = Pipe()
         p.standardInput = input == nil ? FileHandle.nullDevice : inPipe
-        try p.run()
+        try withSignalsUnblocked { try p.run() }
         if let input {
             inPipe.fileHandleForWriting.write(input)
             try? inPipe.fileHandleForWriting.close()
@@ -83,7 +95,7 @@ public final class Background: @unchecked Sendable {
             guard let self, !d.isEmpty else { return }
             self.lock.lock(); self.errData.append(d); self.lock.unlock()
         }
-        try process.run()
+        try withSignalsUnblocked { try process.run() }
     }
 
     public var pid: Int32 { process.processIdentifier }

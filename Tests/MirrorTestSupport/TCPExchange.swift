@@ -30,8 +30,12 @@ public enum TCPExchange {
         let payload = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
         nonisolated(unsafe) var serverError: Error?
         let serverDone = DispatchSemaphore(value: 0)
+        // Client and server on different CPUs, so the two directions are
+        // hooked on different CPUs (and land in different rings).
+        let cpus = CMirrorSys_cpu_count()
         Thread {
             defer { serverDone.signal() }
+            if cpus > 1 { _ = CMirrorSys_pin_thread(1) }
             guard CMirrorSys_poll1(listener, Int16(POLLIN), Int32(timeout * 1000)) > 0 else {
                 serverError = Failure("no connection arrived"); return
             }
@@ -52,6 +56,25 @@ public enum TCPExchange {
                 total += n
             }
         }.start()
+        let serverSockaddr = addr
+        nonisolated(unsafe) var clientResult: Result<[UInt8], Error> = .success([])
+        let clientDone = DispatchSemaphore(value: 0)
+        Thread {
+            defer { clientDone.signal() }
+            if cpus > 1 { _ = CMirrorSys_pin_thread(0) }
+            var target = serverSockaddr
+            clientResult = Result { try clientSide(client: client, addr: &target, len: len, payload: payload, timeout: timeout, serverAddress: serverAddress, port: port) }
+        }.start()
+        clientDone.wait()
+        let echoed = try clientResult.get()
+        serverDone.wait()
+        if let serverError { throw serverError }
+        guard echoed == payload else { throw Failure("TCP echo returned \(echoed.count) of \(bytes) bytes, or different bytes") }
+    }
+
+    private static func clientSide(client: Int32, addr: inout sockaddr_storage, len: socklen_t, payload: [UInt8],
+                                   timeout: TimeInterval, serverAddress: IPAddress, port: UInt16) throws -> [UInt8] {
+        let bytes = payload.count
         let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { CMirrorSys_connect(client, $0, len) } }
         guard rc == 0 else { throw Failure("connect \(serverAddress):\(port): \(-rc)") }
         var echoed = [UInt8]()
@@ -73,9 +96,7 @@ public enum TCPExchange {
             }
         }
         shutdown(client, Int32(SHUT_WR))
-        serverDone.wait()
-        if let serverError { throw serverError }
-        guard echoed == payload else { throw Failure("TCP echo returned \(echoed.count) of \(bytes) bytes, or different bytes") }
+        return echoed
     }
 
     static func fill(_ s: inout sockaddr_storage, _ a: IPAddress, _ port: UInt16) -> socklen_t {

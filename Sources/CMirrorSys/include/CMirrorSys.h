@@ -57,6 +57,11 @@ int CMirrorSys_if_hwaddr(const char *name, uint8_t mac[6]);
 /* Resolves a host name or literal (AF_UNSPEC; IPv4 first when both). */
 int CMirrorSys_resolve(const char *host, struct sockaddr_storage *out, socklen_t *len);
 
+/* Pins the calling thread to one CPU. */
+int CMirrorSys_pin_thread(int cpu);
+/* Number of CPUs online. */
+int CMirrorSys_cpu_count(void);
+
 /* Thread name of the calling thread (at most 15 characters). */
 void CMirrorSys_set_thread_name(const char *name);
 

@@ -20,7 +20,6 @@ public final class RingSet: @unchecked Sendable {
     let fds: [Int32]
     let epoll: Int32
     let wakeFD: Int32
-    private var nextRing = 0
 
     /// Creates one ring per possible CPU and puts it in the program's
     /// ring array; the hooks may be attached afterwards.
@@ -73,41 +72,73 @@ public final class RingSet: @unchecked Sendable {
     /// The fd of ring 0 (for the RCU barrier of `MirrorProgram`).
     public var firstRingFD: Int32 { fds[0] }
 
-    /// Appends up to `max` records to `batch`, taking the rings in turn so
-    /// a busy CPU cannot starve the others. Returns how many it added.
+    /// Appends up to `max` records to `batch` in the order the hooks saw
+    /// them: the rings are merged by the timestamp each record carries, so
+    /// the copies of one connection keep their order even when its two
+    /// directions run on different CPUs. Returns how many it added.
     @inline(__always)
     public func collect(into batch: inout RecordBatch, max: Int) -> Int {
+        if count == 1 { return collectInOrder(ring: 0, into: &batch, max: max) }
         var added = 0
-        var scanned = 0
-        var r = nextRing
-        while scanned < count && added < max {
-            added += collect(ring: r, into: &batch, max: max - added)
-            r = r + 1 == count ? 0 : r + 1
-            scanned += 1
+        while added < max {
+            // The ring whose next committed record is the oldest.
+            var best = -1
+            var bestTime = UInt64.max
+            for r in 0..<count {
+                guard let head = head(r) else { continue }
+                let t = head.loadUnaligned(fromByteOffset: Int(CMIRRORBPF_RING_HDR_SIZE) + RecordLayout.tstamp, as: UInt64.self)
+                if t < bestTime {
+                    bestTime = t
+                    best = r
+                }
+            }
+            guard best >= 0 else { break }
+            take(ring: best, into: &batch)
+            added += 1
         }
-        nextRing = r
         return added
     }
 
+    /// The header of ring r's next committed record, skipping discarded
+    /// ones; nil when there is none yet.
     @inline(__always)
-    private func collect(ring r: Int, into batch: inout RecordBatch, max: Int) -> Int {
+    private func head(_ r: Int) -> UnsafeRawPointer? {
         let ring = rings[r]
-        var pos = cursor[r]
         let producer = CMirrorBPF_load_acquire_u64(ring.producer_pos)
-        var added = 0
-        while pos < producer && added < max {
-            let header = ring.data + Int(pos & ring.mask)
+        while cursor[r] < producer {
+            let header = UnsafeRawPointer(ring.data + Int(cursor[r] & ring.mask))
             let word = CMirrorBPF_load_acquire_u32(header)
-            if word & CMIRRORBPF_RING_BUSY_BIT != 0 { break } // reserved, not committed yet
-            let length = Int(word & ~(CMIRRORBPF_RING_BUSY_BIT | CMIRRORBPF_RING_DISCARD_BIT))
-            if word & CMIRRORBPF_RING_DISCARD_BIT == 0 {
-                // The data area is mapped twice, so a record never wraps.
-                batch.append(RecordView(base: UnsafeRawPointer(header + Int(CMIRRORBPF_RING_HDR_SIZE)), length: length))
-                added += 1
-            }
-            pos += UInt64((length + Int(CMIRRORBPF_RING_HDR_SIZE) + 7) & ~7)
+            if word & CMIRRORBPF_RING_BUSY_BIT != 0 { return nil } // reserved, not committed yet
+            if word & CMIRRORBPF_RING_DISCARD_BIT == 0 { return header }
+            cursor[r] += Self.advance(word)
         }
-        cursor[r] = pos
+        return nil
+    }
+
+    @inline(__always)
+    private static func advance(_ word: UInt32) -> UInt64 {
+        let length = Int(word & ~(CMIRRORBPF_RING_BUSY_BIT | CMIRRORBPF_RING_DISCARD_BIT))
+        return UInt64((length + Int(CMIRRORBPF_RING_HDR_SIZE) + 7) & ~7)
+    }
+
+    /// Appends ring r's head record (which `head` found) and moves past it.
+    @inline(__always)
+    private func take(ring r: Int, into batch: inout RecordBatch) {
+        let header = UnsafeRawPointer(rings[r].data + Int(cursor[r] & rings[r].mask))
+        let word = header.load(as: UInt32.self)
+        let length = Int(word & ~(CMIRRORBPF_RING_BUSY_BIT | CMIRRORBPF_RING_DISCARD_BIT))
+        // The data area is mapped twice, so a record never wraps.
+        batch.append(RecordView(base: header + Int(CMIRRORBPF_RING_HDR_SIZE), length: length))
+        cursor[r] += Self.advance(word)
+    }
+
+    @inline(__always)
+    private func collectInOrder(ring r: Int, into batch: inout RecordBatch, max: Int) -> Int {
+        var added = 0
+        while added < max, head(r) != nil {
+            take(ring: r, into: &batch)
+            added += 1
+        }
         return added
     }
 

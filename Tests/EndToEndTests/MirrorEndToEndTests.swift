@@ -177,7 +177,7 @@ struct MirrorEndToEndTests {
             let got = conversation(mirroredInOrder, toServer: toServer)
             let want = conversation(toServer ? outFrames : inFrames, toServer: toServer).map(Self.onTheWire)
             let inOrder = got == want
-            #expect(inOrder, "\(toServer ? "client to server" : "server to client"): \(got.count) copies in the order of the \(want.count) frames on the wire; first difference at \(zip(got, want).firstIndex { $0 != $1 } ?? min(got.count, want.count))")
+            #expect(inOrder, "\(toServer ? "client to server" : "server to client"): \(got.count) copies in the order of the \(want.count) frames on the wire; first difference at \(zip(got, want).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(got.count, want.count))")
         }
         let flags = mirroredInOrder.compactMap { f -> UInt8? in
             let p = ParsedPacket(frame: f)

@@ -45,7 +45,9 @@ __noinline int tm_parse_xdp(struct xdp_md *ctx, struct tm_pkt *p)
 {
 	struct tm_src src = { .ctx = ctx };
 
-	if (!ctx || !p)
+	/* Only `p` may be NULL: a context argument never is, and comparing it
+	 * is a pointer comparison the verifier refuses without CAP_PERFMON. */
+	if (!p)
 		return -1;
 	src.len = bpf_xdp_get_buff_len(ctx);
 	tm_parse(&src, 1, p, 0);
@@ -56,7 +58,7 @@ __noinline int tm_parse_skb(struct __sk_buff *skb, struct tm_pkt *p, __u32 tags)
 {
 	struct tm_src src = { .ctx = skb };
 
-	if (!skb || !p)
+	if (!p)
 		return -1;
 	src.len = skb->len;
 	tm_parse(&src, 0, p, tags);
@@ -248,7 +250,6 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	struct tm_if_counters *ic;
 	struct tm_session_counters *sc;
 	struct tm_control *ctl;
-	struct tm_slot_plan *plan;
 	struct tm_session *s;
 	__u32 zero = 0, *slotp, slot, key, bank, scope, session, skey;
 	__u32 frame_len, cap, limit, reason, flags = 0, segs;
@@ -279,9 +280,6 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 		goto no_match;
 	bank = ctl->active_bank & 1;
 	scope = TM_SCOPE(bank, slot, m->dir);
-	plan = bpf_map_lookup_elem(&tm_slot_plans, &scope);
-	if (!plan)
-		goto no_match;
 
 	if (xdp)
 		tm_parse_xdp(src->ctx, p);
@@ -292,7 +290,7 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	if (p->flags & TM_PKT_L4_TRUNCATED)
 		ic->count[TM_IO_L4_TRUNCATED] += segs;
 
-	sid = tm_classify(scope, plan, p);
+	sid = tm_classify(scope, p);
 	if (sid == TM_V_REJECTED) {
 		ic->count[TM_IO_REJECTED] += segs;
 		return;

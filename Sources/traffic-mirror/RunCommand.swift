@@ -9,8 +9,17 @@ extension HookPolicy.IngressHook: ExpressibleByArgument {}
 extension HookPolicy.TCAttach: ExpressibleByArgument {}
 
 /// A byte count with an optional K/M/G suffix (powers of 1024).
-struct ByteSize: ExpressibleByArgument {
+struct ByteSize: ExpressibleByArgument, CustomStringConvertible {
     var bytes: Int
+
+    var description: String {
+        for (suffix, scale) in [("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)] where bytes % scale == 0 {
+            return "\(bytes / scale)\(suffix)"
+        }
+        return "\(bytes)"
+    }
+
+    var defaultValueDescription: String { description }
 
     init?(argument: String) {
         let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
@@ -59,10 +68,10 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("How tc programs are attached: auto (tcx links where the kernel has them, else netlink filters), tcx, or netlink.", valueName: "mode"))
     var tcAttach: HookPolicy.TCAttach = .auto
 
-    @Option(help: ArgumentHelp("Bytes of ring buffer per CPU, a power of two with an optional K/M/G suffix (default 8M).", valueName: "bytes"))
+    @Option(help: ArgumentHelp("Bytes of ring buffer per CPU, a power of two from 4K to 1G, with an optional K/M/G suffix.", valueName: "bytes"))
     var ringSize: ByteSize = ByteSize(argument: "8M")!
 
-    @Option(help: ArgumentHelp("Records per sendmmsg batch, 1...4096 (default 256).", valueName: "n"))
+    @Option(help: ArgumentHelp("Records per sendmmsg batch, 1...4096.", valueName: "n"))
     var batchSize: Int = 256
 
     @OptionGroup var logging: LoggingOptions

@@ -159,3 +159,40 @@ struct LifecycleEndToEndTests {
         #expect(v.contains("libbpf v1.") && v.contains("bpf object sha256 "))
     }
 }
+
+@Suite("Least privilege", .serialized)
+struct PrivilegeEndToEndTests {
+    /// The capabilities deploy/traffic-mirror.service grants.
+    static func unitCapabilities() throws -> [String] {
+        let unit = try String(contentsOf: LifecycleEndToEndTests.repository.appendingPathComponent("deploy/traffic-mirror.service"), encoding: .utf8)
+        let line = try #require(unit.split(separator: "\n").first { $0.hasPrefix("AmbientCapabilities=") })
+        return line.dropFirst("AmbientCapabilities=".count).split(separator: " ").map { String($0.dropFirst(4)).lowercased() }
+    }
+
+    @Test("as nobody with exactly the unit's capabilities the agent mirrors; with one fewer it says which is missing")
+    func unitCapabilitiesSuffice() throws {
+        let caps = try Self.unitCapabilities()
+        #expect(Set(caps) == ["bpf", "perfmon", "net_admin", "net_raw"])
+        let topo = try Topology()
+        func setpriv(_ c: [String]) -> [String] {
+            let list = (["-all"] + c.map { "+\($0)" }).joined(separator: ",")
+            return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=\(list)", "--ambient-caps=\(list)", "--bounding-set=\(list)"]
+        }
+        let bin = try trafficMirrorBinary()
+        let agent = try topo.lab.start(topo.mon, setpriv(caps) + [bin, "run", "--interface", "m0", "--target", "198.18.1.2"])
+        #expect(agent.waitForStderr(timeout: 60) { $0.contains("mirroring") }, "\(agent.stderr)")
+        let wire = try Capture(lab: topo.lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        try topo.lab.exec(topo.src, ["bash", "-c", "echo hi > /dev/udp/198.18.0.2/9"])
+        #expect(try wire.waitFor(count: 2, timeout: 10).count >= 2, "copies sent without root")
+        #expect(agent.stop() == 0)
+        _ = try wire.stop()
+        #expect(try topo.attachments(topo.mon, "m0").none)
+
+        for missing in caps {
+            let r = try Shell.run(["ip", "netns", "exec", topo.mon] + setpriv(caps.filter { $0 != missing }) +
+                                  [bin, "run", "--interface", "m0", "--target", "198.18.1.2"], timeout: 60)
+            #expect(r.status == 1 && r.stderr.contains("CAP_\(missing.uppercased())"), "without \(missing): \(r.stderr)")
+            #expect(try topo.attachments(topo.mon, "m0").none)
+        }
+    }
+}

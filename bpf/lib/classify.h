@@ -67,10 +67,16 @@ static __always_inline struct tm_bits *tm_match_rules(__u32 scope, const struct 
  * The session that mirrors this packet (its index in the bank), or a
  * negative tm_verdict. A global function: the verifier checks it once, on
  * its own, instead of once for every path of the caller that reaches it.
- * Arguments of global functions may be NULL as far as the verifier knows.
+ * Pointer arguments of global functions may be NULL as far as it knows.
+ *
+ * The plan is looked up here rather than passed in: indexing a map value
+ * with a variable is allowed to programs loaded without CAP_PERFMON (the
+ * verifier masks the offset against speculation), indexing plain memory
+ * passed as an argument is not.
  */
-__noinline int tm_classify(__u32 scope, const struct tm_slot_plan *plan, const struct tm_pkt *p)
+__noinline int tm_classify(__u32 scope, const struct tm_pkt *p)
 {
+	const struct tm_slot_plan *plan = bpf_map_lookup_elem(&tm_slot_plans, &scope);
 	struct tm_bits *m = NULL;
 	int verdict = TM_V_NO_MATCH, looked = 0;
 	__u32 i, n;

@@ -134,7 +134,7 @@ public final class Hook: @unchecked Sendable {
 
     static func remedy(_ code: Int32) -> String {
         switch -code {
-        case EPERM: "; the agent needs CAP_BPF and CAP_NET_ADMIN (run as root or with the capabilities of deploy/traffic-mirror.service)"
+        case EPERM: "; the agent needs CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_NET_RAW (run as root or with the capabilities of deploy/traffic-mirror.service)"
         case ENODEV, ENXIO: "; the interface is gone"
         case EOPNOTSUPP: "; the driver does not support this hook (try --ingress-hook tc)"
         default: ""

@@ -105,20 +105,33 @@ public final class MirrorProgram: @unchecked Sendable {
         return String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// One line naming the cause and the remedy; the tail of the verifier
-    /// log when the verifier refused.
+    /// One line naming the cause and the remedy; the verifier's own
+    /// complaint when the verifier refused.
     static func explainLoadFailure(code: Int32, log: String) -> String {
         let err = SystemError("loading the BPF program", code: code)
+        let complaint = verifierComplaint(log)
         switch -code {
         case 1 /* EPERM */:
-            return "\(err): the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root); run it as root or with the capabilities of deploy/traffic-mirror.service"
-        case 22 /* EINVAL */, 524 /* ENOTSUPP */, 95 /* EOPNOTSUPP */:
-            return "\(err): this kernel lacks a BPF feature the program needs (XDP multi-buffer, bpf_xdp_load_bytes, ring buffers: Linux 5.18 or newer, with BTF); \(lastLines(log))"
+            return "\(err): the agent needs CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_NET_RAW (or root); run it as root or with the capabilities of deploy/traffic-mirror.service"
+        case 13 /* EACCES */ where log.contains("prohibited for !root") || log.contains("pointer comparison prohibited"):
+            return "\(err): the verifier allows this program's pointer arithmetic only with CAP_PERFMON (\(complaint)); grant CAP_PERFMON as deploy/traffic-mirror.service does"
         case 13 /* EACCES */:
-            return "\(err): the kernel's verifier refused the program (a bug in this build, please report it): \(lastLines(log))"
+            return "\(err): the kernel's verifier refused the program: \(complaint); this kernel may be older than the 5.18 the program needs, or this is a bug (please report it with 'traffic-mirror version')"
+        case 22 /* EINVAL */, 524 /* ENOTSUPP */, 95 /* EOPNOTSUPP */:
+            return "\(err): this kernel lacks a BPF feature the program needs (XDP multi-buffer, bpf_xdp_load_bytes, ring buffers: Linux 5.18 or newer, with BTF); \(complaint)"
         default:
-            return "\(err): \(lastLines(log))"
+            return "\(err): \(complaint)"
         }
+    }
+
+    /// The verifier's reason: the line before its "processed N insns"
+    /// summary, else the last lines of the log.
+    static func verifierComplaint(_ log: String) -> String {
+        let lines = log.split(separator: "\n").map { String($0.drop { $0 == " " || $0 == "\t" }) }.filter { !$0.isEmpty }
+        if let i = lines.firstIndex(where: { $0.hasPrefix("processed ") }), i > 0 {
+            return lines[i - 1]
+        }
+        return lastLines(log)
     }
 
     static func lastLines(_ log: String) -> String {

@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // C shim over libbpf: loading, attaching, maps, rings, test runs.
@@ -25,7 +26,7 @@ let package = Package(
         .target(name: "MirrorBPFObject", plugins: ["BPFObjectBuilder"]),
         .plugin(name: "BPFObjectBuilder", capability: .buildTool()),
 
-        .target(name: "MirrorCore"),
+        .target(name: "MirrorCore", dependencies: [.product(name: "Yams", package: "Yams")]),
         .target(
             name: "MirrorDataPlane",
             dependencies: [
@@ -41,6 +42,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
 

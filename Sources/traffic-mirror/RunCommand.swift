@@ -3,6 +3,7 @@ import Logging
 import MirrorCore
 import MirrorDataPlane
 import ServiceLifecycle
+import UnixSignals
 
 extension DirectionSelection: ExpressibleByArgument {}
 extension HookPolicy.IngressHook: ExpressibleByArgument {}
@@ -47,6 +48,9 @@ struct RunCommand: AsyncParsableCommand {
         """
     )
 
+    @Option(help: ArgumentHelp("YAML config with targets, filters and sessions (docs/configuration.md); SIGHUP reloads it.", valueName: "file"))
+    var config: String?
+
     @Option(name: .customLong("interface"), help: ArgumentHelp("Source interface to mirror (repeatable).", valueName: "name"))
     var interfaces: [String] = []
 
@@ -78,14 +82,22 @@ struct RunCommand: AsyncParsableCommand {
 
     func validate() throws {
         var problems = [String]()
-        if interfaces.isEmpty { problems.append("--interface: at least one source interface is required") }
+        if config != nil {
+            // The file describes the sessions; the quick flags would say it twice.
+            let quick = [("--interface", !interfaces.isEmpty), ("--target", target != nil), ("--vni", vni != nil),
+                         ("--direction", direction != nil), ("--packet-length", packetLength != nil)]
+            for (flag, given) in quick where given {
+                problems.append("\(flag): the config file describes the sessions; use either --config or the quick-session flags, not both")
+            }
+        } else {
+            if interfaces.isEmpty { problems.append("--interface: at least one source interface is required (or use --config)") }
+            if target == nil { problems.append("--target: a target is required (HOST[:PORT]), or use --config") }
+        }
         for name in interfaces where name.isEmpty || name.utf8.count > 15 || name.contains("/") || name.contains(" ") {
             problems.append("--interface: \"\(name)\" is not an interface name (1 to 15 characters, no '/' or spaces)")
         }
         if let t = target {
             do { _ = try HostPort(parsing: t) } catch { problems.append("--target: \(error.message)") }
-        } else {
-            problems.append("--target: a target is required (HOST[:PORT])")
         }
         if let v = vni, v > TunnelHeader.maxVNI {
             problems.append("--vni: \(v) is out of range 0...\(TunnelHeader.maxVNI)")
@@ -106,6 +118,7 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     func makeConfig() throws -> MirrorConfig {
+        if let config { return try loadConfig(path: config) }
         let t = try HostPort(parsing: target!)
         return MirrorConfig.quick(interfaces: interfaces, target: t, vni: vni ?? 1,
                                   direction: direction ?? .both, packetLength: packetLength)
@@ -121,7 +134,7 @@ struct RunCommand: AsyncParsableCommand {
         // The group traps SIGTERM/SIGINT before the service attaches
         // anything, so a signal during start-up still ends in a clean stop.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: AgentService(options: options, config: config, logger: logger))],
+            services: [.init(service: AgentService(options: options, config: config, configPath: self.config, logger: logger))],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         do {
@@ -138,6 +151,8 @@ struct RunCommand: AsyncParsableCommand {
 struct AgentService: Service {
     let options: Agent.Options
     let config: MirrorConfig
+    /// The file SIGHUP reloads; nil for the quick flags.
+    let configPath: String?
     let logger: Logger
 
     func run() async throws {
@@ -154,12 +169,56 @@ struct AgentService: Service {
                 "mtu": "\(t.mtu)", "frame_limit": "\(t.innerLimit)",
             ])
         }
-        try? await gracefulShutdown()
+        // SIGHUP reloads the file until graceful shutdown begins.
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+                    reload(agent)
+                }
+            }
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
         logger.info("stopping: detaching hooks and draining the rings")
         agent.shutdown()
         let s = agent.forwarder.counters.snapshot()
         let sent = s.sent.values.reduce(0) { $0 + $1.packets }
         let dropped = s.drops.values.reduce(0) { $0 + $1.values.reduce(0, +) }
         logger.info("stopped", metadata: ["sent_packets": "\(sent)", "user_space_drops": "\(dropped)"])
+    }
+
+    /// Reads the config file again and puts it in force; on any problem the
+    /// running plan stays, untouched, and the problems are logged.
+    func reload(_ agent: Agent) {
+        guard let path = configPath else {
+            logger.warning("SIGHUP ignored: the agent runs from flags, not a config file")
+            return
+        }
+        logger.info("reloading", metadata: ["config": "\(path)"])
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            logger.error("reload rejected: cannot read the config; the running plan stays", metadata: ["config": "\(path)", "error": "\(error)"])
+            return
+        }
+        let config: MirrorConfig
+        do {
+            config = try ConfigLoader.load(yaml: text)
+        } catch {
+            for p in error.problems {
+                logger.error("reload rejected: the running plan stays", metadata: ["config": "\(path)", "problem": "\(p)"])
+            }
+            return
+        }
+        do {
+            try agent.apply(config)
+            logger.info("reloaded", metadata: [
+                "config": "\(path)", "sessions": "\(config.sessions.count)",
+                "interfaces": "\(agent.interfaces.keys.sorted().joined(separator: ","))",
+            ])
+        } catch {
+            logger.error("reload failed: the running plan stays", metadata: ["config": "\(path)", "error": "\(error.message)"])
+        }
     }
 }

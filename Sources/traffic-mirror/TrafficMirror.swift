@@ -22,18 +22,12 @@ struct TrafficMirror: AsyncParsableCommand {
         Exit codes: 0 clean stop, 1 runtime failure, 2 usage or config error.
         """,
         version: version,
-        subcommands: [RunCommand.self, VersionCommand.self]
+        subcommands: [RunCommand.self, CheckCommand.self, VersionCommand.self]
     )
 
     /// Parses and runs a command with the exit codes of SPEC §1: usage and
     /// validation errors exit 2 (ArgumentParser's own default is 64).
     static func main() async {
-        // A launcher may hand us these blocked (children inherit masks);
-        // the agent must hear them to stop cleanly and to reload.
-        var wanted = sigset_t()
-        sigemptyset(&wanted)
-        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&wanted, s) }
-        sigprocmask(SIG_UNBLOCK, &wanted, nil)
         do {
             var command = try parseAsRoot()
             if var async = command as? AsyncParsableCommand {

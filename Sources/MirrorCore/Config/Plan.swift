@@ -147,11 +147,16 @@ extension MirrorPlan {
             // The entry of prefix P must allow every rule that allows any
             // value under P's longest match: the rules of P and of every
             // shorter prefix that contains P.
-            let all = prefixes.keys.sorted { $0.length < $1.length }
-            for p in all {
+            // Ancestors are found by masking P to each prefix length in use.
+            let lengths = Set(prefixes.keys.map(\.length)).sorted()
+            let ordered = prefixes.keys.sorted {
+                $0.length != $1.length ? $0.length < $1.length : $0.value.lexicographicallyPrecedes($1.value)
+            }
+            for p in ordered {
                 var bits = [UInt64](repeating: 0, count: scope.wordTotal)
-                for q in all where q.length <= p.length && q.contains(p) {
-                    for b in prefixes[q]! { bits[b / 64] |= 1 << UInt64(b % 64) }
+                for len in lengths where len <= p.length {
+                    guard let rules = prefixes[p.masked(to: len)] else { continue }
+                    for b in rules { bits[b / 64] |= 1 << UInt64(b % 64) }
                 }
                 entries.append(Entry(scope: scopeIndex, field: field, value: p.value,
                                      prefixLength: p.length, bits: bits))
@@ -159,18 +164,16 @@ extension MirrorPlan {
         }
     }
 
-    /// A prefix of a field's value space.
+    /// A prefix of a field's value space; `value` has no bits set past
+    /// `length`.
     struct Prefix: Hashable {
         var value: [UInt8]
         var length: Int
 
-        func contains(_ other: Prefix) -> Bool {
-            guard length <= other.length else { return false }
-            for bit in 0..<length {
-                let m = UInt8(0x80) >> UInt8(bit % 8)
-                if value[bit / 8] & m != other.value[bit / 8] & m { return false }
-            }
-            return true
+        func masked(to len: Int) -> Prefix {
+            var v = value
+            for bit in len..<(v.count * 8) { v[bit / 8] &= ~(0x80 >> UInt8(bit % 8)) }
+            return Prefix(value: v, length: len)
         }
     }
 

@@ -1,5 +1,9 @@
 import CMirrorSys
 import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
 import MirrorCore
 import Synchronization
 
@@ -38,6 +42,12 @@ public final class Agent: @unchecked Sendable {
         var applied: Applied?
         /// LPM keys each bank holds, to delete on its next install.
         var bankKeys: [[[UInt8]]] = [[], []]
+        /// Ring positions behind which the last retired bank's records lie;
+        /// that bank may be rewritten once they are all sent.
+        var retiredBankBarrier: [UInt64]?
+        /// Kernel counters of sessions whose bank was retired, by session
+        /// name and direction, so totals survive reloads.
+        var retired: [String: [Direction: [UInt64]]] = [:]
         var stopped = false
     }
 
@@ -161,6 +171,16 @@ public final class Agent: @unchecked Sendable {
 
         let previous = s.applied
         let bank = previous.map { 1 - $0.bank } ?? 0
+        // Records written under the bank about to be rewritten must all be
+        // sent first, or they would be read with the new plan's sessions.
+        if let barrier = s.retiredBankBarrier {
+            guard waitReleased(barrier, seconds: 5) else {
+                for name in newSlots where s.interfaces[name] == nil { program.removeSlot(ifindex: UInt32(ifindexes[name]!)) }
+                undoSlots()
+                throw OperationalError("the previous plan's copies are still being sent (the target is slow); try the reload again")
+            }
+            s.retiredBankBarrier = nil
+        }
         do {
             try program.install(plan: plan, sessions: kernelSessions, slots: slots, bank: bank, previousKeys: &s.bankKeys[bank])
         } catch {
@@ -230,8 +250,47 @@ public final class Agent: @unchecked Sendable {
         for (name, idx) in ifindexes { s.interfaces[name] = (idx, slots[name]!) }
         s.applied = Applied(config: config, plan: plan, targets: targets, bank: bank)
         // Hooks that started before the switch may still be writing records
-        // of the old bank; wait for them so its counters are final.
+        // of the old bank; wait for them so its counters are final and its
+        // records are all in the rings.
         try? program.waitForRunningHooks(ring0: rings.firstRingFD)
+        if let previous {
+            for (i, session) in previous.plan.sessions.enumerated() {
+                for d in Direction.allCases {
+                    guard let c = try? program.sessionCounters(bank: previous.bank, session: i, direction: d) else { continue }
+                    let old = s.retired[session.name]?[d] ?? [UInt64](repeating: 0, count: c.count)
+                    s.retired[session.name, default: [:]][d] = zip(old, c).map { $0 &+ $1 }
+                }
+            }
+            let barrier = rings.producerPositions()
+            if !waitReleased(barrier, seconds: 2) { s.retiredBankBarrier = barrier }
+        }
+    }
+
+    private func waitReleased(_ positions: [UInt64], seconds: Int) -> Bool {
+        for _ in 0..<(seconds * 500) {
+            if rings.released(upTo: positions) { return true }
+            rings.wake()
+            usleep(2000)
+        }
+        return rings.released(upTo: positions)
+    }
+
+    /// Kernel counters per session name and direction, labelled by
+    /// `MirrorProgram.sessionOutcomeLabels`: retired banks plus the bank
+    /// in force.
+    public func sessionCounters() -> [String: [Direction: [UInt64]]] {
+        state.withLock { s in
+            var out = s.retired
+            guard let a = s.applied else { return out }
+            for (i, session) in a.plan.sessions.enumerated() {
+                for d in Direction.allCases {
+                    guard let c = try? program.sessionCounters(bank: a.bank, session: i, direction: d) else { continue }
+                    let old = out[session.name]?[d] ?? [UInt64](repeating: 0, count: c.count)
+                    out[session.name, default: [:]][d] = zip(old, c).map { $0 &+ $1 }
+                }
+            }
+            return out
+        }
     }
 
     /// Detaches every hook, waits for hooks still running, lets the

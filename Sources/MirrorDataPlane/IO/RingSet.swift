@@ -161,6 +161,21 @@ public final class RingSet: @unchecked Sendable {
         return false
     }
 
+    /// Where each ring's producer is now: every record committed so far
+    /// lies before these positions.
+    public func producerPositions() -> [UInt64] {
+        (0..<count).map { CMirrorBPF_load_acquire_u64(rings[$0].producer_pos) }
+    }
+
+    /// Whether the forwarding thread has sent and released every record
+    /// before `positions`.
+    public func released(upTo positions: [UInt64]) -> Bool {
+        for r in 0..<count where CMirrorBPF_load_acquire_u64(rings[r].consumer_pos) < positions[r] {
+            return false
+        }
+        return true
+    }
+
     /// Sleeps until a ring has data, `wake()` is called, or the timeout.
     public func wait(timeoutMilliseconds: Int32) {
         var tags = [UInt32](repeating: 0, count: 8)

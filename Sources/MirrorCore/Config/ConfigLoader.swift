@@ -1,0 +1,421 @@
+import Yams
+
+/// One problem in a configuration, with its path in the file
+/// (`sessions[1].vni`) and its line.
+public struct ConfigProblem: Error, Equatable, Sendable, CustomStringConvertible {
+    public var path: String
+    public var message: String
+    public var line: Int?
+
+    public init(path: String, message: String, line: Int? = nil) {
+        self.path = path
+        self.message = message
+        self.line = line
+    }
+
+    public var description: String {
+        "\(path): \(message)" + (line.map { " (line \($0))" } ?? "")
+    }
+}
+
+/// Every problem found, in file order.
+public struct ConfigError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var problems: [ConfigProblem]
+    public init(_ problems: [ConfigProblem]) { self.problems = problems }
+    public var description: String { problems.map(\.description).joined(separator: "\n") }
+}
+
+/// Reads the YAML configuration of SPEC §2 into a `MirrorConfig`, or lists
+/// every problem at once: unknown or repeated keys, wrong types, values out
+/// of range, bad CIDRs, ports on a protocol without ports, repeated rule or
+/// session numbers, names that refer to nothing, rules that mix address
+/// families, and plans beyond what the kernel maps hold.
+public enum ConfigLoader {
+    public static func load(yaml: String) throws(ConfigError) -> MirrorConfig {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch let e as YamlError {
+            throw ConfigError([ConfigProblem(path: "config", message: "not valid YAML: \(Self.describe(e))")])
+        } catch {
+            throw ConfigError([ConfigProblem(path: "config", message: "not valid YAML: \(error)")])
+        }
+        var c = Checker()
+        let config = c.config(root)
+        if !c.problems.isEmpty { throw ConfigError(c.problems) }
+        return config
+    }
+
+    static func describe(_ e: YamlError) -> String {
+        switch e {
+        case let .scanner(_, problem, mark, _), let .parser(_, problem, mark, _):
+            return "\(problem) at line \(mark.line), column \(mark.column)"
+        case let .composer(_, problem, mark, _):
+            return "\(problem) at line \(mark.line), column \(mark.column)"
+        case let .duplicatedKeysInMapping(duplicates, context):
+            return "key \(duplicates.map { "\"\($0)\"" }.joined(separator: ", ")) appears twice in one mapping at line \(context.mark.line); each key may appear once"
+        case let .reader(problem, offset, _, _):
+            return "\(problem)" + (offset.map { " at byte \($0)" } ?? "")
+        default:
+            return "\(e)"
+        }
+    }
+}
+
+/// Walks the document, collecting problems instead of stopping at the first.
+struct Checker {
+    var problems: [ConfigProblem] = []
+    var declaredTargets = Set<String>()
+    var declaredFilters = Set<String>()
+    /// Session names and numbers seen so far, with the index that used them.
+    var sessionNames = [String: Int]()
+    var sessionNumbers = [Int: Int]()
+
+    mutating func fail(_ path: String, _ node: Node?, _ message: String) {
+        problems.append(ConfigProblem(path: path, message: message, line: node?.mark?.line))
+    }
+
+    // MARK: shapes
+
+    /// The pairs of a mapping whose keys must be among `allowed`; unknown
+    /// and repeated keys are problems. Nil (with a problem) if not a mapping.
+    mutating func mapping(_ node: Node?, _ path: String, allowed: [String]? = nil, what: String) -> [(String, Node)]? {
+        guard let node else { return nil }
+        guard case .mapping(let m) = node else {
+            fail(path, node, "expected \(what) (a mapping of keys to values)")
+            return nil
+        }
+        var seen = Set<String>()
+        var out = [(String, Node)]()
+        for (k, v) in m {
+            guard case .scalar(let s) = k else {
+                fail(path, k, "keys must be plain names")
+                continue
+            }
+            let key = s.string
+            let p = path.isEmpty ? key : "\(path).\(key)"
+            if let allowed, !allowed.contains(key) {
+                fail(p, k, "unknown key; expected one of \(allowed.joined(separator: ", "))")
+                continue
+            }
+            guard seen.insert(key).inserted else {
+                fail(p, k, "appears twice")
+                continue
+            }
+            out.append((key, v))
+        }
+        return out
+    }
+
+    mutating func sequence(_ node: Node?, _ path: String, what: String) -> [Node]? {
+        guard let node else { return nil }
+        guard case .sequence(let s) = node else {
+            fail(path, node, "expected a list of \(what)")
+            return nil
+        }
+        return Array(s)
+    }
+
+    /// A scalar's text; nil for null (`~`, empty), a problem for non-scalars.
+    mutating func scalar(_ node: Node?, _ path: String) -> String? {
+        guard let node else { return nil }
+        guard case .scalar(let s) = node else {
+            fail(path, node, "expected a single value, not a list or mapping")
+            return nil
+        }
+        if s.style == .plain && ["", "~", "null", "Null", "NULL"].contains(s.string) { return nil }
+        return s.string
+    }
+
+    mutating func integer(_ node: Node?, _ path: String, _ range: ClosedRange<Int>) -> Int? {
+        guard let text = scalar(node, path) else { return nil }
+        guard let v = Int(text) else {
+            fail(path, node, "expected an integer \(range.lowerBound)...\(range.upperBound), got \"\(text)\"")
+            return nil
+        }
+        guard range.contains(v) else {
+            fail(path, node, "\(v) is out of range \(range.lowerBound)...\(range.upperBound)")
+            return nil
+        }
+        return v
+    }
+
+    mutating func name(_ text: String, _ node: Node?, _ path: String, what: String) -> Bool {
+        let ok = (1...64).contains(text.count) && text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }
+        if !ok { fail(path, node, "\(what) \"\(text)\" must be 1 to 64 letters, digits, '-', '_' or '.'") }
+        return ok
+    }
+
+    mutating func choice<T: RawRepresentable>(_ node: Node?, _ path: String, _ type: T.Type, all: [T]) -> T? where T.RawValue == String {
+        guard let text = scalar(node, path) else { return nil }
+        guard let v = T(rawValue: text) else {
+            fail(path, node, "\"\(text)\" is not one of \(all.map(\.rawValue).joined(separator: ", "))")
+            return nil
+        }
+        return v
+    }
+
+    // MARK: document
+
+    mutating func config(_ root: Node?) -> MirrorConfig {
+        guard let root else {
+            fail("config", nil, "the file is empty; it needs targets and sessions")
+            return MirrorConfig(targets: [], filters: [], sessions: [])
+        }
+        let top = mapping(root, "", allowed: ["targets", "filters", "sessions"], what: "the configuration") ?? []
+        let dict = Dictionary(top, uniquingKeysWith: { a, _ in a })
+        // Names as declared, valid or not, so references are checked even
+        // when the thing referred to has problems of its own.
+        declaredTargets = Set(dict["targets"].flatMap { n -> [String]? in
+            if case .mapping(let m) = n { m.compactMap(\.key.string) } else { nil } } ?? [])
+        declaredFilters = Set(dict["filters"].flatMap { n -> [String]? in
+            if case .mapping(let m) = n { m.compactMap(\.key.string) } else { nil } } ?? [])
+        var targets = [TargetConfig]()
+        if let t = mapping(dict["targets"], "targets", what: "targets by name") {
+            for (name, node) in t { if let x = target(name, node) { targets.append(x) } }
+        }
+        if dict["targets"] == nil || targets.isEmpty && problems.isEmpty {
+            fail("targets", dict["targets"], "at least one target is required")
+        }
+        var filters = [FilterConfig]()
+        if let f = mapping(dict["filters"], "filters", what: "filters by name") {
+            for (name, node) in f { if let x = filter(name, node) { filters.append(x) } }
+        }
+        var sessions = [SessionConfig]()
+        if let s = sequence(dict["sessions"], "sessions", what: "sessions") {
+            for (i, node) in s.enumerated() { if let x = session(i, node) { sessions.append(x) } }
+        }
+        if dict["sessions"] == nil || sessions.isEmpty && problems.isEmpty {
+            fail("sessions", dict["sessions"], "at least one session is required")
+        }
+        let config = MirrorConfig(targets: targets, filters: filters, sessions: sessions)
+        crossCheck(config, dict["sessions"])
+        return config
+    }
+
+    mutating func target(_ name: String, _ node: Node) -> TargetConfig? {
+        let path = "targets.\(name)"
+        guard self.name(name, node, path, what: "target name"),
+              let pairs = mapping(node, path, allowed: ["address", "port", "encapsulation", "mtu", "description"], what: "a target")
+        else { return nil }
+        let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
+        let before = problems.count
+        var address = scalar(d["address"], "\(path).address")
+        if let a = address {
+            if a.contains(":") && IPAddress(a) == nil || !a.contains(":") && (try? HostPort(parsing: a)) == nil {
+                fail("\(path).address", d["address"], "\"\(a)\" is not an IPv4 address, IPv6 address or host name")
+                address = nil
+            }
+        } else {
+            fail("\(path).address", d["address"] ?? node, "required: the target's IPv4 or IPv6 address or host name")
+        }
+        let port = integer(d["port"], "\(path).port", 1...65535)
+        let enc = choice(d["encapsulation"], "\(path).encapsulation", Encapsulation.self, all: Encapsulation.allCases) ?? .vxlan
+        let mtu = integer(d["mtu"], "\(path).mtu", 128...65535)
+        _ = scalar(d["description"], "\(path).description")
+        guard problems.count == before, let address else { return nil }
+        return TargetConfig(name: name, address: address, port: port.map(UInt16.init), encapsulation: enc, mtu: mtu)
+    }
+
+    mutating func filter(_ name: String, _ node: Node) -> FilterConfig? {
+        let path = "filters.\(name)"
+        guard self.name(name, node, path, what: "filter name"),
+              let pairs = mapping(node, path, allowed: ["ingress", "egress", "description"], what: "a filter")
+        else { return nil }
+        let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
+        _ = scalar(d["description"], "\(path).description")
+        var out = FilterConfig(name: name, ingress: [], egress: [])
+        for direction in Direction.allCases {
+            let dp = "\(path).\(direction.rawValue)"
+            guard let rules = sequence(d[direction.rawValue], dp, what: "rules") else { continue }
+            if rules.count > PlanLimits.rulesPerFilterDirection {
+                fail(dp, d[direction.rawValue], "\(rules.count) rules; at most \(PlanLimits.rulesPerFilterDirection) per direction")
+            }
+            var numbers = [Int: Int]()
+            var parsed = [RuleConfig]()
+            for (i, r) in rules.enumerated() {
+                let before = problems.count
+                let rule = rule(r, "\(dp)[\(i)]")
+                // Repeated numbers are found even in rules with other problems.
+                if let n = r.mapping?.first(where: { $0.key.string == "rule" })?.value.string.flatMap({ Int($0) }) {
+                    if let first = numbers[n] {
+                        fail("\(dp)[\(i)].rule", r, "rule number \(n) is already used by \(dp)[\(first)]; rule numbers are unique per direction")
+                    } else {
+                        numbers[n] = i
+                    }
+                }
+                if let rule, problems.count == before { parsed.append(rule) }
+            }
+            if direction == .ingress { out.ingress = parsed } else { out.egress = parsed }
+        }
+        return out
+    }
+
+    mutating func rule(_ node: Node, _ path: String) -> RuleConfig? {
+        guard let pairs = mapping(node, path, allowed: [
+            "rule", "action", "protocol", "source", "destination", "source_ports", "destination_ports", "description",
+        ], what: "a rule") else { return nil }
+        let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
+        let before = problems.count
+        let number = integer(d["rule"], "\(path).rule", 1...32766)
+        if d["rule"] == nil { fail("\(path).rule", node, "required: the rule number, 1...32766 (lower is evaluated first)") }
+        let action = choice(d["action"], "\(path).action", RuleAction.self, all: [.accept, .reject])
+        if d["action"] == nil { fail("\(path).action", node, "required: accept or reject") }
+        let proto = protocolMatch(d["protocol"], "\(path).protocol")
+        let source = cidr(d["source"], "\(path).source")
+        let destination = cidr(d["destination"], "\(path).destination")
+        let sp = ports(d["source_ports"], "\(path).source_ports")
+        let dp = ports(d["destination_ports"], "\(path).destination_ports")
+        _ = scalar(d["description"], "\(path).description")
+        if (sp != nil || dp != nil), let proto, !proto.hasPorts {
+            let which = sp != nil ? "source_ports" : "destination_ports"
+            fail("\(path).\(which)", d[which], "ports need protocol tcp or udp; protocol \(proto) has no ports")
+        }
+        if let s = source, let t = destination, s.isIPv4 != t.isIPv4 {
+            fail("\(path).destination", d["destination"], "\(t) is \(t.isIPv4 ? "IPv4" : "IPv6") but source \(s) is \(s.isIPv4 ? "IPv4" : "IPv6"); a rule matches one family")
+        }
+        if case .number(let n) = proto ?? .all, let fam = (source ?? destination).map({ $0.isIPv4 }) {
+            if n == 58 && fam { fail("\(path).protocol", d["protocol"], "icmpv6 never matches IPv4 addresses") }
+            if n == 1 && !fam { fail("\(path).protocol", d["protocol"], "icmp (IPv4) never matches IPv6 addresses; use icmpv6") }
+        }
+        guard problems.count == before, let number, let action else { return nil }
+        return RuleConfig(number: number, action: action, proto: proto ?? .all, source: source,
+                          destination: destination, sourcePorts: sp, destinationPorts: dp)
+    }
+
+    mutating func protocolMatch(_ node: Node?, _ path: String) -> ProtocolMatch? {
+        guard let text = scalar(node, path) else { return .all }
+        let lower = text.lowercased()
+        if lower == "all" || lower == "-1" { return .all }
+        if let n = ProtocolMatch.names[lower] { return .number(n) }
+        if let n = Int(text), (0...255).contains(n) { return .number(UInt8(n)) }
+        fail(path, node, "\"\(text)\" is not a protocol: tcp, udp, icmp, icmpv6, a number 0...255, or all")
+        return nil
+    }
+
+    mutating func cidr(_ node: Node?, _ path: String) -> CIDR? {
+        guard let text = scalar(node, path) else { return nil }
+        do {
+            return try CIDR(parsing: text)
+        } catch {
+            fail(path, node, error.message)
+            return nil
+        }
+    }
+
+    mutating func ports(_ node: Node?, _ path: String) -> PortRange? {
+        guard let text = scalar(node, path) else { return nil }
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false).map { $0.trimmingSpaces }
+        guard (1...2).contains(parts.count), let lo = UInt16(parts[0]), let hi = UInt16(parts.last!) else {
+            fail(path, node, "\"\(text)\" is not a port (0...65535) or an inclusive range N-M")
+            return nil
+        }
+        guard lo <= hi else {
+            fail(path, node, "range \(text) runs backwards; write \(hi)-\(lo)")
+            return nil
+        }
+        return PortRange(lo, hi)
+    }
+
+    mutating func session(_ i: Int, _ node: Node) -> SessionConfig? {
+        let path = "sessions[\(i)]"
+        guard let pairs = mapping(node, path, allowed: [
+            "name", "interfaces", "target", "filter", "number", "vni", "packet_length", "direction", "description",
+        ], what: "a session") else { return nil }
+        let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
+        let before = problems.count
+        let name = scalar(d["name"], "\(path).name")
+        if let n = name { _ = self.name(n, d["name"], "\(path).name", what: "session name") }
+        else { fail("\(path).name", d["name"] ?? node, "required: a name for the session (it labels its metrics)") }
+        var interfaces = [String]()
+        if let list = sequence(d["interfaces"], "\(path).interfaces", what: "interface names") {
+            for (j, n) in list.enumerated() {
+                let p = "\(path).interfaces[\(j)]"
+                guard let text = scalar(n, p) else { fail(p, n, "empty interface name"); continue }
+                if text.utf8.count > 15 || text.contains("/") || text.contains(":") || text.contains(where: \.isWhitespace) {
+                    fail(p, n, "\"\(text)\" is not an interface name (1 to 15 characters, no '/', ':' or spaces)")
+                } else if interfaces.contains(text) {
+                    fail(p, n, "\(text) is listed twice")
+                } else {
+                    interfaces.append(text)
+                }
+            }
+            if list.isEmpty { fail("\(path).interfaces", d["interfaces"], "at least one source interface is required") }
+        } else if d["interfaces"] == nil {
+            fail("\(path).interfaces", node, "required: the source interfaces, e.g. [eth0]")
+        }
+        let target = scalar(d["target"], "\(path).target")
+        if let t = target, !declaredTargets.contains(t) {
+            fail("\(path).target", d["target"], "no target named \"\(t)\"" + (declaredTargets.isEmpty ? "" : "; targets: \(declaredTargets.sorted().joined(separator: ", "))"))
+        } else if target == nil {
+            fail("\(path).target", d["target"] ?? node, "required: the name of a target")
+        }
+        let filter = scalar(d["filter"], "\(path).filter")
+        if let f = filter, !declaredFilters.contains(f) {
+            fail("\(path).filter", d["filter"], "no filter named \"\(f)\"" + (declaredFilters.isEmpty ? "" : "; filters: \(declaredFilters.sorted().joined(separator: ", "))"))
+        }
+        let number = integer(d["number"], "\(path).number", 1...32766)
+        if d["number"] == nil { fail("\(path).number", node, "required: the session number, 1...32766 (lower is evaluated first)") }
+        if let name {
+            if let first = sessionNames[name] {
+                fail("\(path).name", d["name"], "session name \"\(name)\" is already used by sessions[\(first)]")
+            } else { sessionNames[name] = i }
+        }
+        if let number {
+            if let first = sessionNumbers[number] {
+                fail("\(path).number", d["number"], "session number \(number) is already used by sessions[\(first)]; numbers give the evaluation order and must be unique")
+            } else { sessionNumbers[number] = i }
+        }
+        let vni = integer(d["vni"], "\(path).vni", 0...Int(TunnelHeader.maxVNI))
+        let length = integer(d["packet_length"], "\(path).packet_length", 14...65535)
+        let direction = choice(d["direction"], "\(path).direction", DirectionSelection.self, all: DirectionSelection.allCases)
+        _ = scalar(d["description"], "\(path).description")
+        guard problems.count == before, let name, let target, let number else { return nil }
+        return SessionConfig(name: name, interfaces: interfaces, target: target, filter: filter, number: number,
+                             vni: UInt32(vni ?? 1), packetLength: length, direction: direction ?? .both)
+    }
+
+    /// What only the whole document can tell: names that refer to nothing,
+    /// repeated names and numbers, limits per interface and in total, and
+    /// whether the compiled plan fits the kernel's maps.
+    mutating func crossCheck(_ c: MirrorConfig, _ sessionsNode: Node?) {
+        if c.sessions.count > PlanLimits.sessions {
+            fail("sessions", sessionsNode, "\(c.sessions.count) sessions; at most \(PlanLimits.sessions)")
+        }
+        var perInterface = [String: Int]()
+        for s in c.sessions { for i in s.interfaces { perInterface[i, default: 0] += 1 } }
+        for (i, n) in perInterface.sorted(by: { $0.key < $1.key }) where n > PlanLimits.sessionsPerInterface {
+            fail("sessions", sessionsNode, "interface \(i) has \(n) sessions; at most \(PlanLimits.sessionsPerInterface) per interface")
+        }
+        if perInterface.count > PlanLimits.interfaces {
+            fail("sessions", sessionsNode, "\(perInterface.count) interfaces; at most \(PlanLimits.interfaces)")
+        }
+        guard problems.isEmpty else { return }
+        let plan = MirrorPlan(compiling: c)
+        if plan.entries.count > PlanLimits.entriesPerBank {
+            fail("filters", nil, "the compiled plan needs \(plan.entries.count) filter entries; the kernel holds \(PlanLimits.entriesPerBank): use fewer distinct CIDRs and port ranges (a range that is not a power-of-two block takes up to 30 entries)")
+        }
+    }
+}
+
+extension Node {
+    /// A scalar's text, if this is a scalar.
+    var string: String? {
+        if case .scalar(let s) = self { return s.string }
+        return nil
+    }
+
+    var mapping: Mapping? {
+        if case .mapping(let m) = self { return m }
+        return nil
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: Substring {
+        var s = self
+        while s.first == " " { s = s.dropFirst() }
+        while s.last == " " { s = s.dropLast() }
+        return s
+    }
+}

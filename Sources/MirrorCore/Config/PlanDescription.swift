@@ -1,0 +1,49 @@
+/// The compiled plan as `traffic-mirror check` prints it: per interface and
+/// direction, the sessions in evaluation order with their rules in
+/// evaluation order, then what the kernel maps will hold.
+public enum PlanDescription {
+    public static func render(_ config: MirrorConfig) -> String {
+        let plan = MirrorPlan(compiling: config)
+        let filters = Dictionary(config.filters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        var out = ["targets:"]
+        for t in config.targets {
+            out.append("  \(t.name): \(HostPort(host: t.address, port: t.effectivePort)) \(t.encapsulation.rawValue), mtu \(t.mtu.map(String.init) ?? "of the route")")
+        }
+        for scope in plan.scopes {
+            out.append("")
+            out.append("\(scope.interface) \(scope.direction.rawValue):")
+            if scope.sessions.isEmpty {
+                out.append("  not hooked: no session mirrors this direction")
+                continue
+            }
+            for index in scope.sessions {
+                let s = plan.sessions[index]
+                let t = plan.targets[s.target]
+                var line = "  session \(s.number) \(s.name) -> \(t.name), \(t.encapsulation.rawValue) vni \(s.vni)"
+                if let l = s.packetLength { line += ", first \(l) bytes" }
+                out.append(line)
+                guard let f = s.filter else {
+                    out.append("    no filter: mirrors every frame")
+                    continue
+                }
+                for r in (filters[f]?.rules(scope.direction) ?? []).sorted(by: { $0.number < $1.number }) {
+                    out.append("    rule \(r.number) \(r.action.rawValue) \(describe(r))")
+                }
+                out.append("    no rule matches: on to the next session")
+            }
+            out.append("  otherwise: not mirrored")
+        }
+        let words = plan.scopes.map(\.wordTotal).max() ?? 0
+        out.append("")
+        out.append("kernel plan: \(plan.scopes.filter { !$0.sessions.isEmpty }.count) hooks, \(plan.sessions.count) sessions, \(plan.entries.count) filter entries (the kernel holds \(PlanLimits.entriesPerBank)), at most 5 lookups and \(words) bitmap words per packet")
+        return out.joined(separator: "\n")
+    }
+
+    static func describe(_ r: RuleConfig) -> String {
+        var parts = [r.proto.description]
+        let fam = r.family.map { $0 == .ipv4 ? " (IPv4)" : " (IPv6)" } ?? ""
+        parts.append("from \(r.source?.description ?? "any")\(r.sourcePorts.map { " port \($0)" } ?? "")")
+        parts.append("to \(r.destination?.description ?? "any")\(r.destinationPorts.map { " port \($0)" } ?? "")\(fam)")
+        return parts.joined(separator: " ")
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import MirrorCore
+import MirrorFixtures
+import Testing
+
+@Suite("Config")
+struct ConfigTests {
+    static let valid = """
+    targets:
+      ids: {address: 198.18.2.2}
+    filters:
+      web:
+        ingress:
+          - {rule: 100, action: accept, protocol: tcp, destination: 198.18.1.0/24, destination_ports: 443}
+    sessions:
+      - {name: web, interfaces: [eth0], target: ids, filter: web, number: 1, vni: 42}
+    """
+
+    func problems(_ yaml: String) -> [String] {
+        do {
+            _ = try ConfigLoader.load(yaml: yaml)
+            return []
+        } catch {
+            return error.problems.map(\.description)
+        }
+    }
+
+    @Test("the SPEC example and deploy/traffic-mirror.yaml load")
+    func examples() throws {
+        let c = try ConfigLoader.load(yaml: Self.valid)
+        #expect(c.targets == [TargetConfig(name: "ids", address: "198.18.2.2")])
+        #expect(c.filters[0].ingress[0] == RuleConfig(number: 100, action: .accept, proto: .number(6),
+                                                       destination: try CIDR(parsing: "198.18.1.0/24"), destinationPorts: PortRange(443, 443)))
+        #expect(c.sessions[0] == SessionConfig(name: "web", interfaces: ["eth0"], target: "ids", filter: "web", number: 1, vni: 42))
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("deploy/traffic-mirror.yaml")
+        let deploy = try ConfigLoader.load(yaml: String(contentsOf: file, encoding: .utf8))
+        #expect(deploy.sessions.count == 3 && deploy.targets.count == 2)
+    }
+
+    static let targets = "targets:\n  ids: {address: 198.18.2.2}"
+    static let filters = "filters:\n  web:\n    ingress:\n      - {rule: 100, action: accept}"
+    static let sessions = "sessions:\n  - {name: web, interfaces: [eth0], target: ids, filter: web, number: 1}"
+
+    /// Each class of mistake: the section it replaces, and the message it
+    /// must produce.
+    static let cases: [(name: String, section: String, message: String)] = [
+        ("unknown key", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, vnii: 3}", "sessions[0].vnii: unknown key"),
+        ("unknown top key", "targetz: {}", "targetz: unknown key"),
+        ("repeated key", "targets:\n  ids: {address: 198.18.2.2, address: 198.18.2.3}", "key \"address\" appears twice in one mapping at line 2"),
+        ("bad CIDR", "filters:\n  web:\n    ingress:\n      - {rule: 1, action: accept, source: 198.18.300.0/24}", "filters.web.ingress[0].source: \"198.18.300.0/24\" is not an IPv4 or IPv6 CIDR"),
+        ("host bits", "filters:\n  web:\n    ingress:\n      - {rule: 1, action: accept, source: 198.18.1.7/24}", "did you mean 198.18.1.0/24?"),
+        ("ports without ports", "filters:\n  web:\n    ingress:\n      - {rule: 1, action: accept, protocol: icmp, source_ports: 80}", "filters.web.ingress[0].source_ports: ports need protocol tcp or udp; protocol icmp has no ports"),
+        ("ports on all", "filters:\n  web:\n    egress:\n      - {rule: 1, action: accept, destination_ports: 80}", "filters.web.egress[0].destination_ports: ports need protocol tcp or udp; protocol all has no ports"),
+        ("backwards range", "filters:\n  web:\n    ingress:\n      - {rule: 1, action: accept, protocol: udp, destination_ports: 90-80}", "range 90-80 runs backwards"),
+        ("bad port", "filters:\n  web:\n    ingress:\n      - {rule: 1, action: accept, protocol: udp, destination_ports: 70000}", "\"70000\" is not a port"),
+        ("repeated rule", "filters:\n  web:\n    ingress:\n      - {rule: 5, action: accept}\n      - {rule: 5, action: reject}", "filters.web.ingress[1].rule: rule number 5 is already used by filters.web.ingress[0]"),
+        ("rule out of range", "filters:\n  web:\n    ingress:\n      - {rule: 32767, action: accept}", "filters.web.ingress[0].rule: 32767 is out of range 1...32766"),
+        ("mixed families", "filters:\n  web:\n    ingress:\n      - {rule: 1, action: accept, source: 198.18.0.0/15, destination: fd00::/8}", "a rule matches one family"),
+        ("bad action", "filters:\n  web:\n    ingress:\n      - {rule: 1, action: allow}", "filters.web.ingress[0].action: \"allow\" is not one of accept, reject"),
+        ("bad protocol", "filters:\n  web:\n    ingress:\n      - {rule: 1, action: accept, protocol: sctpp}", "\"sctpp\" is not a protocol"),
+        ("vni range", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, vni: 16777216}", "sessions[0].vni: 16777216 is out of range 0...16777215"),
+        ("vni type", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, vni: many}", "sessions[0].vni: expected an integer 0...16777215, got \"many\""),
+        ("unknown target", "sessions:\n  - {name: a, interfaces: [e], target: idz, number: 1}", "sessions[0].target: no target named \"idz\"; targets: ids"),
+        ("unknown filter", "sessions:\n  - {name: a, interfaces: [e], target: ids, filter: nope, number: 1}", "sessions[0].filter: no filter named \"nope\""),
+        ("repeated session number", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1}\n  - {name: b, interfaces: [e], target: ids, number: 1}", "sessions[1].number: session number 1 is already used by sessions[0]"),
+        ("repeated session name", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1}\n  - {name: a, interfaces: [e], target: ids, number: 2}", "sessions[1].name: session name \"a\" is already used by sessions[0]"),
+        ("missing interfaces", "sessions:\n  - {name: a, target: ids, number: 1}", "sessions[0].interfaces: required"),
+        ("bad interface", "sessions:\n  - {name: a, interfaces: [eth0/1], target: ids, number: 1}", "sessions[0].interfaces[0]: \"eth0/1\" is not an interface name"),
+        ("packet_length", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, packet_length: 10}", "sessions[0].packet_length: 10 is out of range 14...65535"),
+        ("bad direction", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, direction: up}", "sessions[0].direction: \"up\" is not one of ingress, egress, both"),
+        ("bad address", "targets:\n  ids: {address: 'not an address'}", "targets.ids.address: \"not an address\" is not an IPv4 address, IPv6 address or host name"),
+        ("bad encapsulation", "targets:\n  ids: {address: 198.18.2.2, encapsulation: gre}", "targets.ids.encapsulation: \"gre\" is not one of vxlan, geneve"),
+        ("wrong shape", "sessions: {name: a}", "sessions: expected a list of sessions"),
+        ("no sessions", "sessions: []", "sessions: at least one session is required"),
+        ("syntax", "sessions: [", "config: not valid YAML"),
+    ]
+
+    @Test("each class of mistake has its message, with the path in the file")
+    func invalid() {
+        for c in Self.cases {
+            let key = String(c.section.prefix { $0 != ":" })
+            let sections = [("targets", Self.targets), ("filters", Self.filters), ("sessions", Self.sessions)]
+                .map { $0.0 == key ? c.section : $0.1 }
+            let extra = ["targets", "filters", "sessions"].contains(key) ? [] : [c.section]
+            let p = problems((sections + extra).joined(separator: "\n") + "\n")
+            #expect(p.contains { $0.contains(c.message) }, "\(c.name): expected \"\(c.message)\" in \(p)")
+        }
+        #expect(problems([Self.targets, Self.filters, Self.sessions].joined(separator: "\n")).isEmpty)
+    }
+
+    @Test("every problem is reported at once")
+    func allAtOnce() {
+        let yaml = """
+        targets:
+          ids: {address: 198.18.2.2, port: 0}
+        filters:
+          f:
+            ingress:
+              - {rule: 1, action: accept, protocol: icmp, source_ports: 1}
+              - {rule: 1, action: maybe}
+        sessions:
+          - {name: a, interfaces: [e], target: idz, filter: f, number: 1, vni: -1}
+          - {name: a, interfaces: [e], target: ids, number: 1}
+        """
+        let p = problems(yaml)
+        #expect(p.count == 8, "\(p.joined(separator: "\n"))")
+        #expect(p.allSatisfy { $0.contains("(line ") })
+    }
+
+    @Test("limits: 32 sessions per interface, 256 rules per filter direction")
+    func limits() throws {
+        var rng = SplitMix64(seed: 3)
+        let ok = ConfigGenerator.config(&rng, interfaces: ["eth0"], sessions: 32, maxRules: 3)
+        #expect(MirrorPlan(compiling: ok).scopes.allSatisfy { $0.sessions.count <= 32 })
+        var yaml = "targets:\n  t: {address: 198.18.9.9}\nfilters:\n  f:\n    ingress:\n"
+        for i in 1...257 { yaml += "      - {rule: \(i), action: accept}\n" }
+        yaml += "sessions:\n"
+        for i in 1...33 { yaml += "  - {name: s\(i), interfaces: [eth0], target: t, filter: f, number: \(i)}\n" }
+        let p = problems(yaml)
+        #expect(p.contains { $0.contains("filters.f.ingress: 257 rules; at most 256 per direction") })
+        #expect(p.contains { $0.contains("interface eth0 has 33 sessions; at most 32 per interface") })
+    }
+
+    @Test("thousands of mangled documents never crash the loader")
+    func fuzz() {
+        var rng = SplitMix64(seed: 0xF022)
+        let seeds = [Self.valid, (try? String(contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("deploy/traffic-mirror.yaml"), encoding: .utf8)) ?? ""]
+        let tokens = ["{", "}", "[", "]", ":", "-", " ", "\n", "\t", "\"", "'", "&a", "*a", "!!str", "~", "null", "0x1f",
+                      "-1", "99999999999999999999", "198.18.0.0/15", "fd00::/8", "1-2", "rule", "sessions", "<<:"]
+        var valid = 0
+        for i in 0..<4000 {
+            var b = Array(seeds[i % seeds.count].utf8)
+            for _ in 0..<Int.random(in: 1...6, using: &rng) where !b.isEmpty {
+                let at = Int.random(in: 0..<b.count, using: &rng)
+                switch Int.random(in: 0..<4, using: &rng) {
+                case 0: b.remove(at: at)
+                case 1: b.insert(contentsOf: tokens.randomElement(using: &rng)!.utf8, at: at)
+                case 2: b[at] = UInt8.random(in: 0...127, using: &rng)
+                default:
+                    let n = min(b.count - at, Int.random(in: 1...40, using: &rng))
+                    b.insert(contentsOf: b[at..<(at + n)], at: min(b.count, at + Int.random(in: 0...40, using: &rng)))
+                }
+            }
+            if (try? ConfigLoader.load(yaml: String(decoding: b, as: UTF8.self))) != nil { valid += 1 }
+        }
+        #expect(valid < 4000, "most mangled documents are refused (\(valid) were still valid)")
+    }
+}

@@ -41,6 +41,24 @@ public struct Topology {
         try lab.ip(tgt, "link", "set", "vx0", "mtu", "\(targetMTU - 50)", "up")
     }
 
+    /// A second target: namespace `name`, reached from the monitored host by
+    /// m2 198.18.2.1 --- t0 198.18.2.2. Returns the namespace.
+    public func addTarget(_ name: String = "tgt2", mtu: Int = 9000) throws -> String {
+        let ns = try lab.namespace(name)
+        try lab.exec(ns, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+        try lab.veth(mon, "m2", ns, "t0", mtu: mtu)
+        try lab.ip(mon, "addr", "add", "198.18.2.1/24", "dev", "m2")
+        try lab.ip(ns, "addr", "add", "198.18.2.2/24", "dev", "t0")
+        return ns
+    }
+
+    /// Writes a config file for the agent; returns its path.
+    public func writeConfig(_ yaml: String, name: String = "config") throws -> String {
+        let path = NSTemporaryDirectory() + "\(lab.prefix)-\(name).yaml"
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
     /// Starts the agent in the monitored namespace and waits until it mirrors.
     public func startAgent(_ arguments: [String]) throws -> Background {
         let agent = try lab.start(mon, [try trafficMirrorBinary(), "run"] + arguments)

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Logging
 import MirrorCore
+import MirrorBPFObject
 import MirrorDataPlane
+import MirrorMetrics
 import ServiceLifecycle
 import UnixSignals
 
@@ -66,6 +68,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Keep only the first N bytes of each mirrored frame, 14...65535 (default: the whole frame, up to what the target's MTU allows).", valueName: "n"))
     var packetLength: Int?
 
+    @Option(help: ArgumentHelp("Where /metrics (Prometheus text format) and /healthz listen, HOST:PORT.", valueName: "host:port"))
+    var metricsAddress: String = "127.0.0.1:9781"
+
     @Option(help: ArgumentHelp("Hook for ingress: xdp (default) or tc (for interfaces whose XDP slot another program holds, or NICs that strip VLAN tags before XDP).", valueName: "hook"))
     var ingressHook: HookPolicy.IngressHook = .xdp
 
@@ -105,6 +110,13 @@ struct RunCommand: AsyncParsableCommand {
         if let p = packetLength, !(14...65535).contains(p) {
             problems.append("--packet-length: \(p) is out of range 14...65535 (an Ethernet header is 14 bytes)")
         }
+        if let m = try? HostPort(parsing: metricsAddress), m.port != nil {
+            if IPAddress(m.host) == nil && m.host != "localhost" {
+                problems.append("--metrics-address: \(m.host) must be an IP address (or localhost)")
+            }
+        } else {
+            problems.append("--metrics-address: \"\(metricsAddress)\" must be HOST:PORT, e.g. 127.0.0.1:9781 or [::1]:9781")
+        }
         let ring = ringSize.bytes
         if ring < 4096 || ring & (ring - 1) != 0 || ring > 1 << 30 {
             problems.append("--ring-size: \(ring) must be a power of two from 4K to 1G")
@@ -131,15 +143,27 @@ struct RunCommand: AsyncParsableCommand {
             program: .init(ringBytes: UInt32(ringSize.bytes)),
             forwarder: .init(batchSize: batchSize),
             hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach))
+        let metrics = try HostPort(parsing: metricsAddress)
+        let reference = AgentReference()
+        let exporter = MetricsExporter(agent: reference, build: BuildInfo(
+            version: TrafficMirror.version, libbpf: libbpfVersion, bpfObjectSHA256: MirrorBPFObject.sha256))
         // The group traps SIGTERM/SIGINT before the service attaches
         // anything, so a signal during start-up still ends in a clean stop.
+        // Services stop in reverse order: the agent drains first, and the
+        // endpoint still answers meanwhile.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: AgentService(options: options, config: config, configPath: self.config, logger: logger))],
+            services: [
+                .init(service: MetricsServer.make(host: metrics.host, port: Int(metrics.port!), exporter: exporter, logger: logger)),
+                .init(service: AgentService(options: options, config: config, configPath: self.config, reference: reference, logger: logger)),
+            ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         do {
             try await group.run()
         } catch let error as OperationalError {
+            report(error.message)
+            throw ExitCode(1)
+        } catch let error as MetricsEndpointError {
             report(error.message)
             throw ExitCode(1)
         }
@@ -153,6 +177,7 @@ struct AgentService: Service {
     let config: MirrorConfig
     /// The file SIGHUP reloads; nil for the quick flags.
     let configPath: String?
+    let reference: AgentReference
     let logger: Logger
 
     func run() async throws {
@@ -163,6 +188,7 @@ struct AgentService: Service {
             agent.shutdown()
             throw error
         }
+        reference.set(agent)
         for t in agent.applied?.targets ?? [] {
             logger.info("mirroring", metadata: [
                 "target": "\(t.name)", "endpoint": "\(t.endpointDescription)", "source": "\(t.source)",
@@ -200,6 +226,7 @@ struct AgentService: Service {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
             logger.error("reload rejected: cannot read the config; the running plan stays", metadata: ["config": "\(path)", "error": "\(error)"])
+            agent.noteRejectedConfig()
             return
         }
         let config: MirrorConfig
@@ -209,6 +236,7 @@ struct AgentService: Service {
             for p in error.problems {
                 logger.error("reload rejected: the running plan stays", metadata: ["config": "\(path)", "problem": "\(p)"])
             }
+            agent.noteRejectedConfig()
             return
         }
         do {

@@ -17,9 +17,12 @@ struct VersionCommand: ParsableCommand {
         uname(&u)
         let kernel = withUnsafeBytes(of: u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         print("traffic-mirror \(TrafficMirror.version)")
-        print("libbpf \(String(decoding: UnsafeRawBufferPointer(start: CMirrorBPF_libbpf_version(), count: strlen(CMirrorBPF_libbpf_version())), as: UTF8.self))")
+        print("libbpf \(libbpfVersion)")
         print("bpf object sha256 \(MirrorBPFObject.sha256) (\(MirrorBPFObject.bytes.count) bytes)")
         print("bpf compiler \(MirrorBPFObject.compiler)")
         print("kernel \(kernel)")
     }
 }
+
+/// The version of the libbpf the agent runs with ("v1.1").
+let libbpfVersion = String(decoding: UnsafeRawBufferPointer(start: CMirrorBPF_libbpf_version(), count: strlen(CMirrorBPF_libbpf_version())), as: UTF8.self)

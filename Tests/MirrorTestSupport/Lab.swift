@@ -168,7 +168,7 @@ public final class Capture: @unchecked Sendable {
 
     public init(lab: Lab, ns: String, device: String, filter: [String] = [], snaplen: Int = 262144) throws {
         path = NSTemporaryDirectory() + "\(lab.prefix)-\(ns.hashValue & 0xFFFF)-\(device)-\(UInt32.random(in: 0...UInt32.max)).pcap"
-        process = try lab.start(ns, ["tcpdump", "-U", "-n", "-s", "\(snaplen)", "-i", device, "-w", path] + filter)
+        process = try lab.start(ns, ["tcpdump", "-U", "-n", "-B", "32768", "-s", "\(snaplen)", "-i", device, "-w", path] + filter)
         guard process.waitForStderr(timeout: 20, { $0.contains("listening on") }) else {
             throw Failure("tcpdump on \(device) did not start: \(process.stderr)")
         }

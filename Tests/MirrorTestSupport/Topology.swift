@@ -10,7 +10,7 @@ import MirrorCore
 ///
 /// IPv6 autoconfiguration is off so nothing talks unless a test makes it;
 /// segmentation offloads are off on s0/m0 so every frame is wire-sized.
-public struct Topology {
+public struct Topology: Sendable {
     public let lab: Lab
     public let src: String
     public let mon: String

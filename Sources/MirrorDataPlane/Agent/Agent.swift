@@ -49,6 +49,10 @@ public final class Agent: @unchecked Sendable {
         /// name and direction, so totals survive reloads.
         var retired: [String: [Direction: [UInt64]]] = [:]
         var stopped = false
+        /// Configurations put in force, and attempts that failed.
+        var applied_ok = 0
+        var applied_failed = 0
+        var lastAppliedNanoseconds: UInt64 = 0
     }
 
     public let options: Options
@@ -113,22 +117,39 @@ public final class Agent: @unchecked Sendable {
     public func apply(_ config: MirrorConfig) throws(OperationalError) {
         let plan = MirrorPlan(compiling: config)
         var resolved = [ResolvedTarget]()
-        for t in config.targets {
-            resolved.append(try TargetResolver.resolve(t, mark: options.program.ownMark))
-        }
-        let wanted = plan.interfaces
         var ifindexes = [String: Int32]()
-        for name in wanted {
-            let idx = CMirrorSys_if_nametoindex(name)
-            guard idx > 0 else {
-                throw OperationalError("interface \(name) not found: \(SystemError("if_nametoindex", code: idx)); check 'ip link' in the agent's network namespace")
+        do throws(OperationalError) {
+            for t in config.targets {
+                resolved.append(try TargetResolver.resolve(t, mark: options.program.ownMark))
             }
-            ifindexes[name] = idx
+            for name in plan.interfaces {
+                let idx = CMirrorSys_if_nametoindex(name)
+                guard idx > 0 else {
+                    throw OperationalError("interface \(name) not found: \(SystemError("if_nametoindex", code: idx)); check 'ip link' in the agent's network namespace")
+                }
+                ifindexes[name] = idx
+            }
+        } catch {
+            noteRejectedConfig()
+            throw error
         }
         try state.withLock { (s: inout State) throws(OperationalError) in
             guard !s.stopped else { throw OperationalError("the agent is shutting down") }
-            try apply(config, plan: plan, targets: resolved, ifindexes: ifindexes, state: &s)
+            do throws(OperationalError) {
+                try apply(config, plan: plan, targets: resolved, ifindexes: ifindexes, state: &s)
+                s.applied_ok += 1
+                s.lastAppliedNanoseconds = CMirrorSys_realtime_ns()
+            } catch {
+                s.applied_failed += 1
+                throw error
+            }
         }
+    }
+
+    /// Counts a configuration that was refused before reaching the agent
+    /// (an invalid file on reload).
+    public func noteRejectedConfig() {
+        state.withLock { $0.applied_failed += 1 }
     }
 
     private func apply(
@@ -290,6 +311,60 @@ public final class Agent: @unchecked Sendable {
                 }
             }
             return out
+        }
+    }
+
+    /// Everything a scrape reports, read now.
+    public struct Snapshot: Sendable {
+        public struct InterfaceCounters: Sendable {
+            public var interface: String
+            public var direction: Direction
+            /// By `MirrorProgram.interfaceOutcomeLabels`.
+            public var counts: [UInt64]
+        }
+
+        public var interfaces: [InterfaceCounters]
+        /// Kernel session counters by name and direction, by
+        /// `MirrorProgram.sessionOutcomeLabels`.
+        public var sessions: [String: [Direction: [UInt64]]]
+        public var forwarder: ForwarderCounters.Snapshot
+        public var targets: [ResolvedTarget]
+        /// Session name -> target name, for the plan in force.
+        public var sessionTargets: [String: String]
+        public var hooks: [(interface: String, direction: Direction, kind: HookKind)]
+        public var ringBacklogBytes: [UInt64]
+        public var ringBytes: UInt32
+        public var configsApplied: Int
+        public var configsFailed: Int
+        public var lastAppliedNanoseconds: UInt64
+        /// The data plane runs: a plan is in force and the thread drains.
+        public var running: Bool
+    }
+
+    public func snapshot() -> Snapshot {
+        let sessions = sessionCounters()
+        let forwarderSnapshot = forwarder.counters.snapshot()
+        return state.withLock { s in
+            var interfaces = [Snapshot.InterfaceCounters]()
+            for (name, i) in s.interfaces.sorted(by: { $0.key < $1.key }) {
+                for d in Direction.allCases {
+                    if let c = try? program.interfaceCounters(slot: i.slot, direction: d) {
+                        interfaces.append(.init(interface: name, direction: d, counts: c))
+                    }
+                }
+            }
+            var sessionTargets = [String: String]()
+            if let a = s.applied {
+                for session in a.plan.sessions { sessionTargets[session.name] = a.targets[session.target].name }
+            }
+            return Snapshot(
+                interfaces: interfaces, sessions: sessions, forwarder: forwarderSnapshot,
+                targets: s.applied?.targets ?? [], sessionTargets: sessionTargets,
+                hooks: s.hooks.map { ($0.interface, $0.direction, $0.kind) },
+                ringBacklogBytes: rings.backlog(), ringBytes: rings.bytesPerRing,
+                configsApplied: s.applied_ok, configsFailed: s.applied_failed,
+                lastAppliedNanoseconds: s.lastAppliedNanoseconds,
+                running: !s.stopped && s.applied != nil && forwarder.isRunning)
         }
     }
 

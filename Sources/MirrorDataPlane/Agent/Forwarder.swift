@@ -123,6 +123,10 @@ public final class Forwarder: @unchecked Sendable {
     private let applied = Atomic<Int>(0)
     private let requested = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
+    private let running = Atomic<Bool>(false)
+
+    /// Whether the forwarding loop is running.
+    public var isRunning: Bool { running.load(ordering: .relaxed) }
 
     // Forwarding thread only:
     private var table0: ForwardingTable?
@@ -223,6 +227,8 @@ public final class Forwarder: @unchecked Sendable {
     /// The loop. Returns after `stop()`, with the rings empty.
     public func run() {
         CMirrorSys_set_thread_name("tm-forward")
+        running.store(true, ordering: .relaxed)
+        defer { running.store(false, ordering: .relaxed) }
         var idle = 0
         while true {
             if mailboxFull.load(ordering: .acquiring) { applyMailbox() }

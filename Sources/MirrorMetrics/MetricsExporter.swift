@@ -1,0 +1,243 @@
+import CMirrorSys
+import MirrorCore
+import MirrorDataPlane
+import Prometheus
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The agent once it runs; the metrics service starts before it.
+public final class AgentReference: Sendable {
+    private let box = Mutex<Agent?>(nil)
+    public init() {}
+    public var agent: Agent? { box.withLock { $0 } }
+    public func set(_ agent: Agent?) { box.withLock { $0 = agent } }
+}
+
+/// Facts about the build for `traffic_mirror_build_info`.
+public struct BuildInfo: Sendable {
+    public var version: String
+    public var libbpf: String
+    public var bpfObjectSHA256: String
+
+    public init(version: String, libbpf: String, bpfObjectSHA256: String) {
+        self.version = version
+        self.libbpf = libbpf
+        self.bpfObjectSHA256 = bpfObjectSHA256
+    }
+}
+
+/// Renders the Prometheus text exposition (docs/metrics.md lists every
+/// metric). Kernel per-CPU counters and the forwarder's counters are read
+/// when a scrape asks; reading them touches no data-plane state (per-CPU
+/// map lookups and relaxed loads of single-writer counters).
+public final class MetricsExporter: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let agent: AgentReference
+    let build: BuildInfo
+    private let startTime: Double
+
+    private struct State {
+        /// Info gauges set by the previous scrape, to drop the stale ones.
+        var infos: [String: Gauge] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    public init(agent: AgentReference, build: BuildInfo) {
+        self.agent = agent
+        self.build = build
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var start = Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        // The process start time, from /proc, is what process_start_time_seconds means.
+        if let s = Self.processStartTime() { start = s }
+        startTime = start
+    }
+
+    /// The exposition, in the text format 0.0.4.
+    public func render() -> [UInt8] {
+        state.withLock { state in
+            var infos = [String: Gauge]()
+            // The sources keep cumulative counts; only this function emits,
+            // under the lock, so setting each counter to its count is exact.
+            func counter(_ name: String, _ help: String, _ labels: [(String, String)], _ value: UInt64) {
+                let c = registry.makeCounter(name: name, labels: labels, help: help)
+                c.reset()
+                c.increment(by: Int64(truncatingIfNeeded: value))
+            }
+            func gauge(_ name: String, _ help: String, _ labels: [(String, String)] = [], _ value: Double) {
+                registry.makeGauge(name: name, labels: labels, help: help).set(to: value)
+            }
+            func info(_ name: String, _ help: String, _ labels: [(String, String)]) {
+                let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
+                let g = registry.makeGauge(name: name, labels: labels, help: help)
+                g.set(to: 1)
+                infos[key] = g
+            }
+
+            info("traffic_mirror_build_info", "Version of traffic-mirror, of libbpf, and hash of the embedded BPF object.",
+                 [("version", build.version), ("libbpf", build.libbpf), ("bpf_object_sha256", build.bpfObjectSHA256)])
+            processMetrics(gauge: gauge, counter: counter)
+
+            let a = agent.agent
+            let snap = a?.snapshot()
+            gauge("traffic_mirror_data_plane_up", "1 while a plan is in force and the forwarding thread drains the rings.",
+                  [], snap?.running == true ? 1 : 0)
+            if let snap {
+                render(snap, counter: counter, gauge: gauge, info: info)
+            }
+            for (key, g) in state.infos where infos[key] == nil { registry.unregisterGauge(g) }
+            state.infos = infos
+            return registry.emitToBuffer()
+        }
+    }
+
+    private func render(
+        _ s: Agent.Snapshot,
+        counter: (String, String, [(String, String)], UInt64) -> Void,
+        gauge: (String, String, [(String, String)], Double) -> Void,
+        info: (String, String, [(String, String)]) -> Void
+    ) {
+        let ifLabels = MirrorProgram.interfaceOutcomeLabels
+        func ifCount(_ c: Agent.Snapshot.InterfaceCounters, _ label: String) -> UInt64 {
+            ifLabels.firstIndex(of: label).map { c.counts[$0] } ?? 0
+        }
+        for c in s.interfaces {
+            let l = [("interface", c.interface), ("direction", c.direction.rawValue)]
+            counter("traffic_mirror_source_packets_total",
+                    "Packets the hooks saw on an interface and direction; a GSO super-packet counts as the segments it becomes.",
+                    l, ifCount(c, "seen"))
+            counter("traffic_mirror_source_selected_packets_total",
+                    "Packets of an interface and direction that a session selected (the sum over its sessions of traffic_mirror_selected_packets_total).",
+                    l, ifCount(c, "selected"))
+            for reason in ["own_traffic", "no_match", "rejected"] {
+                counter("traffic_mirror_unselected_packets_total",
+                        "Packets no session selected: the agent's own output, no rule matched, or a rule rejected them.",
+                        l + [("reason", reason)], ifCount(c, reason))
+            }
+            for (label, reason) in [("malformed_ip", "ip_header"), ("l4_truncated", "transport_header")] {
+                counter("traffic_mirror_malformed_packets_total",
+                        "Packets whose IP header could not be parsed or whose TCP/UDP header was cut short (also counted in the outcomes above).",
+                        l + [("reason", reason)], ifCount(c, label))
+            }
+        }
+
+        let soLabels = MirrorProgram.sessionOutcomeLabels
+        let kernelDrops = ["ring_full", "sampled_out", "rate_limited", "capture_error", "gso_unsegmented"]
+        let truncations = ["packet_length", "mtu", "capture_max"]
+        let names = Set(s.sessions.keys).union(s.forwarder.drops.keys).sorted()
+        for name in names {
+            let k = s.sessions[name] ?? [:]
+            func kernel(_ label: String, _ d: Direction? = nil) -> UInt64 {
+                guard let i = soLabels.firstIndex(of: label) else { return 0 }
+                return Direction.allCases.filter { d == nil || $0 == d }.reduce(0) { $0 &+ (k[$1]?[i] ?? 0) }
+            }
+            for d in Direction.allCases {
+                counter("traffic_mirror_selected_packets_total", "Packets a session's filter accepted (a GSO super-packet counts as its segments).",
+                        [("session", name), ("direction", d.rawValue)], kernel("selected", d))
+            }
+            let user = s.forwarder.drops[name] ?? [:]
+            var drops = [String: UInt64]()
+            for r in kernelDrops { drops[r] = kernel(r) }
+            for (r, v) in user { drops[r.label, default: 0] &+= v }
+            for (r, v) in drops.sorted(by: { $0.key < $1.key }) {
+                counter("traffic_mirror_dropped_packets_total",
+                        "Packets a session selected but did not send, by reason; selected = sent + dropped once the rings are drained.",
+                        [("session", name), ("reason", r)], v)
+            }
+            let userTruncations = s.forwarder.truncations[name] ?? [:]
+            for r in truncations {
+                let u = UserTruncation.allCases.first { $0.label == r }.flatMap { userTruncations[$0] } ?? 0
+                counter("traffic_mirror_truncated_packets_total",
+                        "Copies shortened before sending, by reason: packet_length, the target's mtu, or capture_max (16384 bytes).",
+                        [("session", name), ("reason", r)], kernel(r) &+ u)
+            }
+        }
+        for (pair, v) in s.forwarder.sent.sorted(by: { ($0.key.session, $0.key.target) < ($1.key.session, $1.key.target) }) {
+            let l = [("session", pair.session), ("target", pair.target)]
+            counter("traffic_mirror_sent_packets_total", "Mirrored packets handed to the network.", l, v.packets)
+            counter("traffic_mirror_sent_bytes_total", "Bytes of mirrored packets handed to the network: the outer IP packet, encapsulation included.", l, v.bytes)
+        }
+        counter("traffic_mirror_send_batches_total", "sendmmsg batches the forwarding thread sent.", [], s.forwarder.batches)
+        counter("traffic_mirror_send_backpressure_waits_total", "Times a full socket made the forwarding thread wait (EAGAIN/ENOBUFS).", [], s.forwarder.backpressureWaits)
+
+        gauge("traffic_mirror_ring_size_bytes", "Bytes of each per-CPU ring buffer.", [], Double(s.ringBytes))
+        for (cpu, b) in s.ringBacklogBytes.enumerated() {
+            gauge("traffic_mirror_ring_backlog_bytes", "Bytes waiting in a CPU's ring buffer.", [("cpu", "\(cpu)")], Double(b))
+        }
+        for h in s.hooks {
+            info("traffic_mirror_hook_info", "An attached hook: interface, direction and mechanism (xdp, tcx, netlink).",
+                 [("interface", h.interface), ("direction", h.direction.rawValue), ("hook", h.kind.rawValue)])
+        }
+        for t in s.targets {
+            info("traffic_mirror_target_info", "A target in force: its endpoint, the source address copies leave with, the encapsulation.",
+                 [("target", t.name), ("endpoint", t.endpointDescription), ("source", t.source.description), ("encapsulation", t.encapsulation.rawValue)])
+            gauge("traffic_mirror_target_mtu_bytes", "Path MTU toward a target: the outer packet never exceeds it.", [("target", t.name)], Double(t.mtu))
+        }
+        for (name, target) in s.sessionTargets.sorted(by: { $0.key < $1.key }) {
+            info("traffic_mirror_session_info", "A session in force and its target.", [("session", name), ("target", target)])
+        }
+        counter("traffic_mirror_config_applies_total", "Configurations put in force (at start and on SIGHUP), and attempts that failed.",
+                [("result", "success")], UInt64(s.configsApplied))
+        counter("traffic_mirror_config_applies_total", "Configurations put in force (at start and on SIGHUP), and attempts that failed.",
+                [("result", "failure")], UInt64(s.configsFailed))
+        gauge("traffic_mirror_config_last_success_timestamp_seconds", "When a configuration was last put in force.", [],
+              Double(s.lastAppliedNanoseconds) / 1e9)
+    }
+
+    /// The process metrics every Prometheus client exports, same names.
+    private func processMetrics(gauge: (String, String, [(String, String)], Double) -> Void,
+                                counter: (String, String, [(String, String)], UInt64) -> Void) {
+        let cpu = registry.makeCounter(name: "process_cpu_seconds_total", labels: [], help: "Total user and system CPU time spent in seconds.")
+        cpu.reset()
+        cpu.increment(by: CMirrorSys_process_cpu_seconds())
+        let page = Double(sysconf(Int32(_SC_PAGESIZE)))
+        if let statm = try? String(contentsOfProcFile: "/proc/self/statm") {
+            let f = statm.split(separator: " ").compactMap { Double($0) }
+            if f.count >= 2 {
+                gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", [], f[0] * page)
+                gauge("process_resident_memory_bytes", "Resident memory size in bytes.", [], f[1] * page)
+            }
+        }
+        gauge("process_open_fds", "Number of open file descriptors.", [], Double(max(0, CMirrorSys_count_open_fds())))
+        var rl = rlimit()
+        if getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rl) == 0 {
+            gauge("process_max_fds", "Maximum number of open file descriptors.", [], Double(rl.rlim_cur))
+        }
+        gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", [], startTime)
+    }
+
+    /// Process start time from /proc/self/stat (field 22, in clock ticks
+    /// since boot) and the boot time from /proc/stat.
+    static func processStartTime() -> Double? {
+        guard let stat = try? String(contentsOfProcFile: "/proc/self/stat"),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the command come state (field 3) ... starttime (field 22).
+        guard fields.count > 19, let ticks = Double(fields[19]),
+              let procStat = try? String(contentsOfProcFile: "/proc/stat"),
+              let btime = procStat.split(separator: "\n").first(where: { $0.hasPrefix("btime ") })
+                .flatMap({ Double($0.split(separator: " ")[1]) }) else { return nil }
+        return btime + ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+}
+
+extension String {
+    /// Reads a /proc file (their size is 0 to stat, so read until EOF).
+    init(contentsOfProcFile path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemError("open \(path)", errno: errno) }
+        defer { close(fd) }
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        self = String(decoding: out, as: UTF8.self)
+    }
+}

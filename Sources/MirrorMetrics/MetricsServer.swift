@@ -1,0 +1,55 @@
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// Serves `/metrics` (Prometheus text format) and `/healthz` (200 while the
+/// data plane runs, else 503) with Hummingbird; a ServiceLifecycle service.
+public enum MetricsServer {
+    public static func make(host: String, port: Int, exporter: MetricsExporter, logger: Logger) -> some Service {
+        let router = Router()
+        router.get("/metrics") { _, _ -> Response in
+            let body = exporter.render()
+            return Response(
+                status: .ok,
+                headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        }
+        router.get("/healthz") { _, _ -> Response in
+            let up = exporter.agent.agent?.snapshot().running == true
+            return Response(
+                status: up ? .ok : .serviceUnavailable,
+                headers: [.contentType: "text/plain; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: up ? "ok\n" : "data plane not running\n")))
+        }
+        var quiet = logger
+        quiet.logLevel = max(logger.logLevel, .warning)
+        return Endpoint(host: host, port: port, app: Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: "traffic-mirror"),
+            logger: quiet))
+    }
+
+    /// Runs the application; a failure to listen ends the agent with one
+    /// line that names the address and the remedy.
+    struct Endpoint<A: Service>: Service {
+        let host: String
+        let port: Int
+        let app: A
+
+        func run() async throws {
+            do {
+                try await app.run()
+            } catch is CancellationError {
+                return
+            } catch {
+                throw MetricsEndpointError(message: "the metrics endpoint cannot listen on \(host):\(port): \(error); choose another with --metrics-address")
+            }
+        }
+    }
+}
+
+public struct MetricsEndpointError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}

@@ -67,7 +67,7 @@ struct DifferentialTests {
             total.frames += t.frames; total.sessions += t.sessions; total.rejected += t.rejected; total.none += t.none
         }
         #expect(total.frames >= 100_000, "\(total.frames) decisions")
-        #expect(total.sessions > 10_000 && total.rejected > 5_000 && total.none > 5_000, "every outcome reached: \(total)")
+        #expect(total.sessions > 10_000 && total.rejected > 3_000 && total.none > 5_000, "every outcome reached: \(total)")
     }
 
     @Test("32 sessions with 256 rules per filter direction load and decide as the reference")

@@ -58,13 +58,13 @@ public enum ConfigGenerator {
                 let n = Int.random(in: 0...maxRules, using: &rng)
                 var numbers = Set<Int>()
                 while numbers.count < n { numbers.insert(Int.random(in: 1...32766, using: &rng)) }
-                return numbers.shuffled(using: &rng).map { rule($0, &rng) }
+                return numbers.sorted().shuffled(using: &rng).map { rule($0, &rng) }
             }
             filters.append(FilterConfig(name: "f\(f)", ingress: rules(), egress: rules()))
         }
         var numbers = Set<Int>()
         while numbers.count < sessions { numbers.insert(Int.random(in: 1...32766, using: &rng)) }
-        let list = numbers.shuffled(using: &rng).enumerated().map { i, number in
+        let list = numbers.sorted().shuffled(using: &rng).enumerated().map { i, number in
             SessionConfig(
                 name: "s\(i)", interfaces: interfaces, target: "t", filter: Int.random(in: 0..<8, using: &rng) == 0 ? nil : "f\(Int.random(in: 0..<filterCount, using: &rng))",
                 number: number, vni: UInt32(i + 1), packetLength: nil,

@@ -172,10 +172,26 @@ public final class MetricsExporter: Sendable {
             info("traffic_mirror_hook_info", "An attached hook: interface, direction and mechanism (xdp, tcx, netlink).",
                  [("interface", h.interface), ("direction", h.direction.rawValue), ("hook", h.kind.rawValue)])
         }
+        let health = Dictionary(s.endpointHealth.map { ("\($0.target)/\($0.endpoint)", $0) }, uniquingKeysWith: { a, _ in a })
         for t in s.targets {
-            info("traffic_mirror_target_info", "A target in force: its endpoint, the source address copies leave with, the encapsulation.",
-                 [("target", t.name), ("endpoint", t.endpointDescription), ("source", t.source.description), ("encapsulation", t.encapsulation.rawValue)])
-            gauge("traffic_mirror_target_mtu_bytes", "Path MTU toward a target: the outer packet never exceeds it.", [("target", t.name)], Double(t.mtu))
+            info("traffic_mirror_target_info", "A target in force: its encapsulation and how it uses its endpoints (balance or replicate).",
+                 [("target", t.name), ("encapsulation", t.encapsulation.rawValue), ("mode", t.mode.rawValue)])
+            for e in t.endpoints {
+                let l = [("target", t.name), ("endpoint", e.key)]
+                info("traffic_mirror_endpoint_info", "An endpoint of a target: its address and the source address copies leave with.",
+                     l + [("address", e.endpointDescription), ("source", e.source.description)])
+                gauge("traffic_mirror_endpoint_mtu_bytes", "Path MTU toward an endpoint: the outer packet never exceeds it.", l, Double(e.mtu))
+                let h = health["\(t.name)/\(e.key)"]
+                gauge("traffic_mirror_endpoint_up", "1 while an endpoint gets copies: it answers its health check, or it is not probed.", l, h.map { $0.up ? 1 : 0 } ?? 1)
+                counter("traffic_mirror_endpoint_probes_total", "Health probes sent to an endpoint, and those that failed.",
+                        l + [("result", "sent")], h?.probes ?? 0)
+                counter("traffic_mirror_endpoint_probes_total", "Health probes sent to an endpoint, and those that failed.",
+                        l + [("result", "failed")], h?.failures ?? 0)
+                let c = s.forwarder.endpoints[ForwarderCounters.Endpoint(target: t.name, endpoint: e.key)]
+                counter("traffic_mirror_endpoint_sent_packets_total", "Copies handed to the network for an endpoint (with replicate, one per endpoint).", l, c?.packets ?? 0)
+                counter("traffic_mirror_endpoint_sent_bytes_total", "Bytes of those copies, outer IP packet included.", l, c?.bytes ?? 0)
+                counter("traffic_mirror_endpoint_send_errors_total", "Copies for an endpoint the network stack refused or a full socket held back.", l, c?.errors ?? 0)
+            }
         }
         for (name, target) in s.sessionTargets.sorted(by: { $0.key < $1.key }) {
             info("traffic_mirror_session_info", "A session in force and its target.", [("session", name), ("target", target)])

@@ -190,10 +190,13 @@ struct AgentService: Service {
         }
         reference.set(agent)
         for t in agent.applied?.targets ?? [] {
-            logger.info("mirroring", metadata: [
-                "target": "\(t.name)", "endpoint": "\(t.endpointDescription)", "source": "\(t.source)",
-                "mtu": "\(t.mtu)", "frame_limit": "\(t.innerLimit)",
-            ])
+            for e in t.endpoints {
+                logger.info("mirroring", metadata: [
+                    "target": "\(t.name)", "endpoint": "\(e.endpointDescription)", "source": "\(e.source)",
+                    "mtu": "\(e.mtu)", "frame_limit": "\(t.innerLimit)", "encapsulation": "\(t.encapsulation.rawValue)",
+                    "mode": "\(t.mode.rawValue)",
+                ])
+            }
         }
         // SIGHUP reloads the file until graceful shutdown begins.
         await withDiscardingTaskGroup { group in

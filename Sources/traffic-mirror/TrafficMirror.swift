@@ -22,7 +22,7 @@ struct TrafficMirror: AsyncParsableCommand {
         Exit codes: 0 clean stop, 1 runtime failure, 2 usage or config error.
         """,
         version: version,
-        subcommands: [RunCommand.self, CheckCommand.self, VersionCommand.self]
+        subcommands: [RunCommand.self, CheckCommand.self, ReceiveCommand.self, VersionCommand.self]
     )
 
     /// Parses and runs a command with the exit codes of SPEC §1: usage and

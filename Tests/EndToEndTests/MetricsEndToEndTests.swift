@@ -15,6 +15,22 @@ struct MetricsEndToEndTests {
         return Exposition(r.body)
     }
 
+    /// The counters and the number of datagrams the target captured, read
+    /// at a quiet moment (a late ARP probe is mirrored too): settle,
+    /// scrape, count, until no datagram arrived in between.
+    static func scrapeWhenQuiet(_ topo: Topology, _ wire: Capture) throws -> (Exposition, Int) {
+        var m = Exposition("")
+        var received = -1
+        for _ in 0..<5 {
+            try wire.settle(quiet: 1.0)
+            let before = try wire.frames().count
+            m = try scrape(topo)
+            received = try wire.frames().count
+            if received == before { break }
+        }
+        return (m, received)
+    }
+
     /// Both invariants of docs/metrics.md, exactly.
     static func checkInvariants(_ m: Exposition, sessions: [String], interfaces: [String],
                                 sourceLocation: SourceLocation = #_sourceLocation) {
@@ -84,18 +100,7 @@ struct MetricsEndToEndTests {
         try send(2000)
         kill(agent.pid, SIGCONT)
         try lab.exec(topo.mon, ["bash", "-c", "for i in $(seq 1 20); do echo x > /dev/udp/198.18.0.1/9; done"])
-        // Read the counters and the target's capture at a quiet moment (a
-        // late ARP probe is mirrored too): settle, scrape, count, until no
-        // frame arrived in between.
-        var m = Exposition("")
-        var received = -1
-        for _ in 0..<5 {
-            try wire.settle(quiet: 1.0)
-            let before = try wire.frames().count
-            m = try Self.scrape(topo)
-            received = try wire.frames().count
-            if received == before { break }
-        }
+        let (m, received) = try Self.scrapeWhenQuiet(topo, wire)
         scraping.set()
 
         let ringFull = m.value("traffic_mirror_dropped_packets_total", ["session": "udp", "reason": "ring_full"]) ?? 0

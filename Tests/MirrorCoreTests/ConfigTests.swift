@@ -35,7 +35,10 @@ struct ConfigTests {
         let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("deploy/traffic-mirror.yaml")
         let deploy = try ConfigLoader.load(yaml: String(contentsOf: file, encoding: .utf8))
-        #expect(deploy.sessions.count == 3 && deploy.targets.count == 2)
+        #expect(deploy.sessions.count == 4 && deploy.targets.count == 3)
+        let group = try #require(deploy.targets.first { $0.name == "sensors" })
+        #expect(group.endpoints.count == 2 && group.mode == .balance && group.healthCheck.explicit)
+        #expect(deploy.sessions.contains { $0.sample == 10 && $0.rateLimit == RateLimit(unit: .bits, perSecond: 200_000_000, burst: 20_000_000) })
     }
 
     static let targets = "targets:\n  ids: {address: 198.18.2.2}"
@@ -72,6 +75,18 @@ struct ConfigTests {
         ("bad address", "targets:\n  ids: {address: 'not an address'}", "targets.ids.address: \"not an address\" is not an IPv4 address, IPv6 address or host name"),
         ("bad encapsulation", "targets:\n  ids: {address: 198.18.2.2, encapsulation: gre}", "targets.ids.encapsulation: \"gre\" is not one of vxlan, geneve"),
         ("wrong shape", "sessions: {name: a}", "sessions: expected a list of sessions"),
+        ("address and endpoints", "targets:\n  ids: {address: 198.18.2.2, endpoints: [198.18.2.3]}", "targets.ids.endpoints: give either address (one endpoint) or endpoints (a group), not both"),
+        ("address with port", "targets:\n  ids: {address: '198.18.2.2:4789'}", "targets.ids.address: \"198.18.2.2:4789\": an address takes no port; set port: instead"),
+        ("bad endpoint", "targets:\n  ids: {endpoints: [198.18.2.2, '[fd00::zz]:1']}", "targets.ids.endpoints[1]:"),
+        ("repeated endpoint", "targets:\n  ids: {endpoints: [198.18.2.2, 198.18.2.2]}", "targets.ids.endpoints[1]: 198.18.2.2 is listed twice"),
+        ("bad mode", "targets:\n  ids: {endpoints: [198.18.2.2], mode: roundrobin}", "targets.ids.mode: \"roundrobin\" is not one of balance, replicate"),
+        ("tcp probe without port", "targets:\n  ids: {endpoints: [198.18.2.2], health_check: {probe: tcp}}", "targets.ids.health_check.port: required with probe: tcp"),
+        ("bad interval", "targets:\n  ids: {endpoints: [198.18.2.2], health_check: {interval: 1h}}", "targets.ids.health_check.interval: \"1h\" must be seconds"),
+        ("timeout over interval", "targets:\n  ids: {endpoints: [198.18.2.2], health_check: {interval: 1, timeout: 2}}", "is longer than the interval"),
+        ("sample range", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, sample: 0}", "sessions[0].sample: 0 is out of range 1...1000000"),
+        ("rate both", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, rate_limit: {packets_per_second: 10, bits_per_second: 10000}}", "sessions[0].rate_limit: give packets_per_second or bits_per_second, not both"),
+        ("rate none", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, rate_limit: {burst: 10}}", "sessions[0].rate_limit: needs packets_per_second or bits_per_second"),
+        ("small bit burst", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, rate_limit: {bits_per_second: 1000000, burst: 1000}}", "cannot hold one large frame"),
         ("no sessions", "sessions: []", "sessions: at least one session is required"),
         ("syntax", "sessions: [", "config: not valid YAML"),
     ]

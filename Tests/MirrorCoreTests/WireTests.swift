@@ -256,3 +256,25 @@ struct GSOSegmenterTests {
         }
     }
 }
+
+@Suite("Rendezvous hashing")
+struct RendezvousTests {
+    @Test("flows spread evenly; an endpoint going away moves only its flows, and they come back with it")
+    func minimalMovement() {
+        let seeds = ["198.18.1.2:4789", "198.18.2.2:4789", "198.18.3.2:4789"].map(Rendezvous.seed)
+        var rng = SplitMix64(seed: 5)
+        let flows = (0..<30_000).map { _ in UInt32.random(in: 0...UInt32.max, using: &rng) }
+        let all = flows.map { Rendezvous.choose($0, seeds: seeds, up: [true, true, true])! }
+        for e in 0..<3 {
+            let share = Double(all.filter { $0 == e }.count) / Double(flows.count)
+            #expect(abs(share - 1.0 / 3) < 0.02, "endpoint \(e) takes \(share)")
+        }
+        let without = flows.map { Rendezvous.choose($0, seeds: seeds, up: [true, false, true])! }
+        for (a, b) in zip(all, without) {
+            if a != 1 { #expect(a == b) } else { #expect(b != 1) }
+        }
+        #expect(Rendezvous.choose(1, seeds: seeds, up: [false, false, false]) == nil)
+        let back = flows.map { Rendezvous.choose($0, seeds: seeds, up: [true, true, true])! }
+        #expect(back == all)
+    }
+}

@@ -1,3 +1,5 @@
+import CMirrorSys
+import Foundation
 import MirrorCore
 import MirrorDataPlane
 import MirrorFixtures
@@ -164,5 +166,65 @@ struct SelectionTests {
         let s = try h.sessionCounters(0, .ingress)
         #expect(inRing > 0 && inRing < 100)
         #expect(s["selected"] == 100 && s["ring_full"]! + inRing == 100)
+    }
+}
+
+/// Sampling and rate limiting in the kernel: what they hold back is
+/// counted, and selected = in the ring + held back, exactly.
+@Suite("BPF sampling and rate limits", .serialized)
+struct ShapingTests {
+    func harness(sample: UInt32 = 0, rate: (UInt64, UInt64, Bool)? = nil) throws -> BPFHarness {
+        let config = MirrorConfig.quick(interfaces: ["lo"], target: HostPort(host: "198.18.9.9", port: nil), vni: 1,
+                                        direction: .both, packetLength: nil)
+        return try BPFHarness(config: config, sampleEvery: ["default": sample],
+                              rates: rate.map { ["default": (rate: $0.0, burst: $0.1, bits: $0.2)] } ?? [:])
+    }
+
+    /// Runs on one CPU so the per-CPU sample counter is one sequence.
+    func onOneCPU<T>(_ body: () throws -> T) rethrows -> T {
+        _ = CMirrorSys_pin_thread(0)
+        defer { _ = CMirrorSys_pin_thread(-1) }
+        return try body()
+    }
+
+    @Test("sample 1 in 4: exactly a quarter mirrored, the rest counted sampled_out")
+    func sampling() throws {
+        try onOneCPU {
+            let h = try harness(sample: 4)
+            for i in 0..<1000 { try h.run(.xdp, Frames.udp4(sport: UInt16(i))) }
+            let records = h.records()
+            let s = try h.sessionCounters(0, .ingress)
+            #expect(records.count == 250)
+            #expect(s["selected"] == 1000 && s["sampled_out"] == 750)
+            // The first of every four goes.
+            #expect(records.map { ParsedPacket(frame: $0.frame).sourcePort } == stride(from: 0, to: 1000, by: 4).map(UInt16.init))
+        }
+    }
+
+    @Test("packets per second: the burst goes, the rest is rate_limited, and tokens come back with time")
+    func packetRate() throws {
+        let h = try harness(rate: (200, 50, false))
+        for _ in 0..<300 { try h.run(.xdp, Frames.udp4()) }
+        let first = h.records().count
+        var s = try h.sessionCounters(0, .ingress)
+        // 300 frames take far less than the 5 ms one more token needs.
+        #expect(first >= 50 && first <= 52, "the burst of 50 (\(first))")
+        #expect(s["selected"] == 300 && s["rate_limited"] == UInt64(300 - first))
+        Thread.sleep(forTimeInterval: 0.25) // refills 50 tokens, the bucket's depth
+        for _ in 0..<100 { try h.run(.xdp, Frames.udp4()) }
+        let second = h.records().count
+        s = try h.sessionCounters(0, .ingress)
+        #expect(second >= 50 && second <= 52, "a refilled bucket (\(second))")
+        #expect(s["selected"] == 400 && s["rate_limited"]! + UInt64(first + second) == 400)
+    }
+
+    @Test("bits per second: frames cost their length")
+    func bitRate() throws {
+        // A burst of 100,000 bits holds eight 1514-byte frames (12,112 bits each).
+        let h = try harness(rate: (1_000, 100_000, true))
+        let f = Frames.udp4(payload: [UInt8](repeating: 0, count: 1472))
+        for _ in 0..<20 { try h.run(.xdp, f) }
+        let s = try h.sessionCounters(0, .ingress)
+        #expect(h.records().count == 8 && s["rate_limited"] == 12)
     }
 }

@@ -41,15 +41,26 @@ public struct Topology: Sendable {
         try lab.ip(tgt, "link", "set", "vx0", "mtu", "\(targetMTU - 50)", "up")
     }
 
-    /// A second target: namespace `name`, reached from the monitored host by
-    /// m2 198.18.2.1 --- t0 198.18.2.2. Returns the namespace.
-    public func addTarget(_ name: String = "tgt2", mtu: Int = 9000) throws -> String {
-        let ns = try lab.namespace(name)
+    /// Another target: namespace `tgt<n>`, reached from the monitored host by
+    /// m<n> 198.18.<n>.1 --- t0 198.18.<n>.2 (and fd00:<n>::1 --- fd00:<n>::2
+    /// with `ipv6`). Returns the namespace.
+    @discardableResult
+    public func addTarget(_ n: Int = 2, mtu: Int = 9000, ipv6: Bool = false) throws -> String {
+        let ns = try lab.namespace("tgt\(n)")
         try lab.exec(ns, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
-        try lab.veth(mon, "m2", ns, "t0", mtu: mtu)
-        try lab.ip(mon, "addr", "add", "198.18.2.1/24", "dev", "m2")
-        try lab.ip(ns, "addr", "add", "198.18.2.2/24", "dev", "t0")
+        try lab.veth(mon, "m\(n)", ns, "t0", mtu: mtu)
+        try lab.ip(mon, "addr", "add", "198.18.\(n).1/24", "dev", "m\(n)")
+        try lab.ip(ns, "addr", "add", "198.18.\(n).2/24", "dev", "t0")
+        if ipv6 { try enableIPv6(link: n, targetNS: ns) }
         return ns
+    }
+
+    /// IPv6 on the link to target n: fd00:<n>::1 and fd00:<n>::2 (n = 1 for tgt).
+    public func enableIPv6(link n: Int, targetNS: String) throws {
+        for (ns, dev, host) in [(mon, "m\(n)", 1), (targetNS, "t0", 2)] {
+            try lab.exec(ns, ["sysctl", "-qw", "net.ipv6.conf.\(dev).disable_ipv6=0"])
+            try lab.ip(ns, "-6", "addr", "add", "fd00:\(n)::\(host)/64", "dev", dev, "nodad")
+        }
     }
 
     /// Writes a config file for the agent; returns its path.

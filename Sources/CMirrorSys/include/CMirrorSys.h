@@ -57,10 +57,20 @@ int CMirrorSys_if_hwaddr(const char *name, uint8_t mac[6]);
 /* Resolves a host name or literal (AF_UNSPEC; IPv4 first when both). */
 int CMirrorSys_resolve(const char *host, struct sockaddr_storage *out, socklen_t *len);
 
-/* Pins the calling thread to one CPU. */
+/* Pins the calling thread to one CPU; -1 lets it run on all again. */
 int CMirrorSys_pin_thread(int cpu);
 /* Number of CPUs online. */
 int CMirrorSys_cpu_count(void);
+
+/* SIGINT and SIGTERM set a flag (and SIGPIPE is ignored) for programs
+ * that poll `CMirrorSys_stop_requested` in their loop. */
+void CMirrorSys_trap_stop_signals(void);
+int CMirrorSys_stop_requested(void);
+
+/* Opens a file for writing (created, truncated), or -errno. */
+int CMirrorSys_open_write(const char *path);
+/* Writes all of buf; -errno on failure (EPIPE when the reader left). */
+int CMirrorSys_write_all(int fd, const void *buf, size_t len);
 
 /* Thread name of the calling thread (at most 15 characters). */
 void CMirrorSys_set_thread_name(const char *name);
@@ -90,6 +100,16 @@ static inline void CMirrorSys_store_relaxed_u64(uint64_t *p, uint64_t v)
 static inline void CMirrorSys_add_relaxed_u64(uint64_t *p, uint64_t v)
 {
 	__atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+
+static inline uint32_t CMirrorSys_load_relaxed_u32(const uint32_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline void CMirrorSys_store_relaxed_u32(uint32_t *p, uint32_t v)
+{
+	__atomic_store_n(p, v, __ATOMIC_RELAXED);
 }
 
 /* A CPU hint inside spin loops. */

@@ -196,25 +196,96 @@ struct Checker {
     mutating func target(_ name: String, _ node: Node) -> TargetConfig? {
         let path = "targets.\(name)"
         guard self.name(name, node, path, what: "target name"),
-              let pairs = mapping(node, path, allowed: ["address", "port", "encapsulation", "mtu", "description"], what: "a target")
+              let pairs = mapping(node, path, allowed: [
+                  "address", "endpoints", "port", "encapsulation", "mtu", "mode", "health_check", "description",
+              ], what: "a target")
         else { return nil }
         let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
         let before = problems.count
-        var address = scalar(d["address"], "\(path).address")
-        if let a = address {
-            if a.contains(":") && IPAddress(a) == nil || !a.contains(":") && (try? HostPort(parsing: a)) == nil {
-                fail("\(path).address", d["address"], "\"\(a)\" is not an IPv4 address, IPv6 address or host name")
-                address = nil
+        var endpoints = [HostPort]()
+        switch (d["address"], d["endpoints"]) {
+        case (let a?, nil):
+            if let text = scalar(a, "\(path).address") {
+                if let e = endpoint(text, a, "\(path).address", allowPort: false) { endpoints = [e] }
+            } else {
+                fail("\(path).address", a, "required: the target's IPv4 or IPv6 address or host name")
             }
-        } else {
-            fail("\(path).address", d["address"] ?? node, "required: the target's IPv4 or IPv6 address or host name")
+        case (nil, let list?):
+            if let items = sequence(list, "\(path).endpoints", what: "endpoints (HOST, HOST:PORT or [IPv6]:PORT)") {
+                for (i, n) in items.enumerated() {
+                    let p = "\(path).endpoints[\(i)]"
+                    guard let text = scalar(n, p) else { fail(p, n, "empty endpoint"); continue }
+                    if let e = endpoint(text, n, p, allowPort: true) {
+                        if endpoints.contains(e) { fail(p, n, "\(e) is listed twice") } else { endpoints.append(e) }
+                    }
+                }
+                if items.isEmpty { fail("\(path).endpoints", list, "at least one endpoint is required") }
+                if items.count > 64 { fail("\(path).endpoints", list, "\(items.count) endpoints; at most 64") }
+            }
+        case (_?, _?):
+            fail("\(path).endpoints", d["endpoints"], "give either address (one endpoint) or endpoints (a group), not both")
+        case (nil, nil):
+            fail("\(path).address", node, "required: address, or endpoints for a group")
         }
         let port = integer(d["port"], "\(path).port", 1...65535)
         let enc = choice(d["encapsulation"], "\(path).encapsulation", Encapsulation.self, all: Encapsulation.allCases) ?? .vxlan
         let mtu = integer(d["mtu"], "\(path).mtu", 128...65535)
+        let mode = choice(d["mode"], "\(path).mode", TargetMode.self, all: TargetMode.allCases) ?? .balance
+        let health = healthCheck(d["health_check"], "\(path).health_check")
         _ = scalar(d["description"], "\(path).description")
-        guard problems.count == before, let address else { return nil }
-        return TargetConfig(name: name, address: address, port: port.map(UInt16.init), encapsulation: enc, mtu: mtu)
+        guard problems.count == before else { return nil }
+        return TargetConfig(name: name, endpoints: endpoints, port: port.map(UInt16.init), encapsulation: enc, mtu: mtu,
+                            mode: mode, healthCheck: health ?? .init())
+    }
+
+    mutating func endpoint(_ text: String, _ node: Node?, _ path: String, allowPort: Bool) -> HostPort? {
+        if IPAddress(text) != nil { return HostPort(host: text, port: nil) }
+        guard let hp = try? HostPort(parsing: text) else {
+            fail(path, node, "\"\(text)\" is not an IPv4 address, IPv6 address or host name" + (allowPort ? ", with an optional :PORT" : ""))
+            return nil
+        }
+        if hp.port != nil && !allowPort {
+            fail(path, node, "\"\(text)\": an address takes no port; set port: instead")
+            return nil
+        }
+        return hp
+    }
+
+    mutating func healthCheck(_ node: Node?, _ path: String) -> HealthCheckConfig? {
+        guard let pairs = mapping(node, path, allowed: [
+            "probe", "port", "interval", "timeout", "unhealthy_threshold", "healthy_threshold",
+        ], what: "a health check") else { return nil }
+        let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
+        var h = HealthCheckConfig()
+        h.explicit = true
+        h.probe = choice(d["probe"], "\(path).probe", HealthCheckConfig.Probe.self, all: HealthCheckConfig.Probe.allCases) ?? .icmp
+        h.port = integer(d["port"], "\(path).port", 1...65535).map(UInt16.init)
+        if h.probe == .tcp && h.port == nil && d["port"] == nil {
+            fail("\(path).port", node, "required with probe: tcp (the TCP port to connect to)")
+        }
+        if h.probe != .tcp && d["port"] != nil {
+            fail("\(path).port", d["port"], "only probe: tcp uses a port")
+        }
+        h.interval = seconds(d["interval"], "\(path).interval", 0.1...3600) ?? 1
+        h.timeout = seconds(d["timeout"], "\(path).timeout", 0.05...60) ?? min(1, h.interval)
+        if h.timeout > h.interval { fail("\(path).timeout", d["timeout"], "\(h.timeout) s is longer than the interval (\(h.interval) s)") }
+        h.unhealthyThreshold = integer(d["unhealthy_threshold"], "\(path).unhealthy_threshold", 1...100) ?? 3
+        h.healthyThreshold = integer(d["healthy_threshold"], "\(path).healthy_threshold", 1...100) ?? 2
+        return h
+    }
+
+    /// Seconds as a number, or with an "s"/"ms" suffix.
+    mutating func seconds(_ node: Node?, _ path: String, _ range: ClosedRange<Double>) -> Double? {
+        guard let text = scalar(node, path) else { return nil }
+        var v: Double?
+        if text.hasSuffix("ms") { v = Double(text.dropLast(2)).map { $0 / 1000 } }
+        else if text.hasSuffix("s") { v = Double(text.dropLast()) }
+        else { v = Double(text) }
+        guard let v, range.contains(v) else {
+            fail(path, node, "\"\(text)\" must be seconds from \(range.lowerBound) to \(range.upperBound) (e.g. 1, 0.5, 250ms)")
+            return nil
+        }
+        return v
     }
 
     mutating func filter(_ name: String, _ node: Node) -> FilterConfig? {
@@ -317,10 +388,34 @@ struct Checker {
         return PortRange(lo, hi)
     }
 
+    mutating func rateLimit(_ node: Node?, _ path: String) -> RateLimit? {
+        guard let pairs = mapping(node, path, allowed: ["packets_per_second", "bits_per_second", "burst"], what: "a rate limit") else { return nil }
+        let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
+        let pps = integer(d["packets_per_second"], "\(path).packets_per_second", 1...1_000_000_000)
+        let bps = integer(d["bits_per_second"], "\(path).bits_per_second", 1_000...1_000_000_000_000)
+        let burst = integer(d["burst"], "\(path).burst", 1...1_000_000_000_000)
+        switch (pps, bps) {
+        case let (p?, nil): return RateLimit(unit: .packets, perSecond: UInt64(p), burst: burst.map(UInt64.init))
+        case let (nil, b?):
+            if let burst, burst < 65536 * 8 {
+                fail("\(path).burst", d["burst"], "\(burst) bits cannot hold one large frame; use at least 524288")
+            }
+            return RateLimit(unit: .bits, perSecond: UInt64(b), burst: burst.map(UInt64.init))
+        case (_?, _?):
+            fail(path, node, "give packets_per_second or bits_per_second, not both")
+        case (nil, nil):
+            if d["packets_per_second"] == nil && d["bits_per_second"] == nil {
+                fail(path, node, "needs packets_per_second or bits_per_second")
+            }
+        }
+        return nil
+    }
+
     mutating func session(_ i: Int, _ node: Node) -> SessionConfig? {
         let path = "sessions[\(i)]"
         guard let pairs = mapping(node, path, allowed: [
-            "name", "interfaces", "target", "filter", "number", "vni", "packet_length", "direction", "description",
+            "name", "interfaces", "target", "filter", "number", "vni", "packet_length", "direction", "sample", "rate_limit",
+            "description",
         ], what: "a session") else { return nil }
         let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
         let before = problems.count
@@ -369,10 +464,13 @@ struct Checker {
         let vni = integer(d["vni"], "\(path).vni", 0...Int(TunnelHeader.maxVNI))
         let length = integer(d["packet_length"], "\(path).packet_length", 14...65535)
         let direction = choice(d["direction"], "\(path).direction", DirectionSelection.self, all: DirectionSelection.allCases)
+        let sample = integer(d["sample"], "\(path).sample", 1...1_000_000)
+        let rate = rateLimit(d["rate_limit"], "\(path).rate_limit")
         _ = scalar(d["description"], "\(path).description")
         guard problems.count == before, let name, let target, let number else { return nil }
         return SessionConfig(name: name, interfaces: interfaces, target: target, filter: filter, number: number,
-                             vni: UInt32(vni ?? 1), packetLength: length, direction: direction ?? .both)
+                             vni: UInt32(vni ?? 1), packetLength: length, direction: direction ?? .both,
+                             sample: sample ?? 1, rateLimit: rate)
     }
 
     /// What only the whole document can tell: names that refer to nothing,

@@ -28,23 +28,96 @@ public struct MirrorConfig: Equatable, Sendable {
 
 public struct TargetConfig: Equatable, Sendable {
     public var name: String
-    /// IPv4, IPv6 or a host name.
-    public var address: String
-    /// Default: the encapsulation's port (4789 VXLAN, 6081 GENEVE).
+    /// The endpoints: one for a plain target (`address`), several for a
+    /// group (`endpoints`). A host may carry its own port.
+    public var endpoints: [HostPort]
+    /// Default port of the endpoints: the encapsulation's (4789 VXLAN,
+    /// 6081 GENEVE).
     public var port: UInt16?
     public var encapsulation: Encapsulation
     /// Path MTU toward the target; default: the MTU of the route to it.
     public var mtu: Int?
+    public var mode: TargetMode
+    public var healthCheck: HealthCheckConfig
 
     public init(name: String, address: String, port: UInt16? = nil, encapsulation: Encapsulation = .vxlan, mtu: Int? = nil) {
+        self.init(name: name, endpoints: [HostPort(host: address, port: nil)], port: port, encapsulation: encapsulation, mtu: mtu)
+    }
+
+    public init(name: String, endpoints: [HostPort], port: UInt16? = nil, encapsulation: Encapsulation = .vxlan,
+                mtu: Int? = nil, mode: TargetMode = .balance, healthCheck: HealthCheckConfig = .init()) {
         self.name = name
-        self.address = address
+        self.endpoints = endpoints
         self.port = port
         self.encapsulation = encapsulation
         self.mtu = mtu
+        self.mode = mode
+        self.healthCheck = healthCheck
     }
 
     public var effectivePort: UInt16 { port ?? encapsulation.defaultPort }
+
+    /// The first endpoint's host (a plain target's address).
+    public var address: String { endpoints.first?.host ?? "" }
+}
+
+/// How a target with several endpoints uses them.
+public enum TargetMode: String, Sendable, Equatable, CaseIterable {
+    /// Each flow to one endpoint, by a symmetric, consistent hash.
+    case balance
+    /// Every copy to every endpoint, to feed several tools at once.
+    case replicate
+}
+
+/// How endpoints are checked (docs/configuration.md, "Endpoint health").
+public struct HealthCheckConfig: Sendable, Equatable {
+    public enum Probe: String, Sendable, Equatable, CaseIterable {
+        /// ICMP / ICMPv6 echo to the endpoint.
+        case icmp
+        /// A TCP connection to `port`.
+        case tcp
+        /// No probes: every endpoint counts as up.
+        case none
+    }
+
+    public var probe: Probe
+    public var port: UInt16?
+    /// Seconds between probes.
+    public var interval: Double
+    /// Seconds to wait for an answer.
+    public var timeout: Double
+    /// Failed probes in a row before an endpoint is down.
+    public var unhealthyThreshold: Int
+    /// Answered probes in a row before a down endpoint is up again.
+    public var healthyThreshold: Int
+    /// Given in the config: then even a single endpoint is probed.
+    public var explicit = false
+
+    public init(probe: Probe = .icmp, port: UInt16? = nil, interval: Double = 1, timeout: Double = 1,
+                unhealthyThreshold: Int = 3, healthyThreshold: Int = 2) {
+        self.probe = probe
+        self.port = port
+        self.interval = interval
+        self.timeout = timeout
+        self.unhealthyThreshold = unhealthyThreshold
+        self.healthyThreshold = healthyThreshold
+    }
+}
+
+/// A session's token bucket: packets or bits per second, and the burst.
+public struct RateLimit: Sendable, Equatable {
+    public enum Unit: String, Sendable, Equatable { case packets, bits }
+
+    public var unit: Unit
+    public var perSecond: UInt64
+    /// Bucket depth in the same unit; default: one second's worth.
+    public var burst: UInt64
+
+    public init(unit: Unit, perSecond: UInt64, burst: UInt64? = nil) {
+        self.unit = unit
+        self.perSecond = perSecond
+        self.burst = burst ?? perSecond
+    }
 }
 
 public enum RuleAction: String, Sendable, Equatable {
@@ -150,9 +223,13 @@ public struct SessionConfig: Equatable, Sendable {
     /// Bytes of the original frame to keep.
     public var packetLength: Int?
     public var direction: DirectionSelection
+    /// Mirror 1 of every N selected packets (1: all).
+    public var sample: Int
+    public var rateLimit: RateLimit?
 
     public init(name: String, interfaces: [String], target: String, filter: String?, number: Int,
-                vni: UInt32, packetLength: Int? = nil, direction: DirectionSelection = .both) {
+                vni: UInt32, packetLength: Int? = nil, direction: DirectionSelection = .both,
+                sample: Int = 1, rateLimit: RateLimit? = nil) {
         self.name = name
         self.interfaces = interfaces
         self.target = target
@@ -161,5 +238,7 @@ public struct SessionConfig: Equatable, Sendable {
         self.vni = vni
         self.packetLength = packetLength
         self.direction = direction
+        self.sample = sample
+        self.rateLimit = rateLimit
     }
 }

@@ -7,7 +7,15 @@ public enum PlanDescription {
         let filters = Dictionary(config.filters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         var out = ["targets:"]
         for t in config.targets {
-            out.append("  \(t.name): \(HostPort(host: t.address, port: t.effectivePort)) \(t.encapsulation.rawValue), mtu \(t.mtu.map(String.init) ?? "of the route")")
+            let endpoints = t.endpoints.map { HostPort(host: $0.host, port: $0.port ?? t.effectivePort).description }
+            var line = "  \(t.name): \(endpoints.joined(separator: ", ")) \(t.encapsulation.rawValue), mtu \(t.mtu.map(String.init) ?? "of the route")"
+            if t.endpoints.count > 1 {
+                let h = t.healthCheck
+                line += "; \(t.mode == .balance ? "each flow to one endpoint" : "every copy to every endpoint")"
+                line += h.probe == .none ? ", no health checks"
+                    : ", \(h.probe == .tcp ? "tcp port \(h.port ?? 0)" : "icmp") probe every \(h.interval) s (down after \(h.unhealthyThreshold) failures, up after \(h.healthyThreshold) answers)"
+            }
+            out.append(line)
         }
         for scope in plan.scopes {
             out.append("")
@@ -21,6 +29,10 @@ public enum PlanDescription {
                 let t = plan.targets[s.target]
                 var line = "  session \(s.number) \(s.name) -> \(t.name), \(t.encapsulation.rawValue) vni \(s.vni)"
                 if let l = s.packetLength { line += ", first \(l) bytes" }
+                if let c = config.sessions.first(where: { $0.name == s.name }) {
+                    if c.sample > 1 { line += ", 1 in \(c.sample)" }
+                    if let r = c.rateLimit { line += ", at most \(r.perSecond) \(r.unit == .packets ? "packets" : "bits")/s (burst \(r.burst))" }
+                }
                 out.append(line)
                 guard let f = s.filter else {
                     out.append("    no filter: mirrors every frame")

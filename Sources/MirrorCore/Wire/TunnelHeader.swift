@@ -67,8 +67,19 @@ public enum TunnelHeader {
         }
     }
 
-    /// Decodes a UDP payload as VXLAN or GENEVE (chosen by the UDP port the
-    /// datagram arrived on); nil when it is not a valid Ethernet-carrying header.
+    /// Decodes a UDP payload as VXLAN or GENEVE, telling them apart by the
+    /// header: GENEVE carries protocol type 0x6558 in bytes 2-3, where VXLAN
+    /// has reserved zero bytes.
+    public static func decode(_ payload: UnsafeRawBufferPointer) -> Decoded? {
+        guard payload.count >= length else { return nil }
+        if payload[2] == 0x65 && payload[3] == 0x58 {
+            return decode(payload, as: .geneve)
+        }
+        return decode(payload, as: .vxlan)
+    }
+
+    /// Decodes a UDP payload as `encapsulation`; nil when it is not a valid
+    /// Ethernet-carrying header of that kind.
     public static func decode(_ payload: UnsafeRawBufferPointer, as encapsulation: Encapsulation) -> Decoded? {
         guard payload.count >= length else { return nil }
         let vni = UInt32(payload[4]) << 16 | UInt32(payload[5]) << 8 | UInt32(payload[6])

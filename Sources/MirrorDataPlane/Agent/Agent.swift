@@ -59,6 +59,7 @@ public final class Agent: @unchecked Sendable {
     public let program: MirrorProgram
     public let rings: RingSet
     public let forwarder: Forwarder
+    public let health: HealthMonitor
     let logger: Logger
     private let thread = DedicatedThread()
     private let state = Mutex(State())
@@ -80,6 +81,11 @@ public final class Agent: @unchecked Sendable {
                                       settings: options.forwarder, logger: logger)
         } catch {
             throw OperationalError("cannot open the sending sockets: \(error); the agent needs CAP_NET_RAW")
+        }
+        do {
+            health = try HealthMonitor(mark: options.program.ownMark, logger: logger)
+        } catch {
+            throw OperationalError("cannot open the health-probe sockets: \(error); the agent needs CAP_NET_RAW")
         }
         let f = forwarder
         do {
@@ -183,10 +189,14 @@ public final class Agent: @unchecked Sendable {
         var kernelSessions = [KernelSession]()
         for session in plan.sessions {
             let t = targets[session.target]
+            let c = config.sessions.first { $0.name == session.name }
             var limit = UInt32(0)
             if let l = session.packetLength { limit = UInt32(l) }
             kernelSessions.append(KernelSession(
                 lengthLimit: limit, mtuLimit: UInt32(t.innerLimit),
+                sampleEvery: UInt32(c?.sample ?? 1),
+                rate: c?.rateLimit?.perSecond ?? 0, burst: c?.rateLimit?.burst ?? 0,
+                rateBits: c?.rateLimit?.unit == .bits,
                 tunnelHeader: TunnelHeader.bytes(t.encapsulation, vni: session.vni)))
         }
 
@@ -209,10 +219,11 @@ public final class Agent: @unchecked Sendable {
             undoSlots()
             throw OperationalError("cannot write the plan into the kernel maps: \(error)")
         }
+        let healthSlots = health.configure(targets)
         forwarder.install(
             ForwardingTable(targets: targets, sessionNames: plan.sessions.map(\.name),
                             sessionTargets: plan.sessions.map(\.target), packetLengths: plan.sessions.map(\.packetLength),
-                            counters: forwarder.counters),
+                            counters: forwarder.counters, health: health.flags, healthSlots: healthSlots),
             bank: bank)
 
         // Attach what is missing before switching, so a failed attach leaves
@@ -332,6 +343,7 @@ public final class Agent: @unchecked Sendable {
         /// Session name -> target name, for the plan in force.
         public var sessionTargets: [String: String]
         public var hooks: [(interface: String, direction: Direction, kind: HookKind)]
+        public var endpointHealth: [HealthMonitor.EndpointState]
         public var ringBacklogBytes: [UInt64]
         public var ringBytes: UInt32
         public var configsApplied: Int
@@ -361,6 +373,7 @@ public final class Agent: @unchecked Sendable {
                 interfaces: interfaces, sessions: sessions, forwarder: forwarderSnapshot,
                 targets: s.applied?.targets ?? [], sessionTargets: sessionTargets,
                 hooks: s.hooks.map { ($0.interface, $0.direction, $0.kind) },
+                endpointHealth: health.endpoints(),
                 ringBacklogBytes: rings.backlog(), ringBytes: rings.bytesPerRing,
                 configsApplied: s.applied_ok, configsFailed: s.applied_failed,
                 lastAppliedNanoseconds: s.lastAppliedNanoseconds,
@@ -384,6 +397,7 @@ public final class Agent: @unchecked Sendable {
         try? program.waitForRunningHooks(ring0: rings.firstRingFD)
         forwarder.stop()
         thread.join()
+        health.stop()
         state.withLock { s in
             for (_, i) in s.interfaces { program.removeSlot(ifindex: UInt32(i.ifindex)) }
         }

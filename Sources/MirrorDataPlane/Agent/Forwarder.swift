@@ -23,9 +23,21 @@ public final class ForwardingTable: @unchecked Sendable {
     }
 
     struct TargetInfo {
+        var replicate: Bool
+        var first: Int32
+        var count: Int32
+    }
+
+    struct EndpointInfo {
         var constants: OuterHeader.Constants
         var addressLength: socklen_t
         var ipv6: Bool
+        /// Slot in the health flags, or -1: never probed, always up.
+        var health: Int32
+        /// Rendezvous-hashing weight seed, from the endpoint's key.
+        var seed: UInt32
+        /// Slot of the endpoint's counters.
+        var counter: Int32
     }
 
     public let targets: [ResolvedTarget]
@@ -33,15 +45,20 @@ public final class ForwardingTable: @unchecked Sendable {
     let sessionCount: Int
     let sessions: UnsafeMutablePointer<SessionInfo>
     let targetInfo: UnsafeMutablePointer<TargetInfo>
+    let endpointInfo: UnsafeMutablePointer<EndpointInfo>
     let templates: UnsafeMutableRawPointer
     let addresses: UnsafeMutablePointer<sockaddr_storage>
+    /// Up (1) or down (0) per health slot, written by the HealthMonitor.
+    let health: UnsafeMutablePointer<UInt32>
 
     /// `sessionTargets[i]` is the index in `targets` of session i,
-    /// `packetLengths[i]` its packet_length.
+    /// `packetLengths[i]` its packet_length; `healthSlots` gives each
+    /// probed endpoint's slot by key.
     init(targets: [ResolvedTarget], sessionNames: [String], sessionTargets: [Int], packetLengths: [Int?],
-         counters: ForwarderCounters) {
+         counters: ForwarderCounters, health: UnsafeMutablePointer<UInt32>, healthSlots: [String: Int]) {
         self.targets = targets
         self.sessionNames = sessionNames
+        self.health = health
         sessionCount = sessionNames.count
         sessions = .allocate(capacity: max(1, sessionCount))
         for i in 0..<sessionCount {
@@ -54,21 +71,35 @@ public final class ForwardingTable: @unchecked Sendable {
                 target: Int32(t), pair: Int32(pair), slot: Int32(slot),
                 limit: Int32(min(length, mtuLimit, Int(Int32.max))), limitIsLength: length <= mtuLimit))
         }
+        let endpointCount = targets.reduce(0) { $0 + $1.endpoints.count }
         targetInfo = .allocate(capacity: max(1, targets.count))
-        templates = .allocate(byteCount: max(1, targets.count) * 64, alignment: 16)
-        addresses = .allocate(capacity: max(1, targets.count))
+        endpointInfo = .allocate(capacity: max(1, endpointCount))
+        templates = .allocate(byteCount: max(1, endpointCount) * 64, alignment: 16)
+        addresses = .allocate(capacity: max(1, endpointCount))
+        var e = 0
         for (i, t) in targets.enumerated() {
-            var storage = sockaddr_storage()
-            let len = TargetResolver.fill(&storage, t.address, port: t.port)
-            (addresses + i).initialize(to: storage)
-            (targetInfo + i).initialize(to: TargetInfo(constants: t.header.constants, addressLength: len, ipv6: !t.address.isIPv4))
-            t.header.writeTemplate(to: templates + i * 64)
+            (targetInfo + i).initialize(to: TargetInfo(replicate: t.mode == .replicate, first: Int32(e), count: Int32(t.endpoints.count)))
+            for ep in t.endpoints {
+                // Port 0: the UDP header is ours; an IPv6 raw socket takes
+                // sin6_port as a protocol number and refuses anything > 255.
+                var storage = sockaddr_storage()
+                let len = TargetResolver.fill(&storage, ep.address, port: 0)
+                (addresses + e).initialize(to: storage)
+                let counter = counters.endpointSlot(target: t.name, endpoint: ep.key) ?? 0
+                (endpointInfo + e).initialize(to: EndpointInfo(
+                    constants: ep.header.constants, addressLength: len, ipv6: !ep.address.isIPv4,
+                    health: t.probed ? Int32(healthSlots[ep.key] ?? -1) : -1,
+                    seed: Rendezvous.seed(ep.key), counter: Int32(counter)))
+                ep.header.writeTemplate(to: templates + e * 64)
+                e += 1
+            }
         }
     }
 
     deinit {
         sessions.deallocate()
         targetInfo.deallocate()
+        endpointInfo.deallocate()
         templates.deallocate()
         addresses.deallocate()
     }
@@ -98,10 +129,21 @@ public final class Forwarder: @unchecked Sendable {
         }
     }
 
+    /// One message: its group (the mirrored packet it is a copy of), its
+    /// bytes and its endpoint's counters.
     struct Meta {
+        var group: Int32
+        var bytes: Int32
+        var endpoint: Int32
+    }
+
+    /// One mirrored packet (record, or segment of one) in the flush: sent
+    /// when any of its copies went.
+    struct Group {
         var pair: Int32
         var slot: Int32
-        var bytes: Int32
+        var sent: Bool
+        var failure: UserDropReason
     }
 
     /// iovecs per message: outer header, then the payload in up to three
@@ -143,8 +185,12 @@ public final class Forwarder: @unchecked Sendable {
     private let msgs6: UnsafeMutablePointer<CMirrorSys_mmsghdr>
     private let meta4: UnsafeMutablePointer<Meta>
     private let meta6: UnsafeMutablePointer<Meta>
-    /// Messages built since the last flush: k in total, n4 + n6 == k.
-    private var k = 0, n4 = 0, n6 = 0
+    private let groups: UnsafeMutablePointer<Group>
+    /// Endpoints chosen for the packet being built (indexes in the table).
+    private let chosen: UnsafeMutablePointer<Int32>
+    /// Messages built since the last flush: k in total, n4 + n6 == k; and
+    /// the packets they are copies of.
+    private var k = 0, n4 = 0, n6 = 0, g = 0
     private var identification: UInt16 = 0
     private var lastSendError: Int32 = 0
     private var sendErrorsSinceLog = 0
@@ -185,6 +231,8 @@ public final class Forwarder: @unchecked Sendable {
         meta6 = .allocate(capacity: c)
         msgs4.initialize(repeating: CMirrorSys_mmsghdr(), count: c)
         msgs6.initialize(repeating: CMirrorSys_mmsghdr(), count: c)
+        groups = .allocate(capacity: c)
+        chosen = .allocate(capacity: Self.maxEndpoints)
     }
 
     deinit {
@@ -196,7 +244,12 @@ public final class Forwarder: @unchecked Sendable {
         msgs6.deallocate()
         meta4.deallocate()
         meta6.deallocate()
+        groups.deallocate()
+        chosen.deallocate()
     }
+
+    /// Endpoints of one target (the config allows 64).
+    static let maxEndpoints = 64
 
     // MARK: control (any thread)
 
@@ -292,18 +345,55 @@ public final class Forwarder: @unchecked Sendable {
         counters.addBatch()
     }
 
-    /// One record, one message: the ring's tunnel header and frame follow
+    /// The endpoints of session `s`'s target that get this packet, into
+    /// `chosen`: the flow's rendezvous choice among the up endpoints, or
+    /// every up endpoint for a replicating target. Returns how many.
+    @inline(__always)
+    private func choose(_ table: ForwardingTable, _ s: ForwardingTable.SessionInfo, hash: UInt32) -> Int {
+        let t = table.targetInfo[Int(s.target)]
+        var n = 0
+        var bestWeight: UInt32 = 0
+        for i in 0..<Int(t.count) {
+            let e = Int(t.first) + i
+            let h = table.endpointInfo[e].health
+            if h >= 0 && CMirrorSys_load_relaxed_u32(table.health + Int(h)) == 0 { continue }
+            if t.replicate {
+                chosen[n] = Int32(e)
+                n += 1
+            } else {
+                let w = Rendezvous.weight(hash, table.endpointInfo[e].seed)
+                if n == 0 || w > bestWeight {
+                    chosen[0] = Int32(e)
+                    bestWeight = w
+                    n = 1
+                }
+            }
+        }
+        return n
+    }
+
+    /// Room for `copies` messages of one packet, built from message k on.
+    @inline(__always)
+    private func reserve(_ copies: Int) {
+        if k + copies > capacity { flush() }
+    }
+
+    /// One record, one packet: the ring's tunnel header and frame follow
     /// the outer header, split around a completed checksum if there is one.
     @inline(__always)
     private func forwardFrame(_ r: RecordView, _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo) {
-        if k == capacity { flush() }
-        let t = table.targetInfo[Int(s.target)]
+        let copies = choose(table, s, hash: r.flowHash)
+        guard copies > 0 else {
+            counters.addDrop(session: Int(s.slot), .noEndpoint)
+            return
+        }
+        reserve(copies)
         let h = scratch + k * Self.scratchPerMessage
         let v = iov + k * Self.iovPerMessage
         let payload = r.payload
         let base = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
-        var iovCount = 2
-        var payloadSum: UInt64 = 0
+        var pieces = 1
+        var sum = InternetChecksum()
         let fix: (offset: Int, value: UInt16)? = r.flags.contains(.l4Complete)
             ? PartialChecksum.completion(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol)
             : nil
@@ -316,23 +406,12 @@ public final class Forwarder: @unchecked Sendable {
             v[1] = iovec(iov_base: base, iov_len: at)
             v[2] = iovec(iov_base: fixed, iov_len: 2)
             v[3] = iovec(iov_base: base + at + 2, iov_len: payload.count - at - 2)
-            iovCount = 4
-            if t.ipv6 {
-                var sum = InternetChecksum()
-                sum.add(UnsafeRawBufferPointer(rebasing: payload[..<at]))
-                sum.add(UnsafeRawBufferPointer(start: fixed, count: 2))
-                sum.add(UnsafeRawBufferPointer(rebasing: payload[(at + 2)...]))
-                payloadSum = sum.sum
-            }
+            pieces = 3
         } else {
             v[1] = iovec(iov_base: base, iov_len: payload.count)
-            if t.ipv6 {
-                var sum = InternetChecksum()
-                sum.add(payload)
-                payloadSum = sum.sum
-            }
         }
-        append(table, s, t, h, iovCount, payloadLength: payload.count, payloadSum: payloadSum, hash: r.flowHash)
+        if needsPayloadSum(table, copies) { sum = payloadSum(v, pieces) }
+        appendCopies(table, s, copies, pieces: pieces, payloadLength: payload.count, payloadSum: sum.sum, hash: r.flowHash)
     }
 
     /// A GSO super-packet becomes the segments the wire carries: rewritten
@@ -347,12 +426,16 @@ public final class Forwarder: @unchecked Sendable {
             if expected > 1 { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, expected - 1) }
             return
         }
-        let t = table.targetInfo[Int(s.target)]
+        let copies = choose(table, s, hash: r.flowHash)
         let n = min(seg.segmentCount, expected)
+        guard copies > 0 else {
+            counters.addDrops(session: Int(s.slot), .noEndpoint, expected)
+            return
+        }
         let tunnel = UnsafeMutableRawPointer(mutating: r.payload.baseAddress!)
         let frameBase = UnsafeMutableRawPointer(mutating: r.frame.baseAddress!)
         for i in 0..<n {
-            if k == capacity { flush() }
+            reserve(copies)
             let h = scratch + k * Self.scratchPerMessage
             let headers = h + Self.segmentHeadersAt
             let v = iov + k * Self.iovPerMessage
@@ -368,16 +451,9 @@ public final class Forwarder: @unchecked Sendable {
             v[1] = iovec(iov_base: tunnel, iov_len: TunnelHeader.length)
             v[2] = iovec(iov_base: headers, iov_len: headerBytes)
             v[3] = iovec(iov_base: frameBase + chunk.lowerBound, iov_len: payloadBytes)
-            var payloadSum: UInt64 = 0
-            if t.ipv6 {
-                var sum = InternetChecksum()
-                sum.add(UnsafeRawBufferPointer(start: tunnel, count: TunnelHeader.length))
-                sum.add(UnsafeRawBufferPointer(start: headers, count: headerBytes))
-                sum.add(UnsafeRawBufferPointer(start: frameBase + chunk.lowerBound, count: payloadBytes))
-                payloadSum = sum.sum
-            }
-            append(table, s, t, h, 4, payloadLength: TunnelHeader.length + headerBytes + payloadBytes,
-                   payloadSum: payloadSum, hash: r.flowHash)
+            let sum = needsPayloadSum(table, copies) ? payloadSum(v, 3) : InternetChecksum()
+            appendCopies(table, s, copies, pieces: 3, payloadLength: TunnelHeader.length + headerBytes + payloadBytes,
+                         payloadSum: sum.sum, hash: r.flowHash)
         }
         if n < expected { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, expected - n) }
     }
@@ -385,68 +461,101 @@ public final class Forwarder: @unchecked Sendable {
     /// The first bytes of a record that cannot be segmented, within the
     /// session's limit.
     private func forwardTruncated(_ r: RecordView, _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo) {
-        if k == capacity { flush() }
-        let t = table.targetInfo[Int(s.target)]
-        let h = scratch + k * Self.scratchPerMessage
+        let copies = choose(table, s, hash: r.flowHash)
+        guard copies > 0 else {
+            counters.addDrop(session: Int(s.slot), .noEndpoint)
+            return
+        }
+        reserve(copies)
         let v = iov + k * Self.iovPerMessage
         let length = TunnelHeader.length + min(r.capturedLength, Int(s.limit))
         if r.capturedLength > Int(s.limit) {
             counters.addTruncation(session: Int(s.slot), s.limitIsLength ? .packetLength : .mtu)
         }
         v[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: r.payload.baseAddress!), iov_len: length)
-        var payloadSum: UInt64 = 0
-        if t.ipv6 {
-            var sum = InternetChecksum()
-            sum.add(UnsafeRawBufferPointer(start: r.payload.baseAddress!, count: length))
-            payloadSum = sum.sum
-        }
-        append(table, s, t, h, 2, payloadLength: length, payloadSum: payloadSum, hash: r.flowHash)
+        let sum = needsPayloadSum(table, copies) ? payloadSum(v, 1) : InternetChecksum()
+        appendCopies(table, s, copies, pieces: 1, payloadLength: length, payloadSum: sum.sum, hash: r.flowHash)
     }
 
-    /// Completes message k: outer header from the target's template, the
-    /// address, the counters' slots.
+    /// Whether a chosen endpoint is IPv6 (its UDP checksum covers the payload).
     @inline(__always)
-    private func append(
-        _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo, _ t: ForwardingTable.TargetInfo,
-        _ h: UnsafeMutableRawPointer, _ iovCount: Int, payloadLength: Int, payloadSum: UInt64, hash: UInt32
-    ) {
-        let v = iov + k * Self.iovPerMessage
-        h.copyMemory(from: table.templates + Int(s.target) * 64, byteCount: t.constants.length)
-        identification &+= 1
-        OuterHeader.finish(h, t.constants, sourcePort: FlowHash.sourcePort(for: hash),
-                           payloadLength: payloadLength, identification: identification, payloadSum: payloadSum)
-        v[0] = iovec(iov_base: h, iov_len: t.constants.length)
-        var hdr = msghdr()
-        hdr.msg_name = UnsafeMutableRawPointer(table.addresses + Int(s.target))
-        hdr.msg_namelen = t.addressLength
-        hdr.msg_iov = v
-        hdr.msg_iovlen = iovCount
-        let meta = Meta(pair: s.pair, slot: s.slot, bytes: Int32(t.constants.length + payloadLength))
-        if t.ipv6 {
-            msgs6[n6] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
-            meta6[n6] = meta
-            n6 += 1
-        } else {
-            msgs4[n4] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
-            meta4[n4] = meta
-            n4 += 1
-        }
-        k += 1
+    private func needsPayloadSum(_ table: ForwardingTable, _ copies: Int) -> Bool {
+        for c in 0..<copies where table.endpointInfo[Int(chosen[c])].ipv6 { return true }
+        return false
     }
 
-    /// Sends what was built, one sendmmsg per address family.
+    @inline(__always)
+    private func payloadSum(_ v: UnsafeMutablePointer<iovec>, _ pieces: Int) -> InternetChecksum {
+        var sum = InternetChecksum()
+        for p in 1...pieces { sum.add(UnsafeRawBufferPointer(start: v[p].iov_base, count: v[p].iov_len)) }
+        return sum
+    }
+
+    /// Messages k... for the chosen endpoints: each its own outer header
+    /// from the endpoint's template, all sharing message k's payload
+    /// pieces; one group for the packet.
+    @inline(__always)
+    private func appendCopies(
+        _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo, _ copies: Int, pieces: Int,
+        payloadLength: Int, payloadSum: UInt64, hash: UInt32
+    ) {
+        let group = g
+        groups[group] = Group(pair: s.pair, slot: s.slot, sent: false, failure: .sendFailed)
+        g += 1
+        let first = iov + k * Self.iovPerMessage
+        for c in 0..<copies {
+            let e = Int(chosen[c])
+            let ep = table.endpointInfo[e]
+            let h = scratch + k * Self.scratchPerMessage
+            let v = iov + k * Self.iovPerMessage
+            if c > 0 { for p in 1...pieces { v[p] = first[p] } }
+            h.copyMemory(from: table.templates + e * 64, byteCount: ep.constants.length)
+            identification &+= 1
+            OuterHeader.finish(h, ep.constants, sourcePort: FlowHash.sourcePort(for: hash),
+                               payloadLength: payloadLength, identification: identification, payloadSum: payloadSum)
+            v[0] = iovec(iov_base: h, iov_len: ep.constants.length)
+            var hdr = msghdr()
+            hdr.msg_name = UnsafeMutableRawPointer(table.addresses + e)
+            hdr.msg_namelen = ep.addressLength
+            hdr.msg_iov = v
+            hdr.msg_iovlen = pieces + 1
+            let meta = Meta(group: Int32(group), bytes: Int32(ep.constants.length + payloadLength), endpoint: ep.counter)
+            if ep.ipv6 {
+                msgs6[n6] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
+                meta6[n6] = meta
+                n6 += 1
+            } else {
+                msgs4[n4] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
+                meta4[n4] = meta
+                n4 += 1
+            }
+            k += 1
+        }
+    }
+
+    /// Sends what was built, one sendmmsg per address family, then counts
+    /// each packet once: sent if any copy went, else dropped.
     @inline(__always)
     private func flush() {
         if n4 > 0 { send(socket4, msgs4, meta4, n4) }
         if n6 > 0 { send(socket6, msgs6, meta6, n6) }
+        for i in 0..<g {
+            let grp = groups[i]
+            if grp.sent {
+                counters.addSentPacket(pair: Int(grp.pair))
+            } else {
+                counters.addDrop(session: Int(grp.slot), grp.failure)
+            }
+        }
         k = 0
         n4 = 0
         n6 = 0
+        g = 0
     }
 
     /// Sends `count` messages, resubmitting after partial sends. A full
     /// socket gets a bounded wait; what is still unsent when the budget is
-    /// spent is dropped and counted, so the drain never blocks for long.
+    /// spent fails with backpressure, so the drain never blocks for long.
     @inline(__always)
     private func send(_ fd: Int32, _ msgs: UnsafeMutablePointer<CMirrorSys_mmsghdr>, _ meta: UnsafeMutablePointer<Meta>, _ count: Int) {
         var i = 0
@@ -454,7 +563,11 @@ public final class Forwarder: @unchecked Sendable {
         while i < count {
             let r = CMirrorSys_sendmmsg(fd, msgs + i, UInt32(count - i), Int32(MSG_DONTWAIT))
             if r > 0 {
-                for j in i..<(i + Int(r)) { counters.addSent(pair: Int(meta[j].pair), bytes: Int(meta[j].bytes)) }
+                for j in i..<(i + Int(r)) {
+                    let m = meta[j]
+                    groups[Int(m.group)].sent = true
+                    counters.addSentBytes(pair: Int(groups[Int(m.group)].pair), endpoint: Int(m.endpoint), bytes: Int(m.bytes))
+                }
                 i += Int(r)
                 continue
             }
@@ -464,16 +577,20 @@ public final class Forwarder: @unchecked Sendable {
                 let now = CMirrorSys_monotonic_ns()
                 if deadline == 0 { deadline = now + settings.backpressureBudgetNanoseconds }
                 if now >= deadline {
-                    for j in i..<count { counters.addDrop(session: Int(meta[j].slot), .backpressure) }
+                    for j in i..<count {
+                        groups[Int(meta[j].group)].failure = .backpressure
+                        counters.addEndpointError(endpoint: Int(meta[j].endpoint))
+                    }
                     return
                 }
                 _ = CMirrorSys_poll1(fd, Int16(POLLOUT), 1)
                 continue
             }
             if err == EINTR { continue }
-            // This message cannot go (EMSGSIZE, EHOSTUNREACH, ...): count it
+            // This message cannot go (EMSGSIZE, EHOSTUNREACH, ...): note it
             // and go on with the next.
-            counters.addDrop(session: Int(meta[i].slot), .sendFailed)
+            groups[Int(meta[i].group)].failure = .sendFailed
+            counters.addEndpointError(endpoint: Int(meta[i].endpoint))
             lastSendError = err
             sendErrorsSinceLog += 1
             i += 1

@@ -14,6 +14,8 @@ public enum UserDropReason: Int, CaseIterable, Sendable {
     /// A GSO super-packet whose headers were too long to rewrite: one
     /// truncated copy went, the other segments count here.
     case gsoUnsegmented
+    /// Every endpoint of the target was down.
+    case noEndpoint
 
     /// The label of `traffic_mirror_dropped_packets_total{reason=...}`;
     /// gso_unsegmented is shared with the kernel's reason of that name.
@@ -23,6 +25,7 @@ public enum UserDropReason: Int, CaseIterable, Sendable {
         case .backpressure: "backpressure"
         case .noPlan: "no_plan"
         case .gsoUnsegmented: "gso_unsegmented"
+        case .noEndpoint: "no_endpoint"
         }
     }
 }
@@ -47,17 +50,31 @@ public final class ForwarderCounters: @unchecked Sendable {
 
     public static let maxPairs = 4096
     public static let maxSessions = 1024
+    public static let maxEndpoints = 1024
 
     let sentPackets: UnsafeMutablePointer<UInt64>
     let sentBytes: UnsafeMutablePointer<UInt64>
     let drops: UnsafeMutablePointer<UInt64>
     let truncations: UnsafeMutablePointer<UInt64>
+    /// Per endpoint: datagrams sent, bytes sent, send errors.
+    let endpointCounts: UnsafeMutablePointer<UInt64>
     let batches: UnsafeMutablePointer<UInt64>
     let backpressureWaits: UnsafeMutablePointer<UInt64>
 
     private struct Registry {
         var pairs: [Pair: Int] = [:]
         var sessions: [String: Int] = [:]
+        var endpoints: [Endpoint: Int] = [:]
+    }
+
+    public struct Endpoint: Hashable, Sendable {
+        public var target: String
+        public var endpoint: String
+
+        public init(target: String, endpoint: String) {
+            self.target = target
+            self.endpoint = endpoint
+        }
     }
 
     public struct Pair: Hashable, Sendable {
@@ -78,6 +95,8 @@ public final class ForwarderCounters: @unchecked Sendable {
         let t = Self.maxSessions * UserTruncation.allCases.count
         truncations = .allocate(capacity: t)
         truncations.initialize(repeating: 0, count: t)
+        endpointCounts = .allocate(capacity: 3 * Self.maxEndpoints)
+        endpointCounts.initialize(repeating: 0, count: 3 * Self.maxEndpoints)
         batches = .allocate(capacity: 1)
         batches.initialize(to: 0)
         backpressureWaits = .allocate(capacity: 1)
@@ -89,6 +108,7 @@ public final class ForwarderCounters: @unchecked Sendable {
         sentBytes.deallocate()
         drops.deallocate()
         truncations.deallocate()
+        endpointCounts.deallocate()
         batches.deallocate()
         backpressureWaits.deallocate()
     }
@@ -105,6 +125,16 @@ public final class ForwarderCounters: @unchecked Sendable {
         }
     }
 
+    public func endpointSlot(target: String, endpoint: String) -> Int? {
+        registry.withLock { r in
+            let e = Endpoint(target: target, endpoint: endpoint)
+            if let s = r.endpoints[e] { return s }
+            guard r.endpoints.count < Self.maxEndpoints else { return nil }
+            r.endpoints[e] = r.endpoints.count
+            return r.endpoints[e]
+        }
+    }
+
     public func sessionSlot(_ name: String) -> Int? {
         registry.withLock { r in
             if let s = r.sessions[name] { return s }
@@ -116,10 +146,23 @@ public final class ForwarderCounters: @unchecked Sendable {
 
     // MARK: forwarding thread
 
+    /// A mirrored packet went (at least one copy).
     @inline(__always)
-    func addSent(pair: Int, bytes: Int) {
+    func addSentPacket(pair: Int) {
         CMirrorSys_add_relaxed_u64(sentPackets + pair, 1)
+    }
+
+    /// One copy went to one endpoint.
+    @inline(__always)
+    func addSentBytes(pair: Int, endpoint: Int, bytes: Int) {
         CMirrorSys_add_relaxed_u64(sentBytes + pair, UInt64(bytes))
+        CMirrorSys_add_relaxed_u64(endpointCounts + 3 * endpoint, 1)
+        CMirrorSys_add_relaxed_u64(endpointCounts + 3 * endpoint + 1, UInt64(bytes))
+    }
+
+    @inline(__always)
+    func addEndpointError(endpoint: Int) {
+        CMirrorSys_add_relaxed_u64(endpointCounts + 3 * endpoint + 2, 1)
     }
 
     @inline(__always)
@@ -149,12 +192,14 @@ public final class ForwarderCounters: @unchecked Sendable {
         public var sent: [Pair: (packets: UInt64, bytes: UInt64)]
         public var drops: [String: [UserDropReason: UInt64]]
         public var truncations: [String: [UserTruncation: UInt64]]
+        /// Per endpoint: datagrams and bytes sent, send errors.
+        public var endpoints: [Endpoint: (packets: UInt64, bytes: UInt64, errors: UInt64)]
         public var batches: UInt64
         public var backpressureWaits: UInt64
     }
 
     public func snapshot() -> Snapshot {
-        let (pairs, sessions) = registry.withLock { ($0.pairs, $0.sessions) }
+        let (pairs, sessions, endpoints) = registry.withLock { ($0.pairs, $0.sessions, $0.endpoints) }
         var sent = [Pair: (UInt64, UInt64)]()
         for (p, s) in pairs {
             sent[p] = (CMirrorSys_load_relaxed_u64(sentPackets + s), CMirrorSys_load_relaxed_u64(sentBytes + s))
@@ -173,7 +218,12 @@ public final class ForwarderCounters: @unchecked Sendable {
             }
             t[name] = tm
         }
-        return Snapshot(sent: sent, drops: d, truncations: t, batches: CMirrorSys_load_relaxed_u64(batches),
+        var e = [Endpoint: (UInt64, UInt64, UInt64)]()
+        for (key, slot) in endpoints {
+            e[key] = (CMirrorSys_load_relaxed_u64(endpointCounts + 3 * slot), CMirrorSys_load_relaxed_u64(endpointCounts + 3 * slot + 1),
+                      CMirrorSys_load_relaxed_u64(endpointCounts + 3 * slot + 2))
+        }
+        return Snapshot(sent: sent, drops: d, truncations: t, endpoints: e, batches: CMirrorSys_load_relaxed_u64(batches),
                         backpressureWaits: CMirrorSys_load_relaxed_u64(backpressureWaits))
     }
 }

@@ -5,16 +5,15 @@ import MirrorCore
 import Glibc
 #endif
 
-/// A target with its address resolved and its route probed.
-public struct ResolvedTarget: Sendable {
-    public var name: String
-    public var host: String
+/// One endpoint of a target, resolved, with its route probed.
+public struct ResolvedEndpoint: Sendable {
+    /// HOST:PORT as configured (labels its metrics, keys its health).
+    public var key: String
     public var address: IPAddress
     public var port: UInt16
-    public var encapsulation: Encapsulation
     /// The address our packets leave with (the route's preferred source).
     public var source: IPAddress
-    /// Path MTU toward the target (configured, or the route's).
+    /// Path MTU toward the endpoint (configured, or the route's).
     public var mtu: Int
     public var header: OuterHeader
 
@@ -24,32 +23,58 @@ public struct ResolvedTarget: Sendable {
     public var endpointDescription: String { HostPort(host: address.description, port: port).description }
 }
 
+/// A target with its endpoints resolved.
+public struct ResolvedTarget: Sendable {
+    public var name: String
+    public var encapsulation: Encapsulation
+    public var mode: TargetMode
+    public var healthCheck: HealthCheckConfig
+    public var endpoints: [ResolvedEndpoint]
+
+    /// Frame bytes that fit every endpoint's MTU after encapsulation.
+    public var innerLimit: Int { endpoints.map(\.innerLimit).min() ?? 0 }
+
+    /// Whether its endpoints are probed: groups by default, a single
+    /// endpoint only when asked (a sensor that drops pings should not lose
+    /// its copies to a health check nobody wanted).
+    public var probed: Bool { healthCheck.probe != .none && (endpoints.count > 1 || healthCheck.explicit) }
+}
+
 /// Resolves target names and asks the kernel for the route toward each: a
-/// UDP socket connected to the target (with our mark, so policy routing by
+/// UDP socket connected to the endpoint (with our mark, so policy routing by
 /// mark applies as to the mirrored packets) reveals the source address and
 /// the path MTU without sending anything.
 public enum TargetResolver {
     public static func resolve(_ t: TargetConfig, mark: UInt32) throws(OperationalError) -> ResolvedTarget {
-        let port = t.effectivePort
+        var endpoints = [ResolvedEndpoint]()
+        for e in t.endpoints {
+            endpoints.append(try resolve(e, of: t, mark: mark))
+        }
+        return ResolvedTarget(name: t.name, encapsulation: t.encapsulation, mode: t.mode, healthCheck: t.healthCheck,
+                              endpoints: endpoints)
+    }
+
+    static func resolve(_ e: HostPort, of t: TargetConfig, mark: UInt32) throws(OperationalError) -> ResolvedEndpoint {
+        let port = e.port ?? t.effectivePort
+        let what = t.endpoints.count == 1 ? "target \(t.name)" : "target \(t.name) endpoint \(e)"
         var storage = sockaddr_storage()
         var length = socklen_t(0)
         let address: IPAddress
-        if let literal = IPAddress(t.address) {
+        if let literal = IPAddress(e.host) {
             address = literal
-            length = fill(&storage, literal, port: port)
         } else {
-            let rc = CMirrorSys_resolve(t.address, &storage, &length)
+            let rc = CMirrorSys_resolve(e.host, &storage, &length)
             guard rc == 0 else {
-                throw OperationalError("target \(t.name): cannot resolve host \"\(t.address)\": \(SystemError("getaddrinfo", code: rc)); use an IP address or fix the name (DNS, /etc/hosts)")
+                throw OperationalError("\(what): cannot resolve host \"\(e.host)\": \(SystemError("getaddrinfo", code: rc)); use an IP address or fix the name (DNS, /etc/hosts)")
             }
             address = Self.address(of: storage)
-            length = fill(&storage, address, port: port)
         }
+        length = fill(&storage, address, port: port)
 
         let v4 = address.isIPv4
         let fd = CMirrorSys_socket(v4 ? AF_INET : AF_INET6, Int32(SOCK_DGRAM.rawValue), 0)
         guard fd >= 0 else {
-            throw OperationalError("target \(t.name): \(SystemError("socket", code: fd))")
+            throw OperationalError("\(what): \(SystemError("socket", code: fd))")
         }
         defer { _ = CMirrorSys_close(fd) }
         if mark != 0 { _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_MARK, Int32(bitPattern: mark)) }
@@ -57,7 +82,7 @@ public enum TargetResolver {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { CMirrorSys_connect(fd, $0, length) }
         }
         guard rc == 0 else {
-            throw OperationalError("target \(t.name) (\(address)): no route: \(SystemError("connect", code: rc)); add a route toward the target or fix its address")
+            throw OperationalError("\(what) (\(address)): no route: \(SystemError("connect", code: rc)); add a route toward the target or fix its address")
         }
         var local = sockaddr_storage()
         var localLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -72,10 +97,10 @@ public enum TargetResolver {
         let mtu = t.mtu ?? Int(routeMTU)
         let header = OuterHeader(source: source.bytes, destination: address.bytes, destinationPort: port)
         guard header.innerLimit(mtu: mtu) >= 14 else {
-            throw OperationalError("target \(t.name): mtu \(mtu) leaves no room for a frame after \(header.overhead) bytes of encapsulation")
+            throw OperationalError("\(what): mtu \(mtu) leaves no room for a frame after \(header.overhead) bytes of encapsulation")
         }
-        return ResolvedTarget(name: t.name, host: t.address, address: address, port: port,
-                              encapsulation: t.encapsulation, source: source, mtu: mtu, header: header)
+        return ResolvedEndpoint(key: HostPort(host: e.host, port: port).description, address: address, port: port,
+                                source: source, mtu: mtu, header: header)
     }
 
     static let IPPROTO_IP_VALUE: Int32 = 0

@@ -25,6 +25,12 @@
 /* skb->mark of the agent's own packets (SO_MARK); 0 turns the check off. */
 const volatile __u32 tm_own_mark = 0;
 
+/* Backlog at which a record wakes the agent (the loader sets an eighth of
+ * the ring). Records are committed without a wakeup otherwise: the agent
+ * drains on its own schedule (see Forwarder), and a wakeup per record would
+ * cost the hooked CPU an interrupt each. */
+const volatile __u64 tm_wake_bytes = 0;
+
 /* Keeps clang from folding a clamp the verifier needs to see. */
 #define tm_barrier_var(var) asm volatile("" : "+r"(var))
 
@@ -131,6 +137,16 @@ static __always_inline void tm_fill(struct tm_record *r, const struct tm_meta *m
 	__builtin_memcpy(r->tunnel_hdr, s->tunnel_hdr, TM_TUNNEL_HDR_LEN);
 }
 
+/* Wake the agent only when this record takes the ring's backlog past the
+ * watermark, so a backlog costs one wakeup, not one per record. */
+static __always_inline __u64 tm_wakeup(void *ring, __u64 size)
+{
+	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
+
+	return avail >= tm_wake_bytes && avail < tm_wake_bytes + size + 8 ?
+		BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 /* Reserve a record of the smallest size class that holds `cap` frame bytes:
  * the reserve size must be a constant, and one class per power of two keeps
  * a 64-byte frame from taking a 16 KiB slot of the ring. */
@@ -145,7 +161,7 @@ static __always_inline void tm_fill(struct tm_record *r, const struct tm_meta *m
 			bpf_ringbuf_discard(r, 0);                                 \
 			return TM_SO_DROP_CAPTURE_ERROR;                           \
 		}                                                                  \
-		bpf_ringbuf_submit(r, 0);                                          \
+		bpf_ringbuf_submit(r, tm_wakeup(ring, TM_RECORD_HDR_LEN + (room)));\
 		return 0;                                                          \
 	}
 

@@ -136,6 +136,7 @@ int CMirrorBPF_object_configure(struct bpf_object *obj, uint32_t ring_bytes,
 				uint32_t cpus, uint32_t own_mark)
 {
 	struct bpf_map *rings = bpf_object__find_map_by_name(obj, "tm_rings");
+	uint64_t wake_bytes;
 	int err, fd;
 
 	if (!rings)
@@ -154,7 +155,16 @@ int CMirrorBPF_object_configure(struct bpf_object *obj, uint32_t ring_bytes,
 	if (ring_template_fd >= 0)
 		close(ring_template_fd);
 	ring_template_fd = fd;
+	wake_bytes = ring_bytes / 8;
+	err = set_rodata(obj, "tm_wake_bytes", &wake_bytes, sizeof(wake_bytes));
+	if (err)
+		return err;
 	return set_rodata(obj, "tm_own_mark", &own_mark, sizeof(own_mark));
+}
+
+int CMirrorBPF_object_set_rodata(struct bpf_object *obj, const char *name, const void *value, size_t size)
+{
+	return set_rodata(obj, name, value, size);
 }
 
 int CMirrorBPF_object_load(struct bpf_object *obj)
@@ -253,6 +263,23 @@ int CMirrorBPF_prog_test_run(int prog_fd, const void *data, uint32_t len,
 	if (err)
 		return neg_errno(err);
 	*retval = opts.retval;
+	*duration_ns = opts.duration;
+	return 0;
+}
+
+int CMirrorBPF_prog_run_live(int prog_fd, const void *data, uint32_t len, uint32_t repeat,
+			     uint32_t batch, uint32_t *duration_ns)
+{
+	LIBBPF_OPTS(bpf_test_run_opts, opts,
+		    .data_in = data,
+		    .data_size_in = len,
+		    .repeat = repeat,
+		    .batch_size = batch,
+		    .flags = BPF_F_TEST_XDP_LIVE_FRAMES);
+	int err = bpf_prog_test_run_opts(prog_fd, &opts);
+
+	if (err)
+		return neg_errno(err);
 	*duration_ns = opts.duration;
 	return 0;
 }

@@ -12,6 +12,7 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
@@ -24,6 +25,11 @@ _Static_assert(sizeof(struct CMirrorSys_mmsghdr) == sizeof(struct mmsghdr),
 static int ret(int rc)
 {
 	return rc < 0 ? -errno : rc;
+}
+
+int CMirrorSys_sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	return ret((int)sendmsg(fd, msg, flags));
 }
 
 int CMirrorSys_sendmmsg(int fd, struct CMirrorSys_mmsghdr *msgs, unsigned int count, int flags)
@@ -100,14 +106,15 @@ int CMirrorSys_epoll_add(int epfd, int fd, uint32_t tag)
 	return ret(epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev));
 }
 
-int CMirrorSys_epoll_wait(int epfd, uint32_t *tags, int max, int timeout_ms)
+int CMirrorSys_epoll_wait(int epfd, uint32_t *tags, int max, uint64_t timeout_ns)
 {
 	struct epoll_event evs[64];
+	struct timespec ts = { .tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000 };
 	int n, i;
 
 	if (max > 64)
 		max = 64;
-	n = epoll_wait(epfd, evs, max, timeout_ms);
+	n = epoll_pwait2(epfd, evs, max, &ts, NULL);
 	if (n < 0)
 		return errno == EINTR ? 0 : -errno;
 	for (i = 0; i < n; i++)
@@ -243,6 +250,11 @@ void CMirrorSys_set_thread_name(const char *name)
 	strncpy(buf, name, sizeof(buf) - 1);
 	buf[15] = 0;
 	pthread_setname_np(pthread_self(), buf);
+}
+
+int CMirrorSys_set_timer_slack(uint64_t nanoseconds)
+{
+	return ret(prctl(PR_SET_TIMERSLACK, (unsigned long)nanoseconds, 0, 0, 0));
 }
 
 double CMirrorSys_process_cpu_seconds(void)

@@ -77,8 +77,8 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("How tc programs are attached: auto (tcx links where the kernel has them, else netlink filters), tcx, or netlink.", valueName: "mode"))
     var tcAttach: HookPolicy.TCAttach = .auto
 
-    @Option(help: ArgumentHelp("Bytes of ring buffer per CPU, a power of two from 4K to 1G, with an optional K/M/G suffix.", valueName: "bytes"))
-    var ringSize: ByteSize = ByteSize(argument: "8M")!
+    @Option(help: ArgumentHelp("Bytes of ring buffer per CPU, a power of two from 4K to 1G, with an optional K/M/G suffix (default: 128M shared by the CPUs, 8M to 64M each).", valueName: "bytes"))
+    var ringSize: ByteSize?
 
     @Option(help: ArgumentHelp("Records per sendmmsg batch, 1...4096.", valueName: "n"))
     var batchSize: Int = 256
@@ -117,8 +117,7 @@ struct RunCommand: AsyncParsableCommand {
         } else {
             problems.append("--metrics-address: \"\(metricsAddress)\" must be HOST:PORT, e.g. 127.0.0.1:9781 or [::1]:9781")
         }
-        let ring = ringSize.bytes
-        if ring < 4096 || ring & (ring - 1) != 0 || ring > 1 << 30 {
+        if let ring = ringSize?.bytes, ring < 4096 || ring & (ring - 1) != 0 || ring > 1 << 30 {
             problems.append("--ring-size: \(ring) must be a power of two from 4K to 1G")
         }
         if !(1...4096).contains(batchSize) {
@@ -140,7 +139,7 @@ struct RunCommand: AsyncParsableCommand {
         let logger = logging.bootstrap()
         let config = try makeConfig()
         let options = Agent.Options(
-            program: .init(ringBytes: UInt32(ringSize.bytes)),
+            program: .init(ringBytes: ringSize.map { UInt32($0.bytes) } ?? MirrorProgram.Settings.automaticRingBytes()),
             forwarder: .init(batchSize: batchSize),
             hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach))
         let metrics = try HostPort(parsing: metricsAddress)

@@ -37,8 +37,13 @@ public struct Topology: Sendable {
                 try lab.exec(ns, ["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"])
             }
         }
+        try Self.segmentOnTheWire(lab, mon, "m1")
         try lab.ip(tgt, "link", "add", "vx0", "type", "vxlan", "id", "\(vni)", "local", "198.18.1.2", "dstport", "4789", "nolearning")
         try lab.ip(tgt, "link", "set", "vx0", "mtu", "\(targetMTU - 50)", "up")
+        // The vxlan device merges back-to-back segments of one TCP flow
+        // (GRO); a capture on it should show the frames as mirrored, as a
+        // sensor's capture interface is set up (GRO and LRO off).
+        try lab.exec(tgt, ["ethtool", "-K", "vx0", "gro", "off"])
     }
 
     /// Another target: namespace `tgt<n>`, reached from the monitored host by
@@ -51,8 +56,18 @@ public struct Topology: Sendable {
         try lab.veth(mon, "m\(n)", ns, "t0", mtu: mtu)
         try lab.ip(mon, "addr", "add", "198.18.\(n).1/24", "dev", "m\(n)")
         try lab.ip(ns, "addr", "add", "198.18.\(n).2/24", "dev", "t0")
+        try Self.segmentOnTheWire(lab, mon, "m\(n)")
         if ipv6 { try enableIPv6(link: n, targetNS: ns) }
         return ns
+    }
+
+    /// Links toward targets finish what a NIC would before the wire: they
+    /// cut UDP GSO messages into datagrams and fill in the checksums left
+    /// for offload. veth would otherwise hand the receiver one merged
+    /// super-packet per GSO message, and a capture would show unfinished
+    /// checksums.
+    static func segmentOnTheWire(_ lab: Lab, _ ns: String, _ dev: String) throws {
+        try lab.exec(ns, ["ethtool", "-K", dev, "tx-udp-segmentation", "off", "tx-checksumming", "off"])
     }
 
     /// IPv6 on the link to target n: fd00:<n>::1 and fd00:<n>::2 (n = 1 for tgt).

@@ -42,6 +42,8 @@ int CMirrorBPF_object_open(const void *bytes, size_t len, const char *name,
 int CMirrorBPF_object_configure(struct bpf_object *obj, uint32_t ring_bytes,
 				uint32_t cpus, uint32_t own_mark);
 int CMirrorBPF_object_load(struct bpf_object *obj);
+/* Sets a `const volatile` global of .rodata by name, before load. */
+int CMirrorBPF_object_set_rodata(struct bpf_object *obj, const char *name, const void *value, size_t size);
 void CMirrorBPF_object_close(struct bpf_object *obj);
 int CMirrorBPF_object_map_fd(struct bpf_object *obj, const char *name);
 int CMirrorBPF_object_prog_fd(struct bpf_object *obj, const char *name);
@@ -64,6 +66,11 @@ int CMirrorBPF_prog_info_by_id(uint32_t id, char name[16], uint32_t *type);
 int CMirrorBPF_prog_test_run(int prog_fd, const void *data, uint32_t len,
 			     void *ctx, uint32_t ctx_len, uint32_t repeat,
 			     uint32_t *retval, uint32_t *duration_ns);
+
+/* Runs an XDP program on `data` with BPF_F_TEST_XDP_LIVE_FRAMES: what it
+ * redirects is really sent. `repeat` frames, in batches of `batch`. */
+int CMirrorBPF_prog_run_live(int prog_fd, const void *data, uint32_t len, uint32_t repeat,
+			     uint32_t batch, uint32_t *duration_ns);
 
 /* ---- attachments ---- */
 

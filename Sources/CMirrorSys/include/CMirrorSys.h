@@ -20,6 +20,7 @@ struct CMirrorSys_mmsghdr {
 	unsigned int msg_len;
 };
 
+int CMirrorSys_sendmsg(int fd, const struct msghdr *msg, int flags);
 int CMirrorSys_sendmmsg(int fd, struct CMirrorSys_mmsghdr *msgs, unsigned int count, int flags);
 int CMirrorSys_recvmmsg(int fd, struct CMirrorSys_mmsghdr *msgs, unsigned int count, int flags,
 			int timeout_ms);
@@ -37,7 +38,7 @@ int CMirrorSys_poll1(int fd, short events, int timeout_ms);
 /* epoll: create, add fd for reading (data = tag), wait returning tags. */
 int CMirrorSys_epoll_create(void);
 int CMirrorSys_epoll_add(int epfd, int fd, uint32_t tag);
-int CMirrorSys_epoll_wait(int epfd, uint32_t *tags, int max, int timeout_ms);
+int CMirrorSys_epoll_wait(int epfd, uint32_t *tags, int max, uint64_t timeout_ns);
 /* An eventfd to wake an epoll wait from another thread. */
 int CMirrorSys_eventfd(void);
 int CMirrorSys_eventfd_signal(int fd);
@@ -74,6 +75,8 @@ int CMirrorSys_write_all(int fd, const void *buf, size_t len);
 
 /* Thread name of the calling thread (at most 15 characters). */
 void CMirrorSys_set_thread_name(const char *name);
+/* The calling thread's timer slack (how late its sleeps may end). */
+int CMirrorSys_set_timer_slack(uint64_t nanoseconds);
 
 /* Process facts for metrics: CPU seconds (user+system), open fds. */
 double CMirrorSys_process_cpu_seconds(void);
@@ -112,13 +115,4 @@ static inline void CMirrorSys_store_relaxed_u32(uint32_t *p, uint32_t v)
 	__atomic_store_n(p, v, __ATOMIC_RELAXED);
 }
 
-/* A CPU hint inside spin loops. */
-static inline void CMirrorSys_cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#elif defined(__aarch64__)
-	__asm__ __volatile__("yield");
-#endif
-}
 #endif /* CMIRROR_SYS_H */

@@ -70,6 +70,13 @@ public final class Agent: @unchecked Sendable {
     public init(options: Options, logger: Logger) throws(OperationalError) {
         self.options = options
         self.logger = logger
+        // The emitter keeps a UDP socket per source port it sends GSO runs
+        // from (up to 16384 per family): take the hard open-file limit.
+        var limit = rlimit()
+        if getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        }
         program = try MirrorProgram(settings: options.program)
         do {
             rings = try RingSet(program: program)

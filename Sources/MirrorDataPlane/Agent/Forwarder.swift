@@ -47,7 +47,10 @@ public final class ForwardingTable: @unchecked Sendable {
     let targetInfo: UnsafeMutablePointer<TargetInfo>
     let endpointInfo: UnsafeMutablePointer<EndpointInfo>
     let templates: UnsafeMutableRawPointer
+    /// Endpoint addresses for the raw sockets (port 0) and for the UDP
+    /// sockets of GSO sends (the endpoint's port).
     let addresses: UnsafeMutablePointer<sockaddr_storage>
+    let udpAddresses: UnsafeMutablePointer<sockaddr_storage>
     /// Up (1) or down (0) per health slot, written by the HealthMonitor.
     let health: UnsafeMutablePointer<UInt32>
 
@@ -76,6 +79,7 @@ public final class ForwardingTable: @unchecked Sendable {
         endpointInfo = .allocate(capacity: max(1, endpointCount))
         templates = .allocate(byteCount: max(1, endpointCount) * 64, alignment: 16)
         addresses = .allocate(capacity: max(1, endpointCount))
+        udpAddresses = .allocate(capacity: max(1, endpointCount))
         var e = 0
         for (i, t) in targets.enumerated() {
             (targetInfo + i).initialize(to: TargetInfo(replicate: t.mode == .replicate, first: Int32(e), count: Int32(t.endpoints.count)))
@@ -85,6 +89,8 @@ public final class ForwardingTable: @unchecked Sendable {
                 var storage = sockaddr_storage()
                 let len = TargetResolver.fill(&storage, ep.address, port: 0)
                 (addresses + e).initialize(to: storage)
+                TargetResolver.fill(&storage, ep.address, port: ep.port)
+                (udpAddresses + e).initialize(to: storage)
                 let counter = counters.endpointSlot(target: t.name, endpoint: ep.key) ?? 0
                 (endpointInfo + e).initialize(to: EndpointInfo(
                     constants: ep.header.constants, addressLength: len, ipv6: !ep.address.isIPv4,
@@ -102,6 +108,7 @@ public final class ForwardingTable: @unchecked Sendable {
         endpointInfo.deallocate()
         templates.deallocate()
         addresses.deallocate()
+        udpAddresses.deallocate()
     }
 }
 
@@ -119,40 +126,26 @@ public final class Forwarder: @unchecked Sendable {
         /// How long a full socket may hold up a batch before its rest is
         /// dropped (counted as backpressure), in nanoseconds.
         public var backpressureBudgetNanoseconds: UInt64
-        /// Empty polls before sleeping on the rings' epoll.
-        public var spinIterations: Int
+        /// How long the loop sleeps after a partial batch, letting records
+        /// gather so that one send carries many (nanoseconds). A full batch
+        /// is followed by the next at once.
+        public var drainIntervalNanoseconds: UInt64
+        /// The longest sleep when nothing comes: empty looks double the
+        /// sleep up to this. A backlog of an eighth of a ring wakes the loop
+        /// sooner.
+        public var idleWaitNanoseconds: UInt64
 
-        public init(batchSize: Int = 256, backpressureBudgetNanoseconds: UInt64 = 2_000_000, spinIterations: Int = 2048) {
+        public init(batchSize: Int = 256, backpressureBudgetNanoseconds: UInt64 = 2_000_000,
+                    drainIntervalNanoseconds: UInt64 = 1_000_000, idleWaitNanoseconds: UInt64 = 5_000_000) {
             self.batchSize = batchSize
             self.backpressureBudgetNanoseconds = backpressureBudgetNanoseconds
-            self.spinIterations = spinIterations
+            self.drainIntervalNanoseconds = drainIntervalNanoseconds
+            self.idleWaitNanoseconds = idleWaitNanoseconds
         }
     }
 
-    /// One message: its group (the mirrored packet it is a copy of), its
-    /// bytes and its endpoint's counters.
-    struct Meta {
-        var group: Int32
-        var bytes: Int32
-        var endpoint: Int32
-    }
-
-    /// One mirrored packet (record, or segment of one) in the flush: sent
-    /// when any of its copies went.
-    struct Group {
-        var pair: Int32
-        var slot: Int32
-        var sent: Bool
-        var failure: UserDropReason
-    }
-
-    /// iovecs per message: outer header, then the payload in up to three
-    /// pieces (around a completed checksum, or tunnel header + segment
-    /// headers + segment payload).
-    static let iovPerMessage = 4
-    /// Scratch per message: outer header at 0 (<= 48), a completed checksum
-    /// at 48, rewritten segment headers at 64.
-    static let scratchPerMessage = 64 + GSOSegmenter.maxHeaderLength
+    /// Scratch of a packet: a completed checksum at 48, rewritten segment
+    /// headers at 64 (the outer headers live in the emitter).
     static let segmentHeadersAt = 64
 
     public let settings: Settings
@@ -176,24 +169,9 @@ public final class Forwarder: @unchecked Sendable {
     private var batch: RecordBatch
     private let socket4: Int32
     private let socket6: Int32
-    /// Messages built before a flush (a batch of records plus room for
-    /// the segments of GSO super-packets).
-    private let capacity: Int
-    private let scratch: UnsafeMutableRawPointer
-    private let iov: UnsafeMutablePointer<iovec>
-    private let msgs4: UnsafeMutablePointer<CMirrorSys_mmsghdr>
-    private let msgs6: UnsafeMutablePointer<CMirrorSys_mmsghdr>
-    private let meta4: UnsafeMutablePointer<Meta>
-    private let meta6: UnsafeMutablePointer<Meta>
-    private let groups: UnsafeMutablePointer<Group>
+    private let emitter: Emitter
     /// Endpoints chosen for the packet being built (indexes in the table).
     private let chosen: UnsafeMutablePointer<Int32>
-    /// Messages built since the last flush: k in total, n4 + n6 == k; and
-    /// the packets they are copies of.
-    private var k = 0, n4 = 0, n6 = 0, g = 0
-    private var identification: UInt16 = 0
-    private var lastSendError: Int32 = 0
-    private var sendErrorsSinceLog = 0
     private var lastErrorLog: UInt64 = 0
 
     /// Opens the raw sockets the copies leave by: IPPROTO_RAW takes whole IP
@@ -206,7 +184,6 @@ public final class Forwarder: @unchecked Sendable {
         self.logger = logger
         let b = settings.batchSize
         batch = RecordBatch(capacity: b)
-        capacity = max(b, 64)
         func open(_ family: Int32) throws(SystemError) -> Int32 {
             let fd = try SystemError.check(CMirrorSys_socket(family, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_RAW)),
                                            "socket(\(family == AF_INET ? "AF_INET" : "AF_INET6"), SOCK_RAW, IPPROTO_RAW)")
@@ -222,29 +199,15 @@ public final class Forwarder: @unchecked Sendable {
         }
         socket4 = try open(AF_INET)
         socket6 = (try? open(AF_INET6)) ?? -1
-        let c = capacity
-        scratch = .allocate(byteCount: c * Self.scratchPerMessage, alignment: 16)
-        iov = .allocate(capacity: c * Self.iovPerMessage)
-        msgs4 = .allocate(capacity: c)
-        msgs6 = .allocate(capacity: c)
-        meta4 = .allocate(capacity: c)
-        meta6 = .allocate(capacity: c)
-        msgs4.initialize(repeating: CMirrorSys_mmsghdr(), count: c)
-        msgs6.initialize(repeating: CMirrorSys_mmsghdr(), count: c)
-        groups = .allocate(capacity: c)
+        // Room for a batch of records and the segments of GSO packets.
+        emitter = Emitter(capacity: max(4 * b, 256), counters: counters, settings: settings,
+                          socket4: socket4, socket6: socket6, mark: mark)
         chosen = .allocate(capacity: Self.maxEndpoints)
     }
 
     deinit {
         _ = CMirrorSys_close(socket4)
         if socket6 >= 0 { _ = CMirrorSys_close(socket6) }
-        scratch.deallocate()
-        iov.deallocate()
-        msgs4.deallocate()
-        msgs6.deallocate()
-        meta4.deallocate()
-        meta6.deallocate()
-        groups.deallocate()
         chosen.deallocate()
     }
 
@@ -280,9 +243,17 @@ public final class Forwarder: @unchecked Sendable {
     /// The loop. Returns after `stop()`, with the rings empty.
     public func run() {
         CMirrorSys_set_thread_name("tm-forward")
+        // Sleeps of a fraction of the drain interval should end on time.
+        _ = CMirrorSys_set_timer_slack(settings.drainIntervalNanoseconds / 20)
         running.store(true, ordering: .relaxed)
         defer { running.store(false, ordering: .relaxed) }
-        var idle = 0
+        // Adaptive batching: a full batch means a backlog, so the next
+        // follows at once; a partial one means the rings are empty, so the
+        // loop sleeps a drain interval and lets the next batch gather
+        // (cheaper per packet than draining each record as it lands, and
+        // the hooks never pay for a wakeup); nothing at all doubles the
+        // sleep up to the idle wait.
+        var sleep = settings.drainIntervalNanoseconds
         while true {
             if mailboxFull.load(ordering: .acquiring) { applyMailbox() }
             let n = rings.collect(into: &batch, max: settings.batchSize)
@@ -290,24 +261,18 @@ public final class Forwarder: @unchecked Sendable {
                 forwardBatch()
                 rings.release()
                 batch.removeAll()
-                if sendErrorsSinceLog > 0 { logSendErrors(force: false) }
-                idle = 0
-                continue
-            }
-            if stopping.load(ordering: .acquiring) {
+                if emitter.sendErrorsSinceLog > 0 { logSendErrors(force: false) }
+                if n == settings.batchSize { continue }
+                sleep = settings.drainIntervalNanoseconds
+            } else if stopping.load(ordering: .acquiring) {
                 if !rings.hasPending { break }
                 continue
+            } else {
+                sleep = min(sleep * 2, settings.idleWaitNanoseconds)
+                logSendErrors(force: false)
             }
-            // Under load records keep coming: poll a while before paying
-            // for a sleep and a wakeup.
-            if idle < settings.spinIterations {
-                idle += 1
-                CMirrorSys_cpu_relax()
-                continue
-            }
-            logSendErrors(force: false)
-            rings.wait(timeoutMilliseconds: 200)
-            idle = settings.spinIterations / 2
+            if stopping.load(ordering: .acquiring) { continue }
+            rings.wait(nanoseconds: sleep)
         }
         logSendErrors(force: true)
     }
@@ -328,9 +293,11 @@ public final class Forwarder: @unchecked Sendable {
     @inline(__always)
     private func forwardBatch() {
         let count = batch.count
+        // The tables change only between batches (applyMailbox).
+        let bank0 = table0, bank1 = table1
         for i in 0..<count {
             let r = batch[i]
-            guard let table = r.bank == 0 ? table0 : table1, r.session < table.sessionCount else {
+            guard let table = r.bank == 0 ? bank0 : bank1, r.session < table.sessionCount else {
                 counters.addDrop(session: 0, .noPlan)
                 continue
             }
@@ -341,7 +308,7 @@ public final class Forwarder: @unchecked Sendable {
                 forwardFrame(r, table, s)
             }
         }
-        flush()
+        emitter.flush()
         counters.addBatch()
     }
 
@@ -372,14 +339,8 @@ public final class Forwarder: @unchecked Sendable {
         return n
     }
 
-    /// Room for `copies` messages of one packet, built from message k on.
-    @inline(__always)
-    private func reserve(_ copies: Int) {
-        if k + copies > capacity { flush() }
-    }
-
-    /// One record, one packet: the ring's tunnel header and frame follow
-    /// the outer header, split around a completed checksum if there is one.
+    /// One record, one packet: the ring's tunnel header and frame, split
+    /// around a completed checksum if there is one.
     @inline(__always)
     private func forwardFrame(_ r: RecordView, _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo) {
         let copies = choose(table, s, hash: r.flowHash)
@@ -387,13 +348,10 @@ public final class Forwarder: @unchecked Sendable {
             counters.addDrop(session: Int(s.slot), .noEndpoint)
             return
         }
-        reserve(copies)
-        let h = scratch + k * Self.scratchPerMessage
-        let v = iov + k * Self.iovPerMessage
+        let (h, v) = emitter.beginPacket(copies: copies, table: table)
         let payload = r.payload
         let base = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
         var pieces = 1
-        var sum = InternetChecksum()
         let fix: (offset: Int, value: UInt16)? = r.flags.contains(.l4Complete)
             ? PartialChecksum.completion(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol)
             : nil
@@ -403,15 +361,14 @@ public final class Forwarder: @unchecked Sendable {
             let at = TunnelHeader.length + fix.offset
             let fixed = h + 48
             fixed.storeBytes(of: fix.value.bigEndian, as: UInt16.self)
-            v[1] = iovec(iov_base: base, iov_len: at)
-            v[2] = iovec(iov_base: fixed, iov_len: 2)
-            v[3] = iovec(iov_base: base + at + 2, iov_len: payload.count - at - 2)
+            v[0] = iovec(iov_base: base, iov_len: at)
+            v[1] = iovec(iov_base: fixed, iov_len: 2)
+            v[2] = iovec(iov_base: base + at + 2, iov_len: payload.count - at - 2)
             pieces = 3
         } else {
-            v[1] = iovec(iov_base: base, iov_len: payload.count)
+            v[0] = iovec(iov_base: base, iov_len: payload.count)
         }
-        if needsPayloadSum(table, copies) { sum = payloadSum(v, pieces) }
-        appendCopies(table, s, copies, pieces: pieces, payloadLength: payload.count, payloadSum: sum.sum, hash: r.flowHash)
+        emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: pieces, length: payload.count, hash: r.flowHash)
     }
 
     /// A GSO super-packet becomes the segments the wire carries: rewritten
@@ -435,10 +392,8 @@ public final class Forwarder: @unchecked Sendable {
         let tunnel = UnsafeMutableRawPointer(mutating: r.payload.baseAddress!)
         let frameBase = UnsafeMutableRawPointer(mutating: r.frame.baseAddress!)
         for i in 0..<n {
-            reserve(copies)
-            let h = scratch + k * Self.scratchPerMessage
+            let (h, v) = emitter.beginPacket(copies: copies, table: table)
             let headers = h + Self.segmentHeadersAt
-            let v = iov + k * Self.iovPerMessage
             seg.writeHeaders(i, to: headers)
             let chunk = seg.payloadRange(i)
             var headerBytes = seg.headerLength
@@ -448,12 +403,11 @@ public final class Forwarder: @unchecked Sendable {
                 headerBytes = min(headerBytes, Int(s.limit))
                 counters.addTruncation(session: Int(s.slot), s.limitIsLength ? .packetLength : .mtu)
             }
-            v[1] = iovec(iov_base: tunnel, iov_len: TunnelHeader.length)
-            v[2] = iovec(iov_base: headers, iov_len: headerBytes)
-            v[3] = iovec(iov_base: frameBase + chunk.lowerBound, iov_len: payloadBytes)
-            let sum = needsPayloadSum(table, copies) ? payloadSum(v, 3) : InternetChecksum()
-            appendCopies(table, s, copies, pieces: 3, payloadLength: TunnelHeader.length + headerBytes + payloadBytes,
-                         payloadSum: sum.sum, hash: r.flowHash)
+            v[0] = iovec(iov_base: tunnel, iov_len: TunnelHeader.length)
+            v[1] = iovec(iov_base: headers, iov_len: headerBytes)
+            v[2] = iovec(iov_base: frameBase + chunk.lowerBound, iov_len: payloadBytes)
+            emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: 3,
+                              length: TunnelHeader.length + headerBytes + payloadBytes, hash: r.flowHash)
         }
         if n < expected { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, expected - n) }
     }
@@ -466,147 +420,25 @@ public final class Forwarder: @unchecked Sendable {
             counters.addDrop(session: Int(s.slot), .noEndpoint)
             return
         }
-        reserve(copies)
-        let v = iov + k * Self.iovPerMessage
+        let (_, v) = emitter.beginPacket(copies: copies, table: table)
         let length = TunnelHeader.length + min(r.capturedLength, Int(s.limit))
         if r.capturedLength > Int(s.limit) {
             counters.addTruncation(session: Int(s.slot), s.limitIsLength ? .packetLength : .mtu)
         }
-        v[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: r.payload.baseAddress!), iov_len: length)
-        let sum = needsPayloadSum(table, copies) ? payloadSum(v, 1) : InternetChecksum()
-        appendCopies(table, s, copies, pieces: 1, payloadLength: length, payloadSum: sum.sum, hash: r.flowHash)
-    }
-
-    /// Whether a chosen endpoint is IPv6 (its UDP checksum covers the payload).
-    @inline(__always)
-    private func needsPayloadSum(_ table: ForwardingTable, _ copies: Int) -> Bool {
-        for c in 0..<copies where table.endpointInfo[Int(chosen[c])].ipv6 { return true }
-        return false
-    }
-
-    @inline(__always)
-    private func payloadSum(_ v: UnsafeMutablePointer<iovec>, _ pieces: Int) -> InternetChecksum {
-        var sum = InternetChecksum()
-        for p in 1...pieces { sum.add(UnsafeRawBufferPointer(start: v[p].iov_base, count: v[p].iov_len)) }
-        return sum
-    }
-
-    /// Messages k... for the chosen endpoints: each its own outer header
-    /// from the endpoint's template, all sharing message k's payload
-    /// pieces; one group for the packet.
-    @inline(__always)
-    private func appendCopies(
-        _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo, _ copies: Int, pieces: Int,
-        payloadLength: Int, payloadSum: UInt64, hash: UInt32
-    ) {
-        let group = g
-        groups[group] = Group(pair: s.pair, slot: s.slot, sent: false, failure: .sendFailed)
-        g += 1
-        let first = iov + k * Self.iovPerMessage
-        for c in 0..<copies {
-            let e = Int(chosen[c])
-            let ep = table.endpointInfo[e]
-            let h = scratch + k * Self.scratchPerMessage
-            let v = iov + k * Self.iovPerMessage
-            if c > 0 { for p in 1...pieces { v[p] = first[p] } }
-            h.copyMemory(from: table.templates + e * 64, byteCount: ep.constants.length)
-            identification &+= 1
-            OuterHeader.finish(h, ep.constants, sourcePort: FlowHash.sourcePort(for: hash),
-                               payloadLength: payloadLength, identification: identification, payloadSum: payloadSum)
-            v[0] = iovec(iov_base: h, iov_len: ep.constants.length)
-            var hdr = msghdr()
-            hdr.msg_name = UnsafeMutableRawPointer(table.addresses + e)
-            hdr.msg_namelen = ep.addressLength
-            hdr.msg_iov = v
-            hdr.msg_iovlen = pieces + 1
-            let meta = Meta(group: Int32(group), bytes: Int32(ep.constants.length + payloadLength), endpoint: ep.counter)
-            if ep.ipv6 {
-                msgs6[n6] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
-                meta6[n6] = meta
-                n6 += 1
-            } else {
-                msgs4[n4] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
-                meta4[n4] = meta
-                n4 += 1
-            }
-            k += 1
-        }
-    }
-
-    /// Sends what was built, one sendmmsg per address family, then counts
-    /// each packet once: sent if any copy went, else dropped.
-    @inline(__always)
-    private func flush() {
-        if n4 > 0 { send(socket4, msgs4, meta4, n4) }
-        if n6 > 0 { send(socket6, msgs6, meta6, n6) }
-        for i in 0..<g {
-            let grp = groups[i]
-            if grp.sent {
-                counters.addSentPacket(pair: Int(grp.pair))
-            } else {
-                counters.addDrop(session: Int(grp.slot), grp.failure)
-            }
-        }
-        k = 0
-        n4 = 0
-        n6 = 0
-        g = 0
-    }
-
-    /// Sends `count` messages, resubmitting after partial sends. A full
-    /// socket gets a bounded wait; what is still unsent when the budget is
-    /// spent fails with backpressure, so the drain never blocks for long.
-    @inline(__always)
-    private func send(_ fd: Int32, _ msgs: UnsafeMutablePointer<CMirrorSys_mmsghdr>, _ meta: UnsafeMutablePointer<Meta>, _ count: Int) {
-        var i = 0
-        var deadline: UInt64 = 0
-        while i < count {
-            let r = CMirrorSys_sendmmsg(fd, msgs + i, UInt32(count - i), Int32(MSG_DONTWAIT))
-            if r > 0 {
-                for j in i..<(i + Int(r)) {
-                    let m = meta[j]
-                    groups[Int(m.group)].sent = true
-                    counters.addSentBytes(pair: Int(groups[Int(m.group)].pair), endpoint: Int(m.endpoint), bytes: Int(m.bytes))
-                }
-                i += Int(r)
-                continue
-            }
-            let err = -r
-            if err == EAGAIN || err == ENOBUFS {
-                counters.addBackpressureWait()
-                let now = CMirrorSys_monotonic_ns()
-                if deadline == 0 { deadline = now + settings.backpressureBudgetNanoseconds }
-                if now >= deadline {
-                    for j in i..<count {
-                        groups[Int(meta[j].group)].failure = .backpressure
-                        counters.addEndpointError(endpoint: Int(meta[j].endpoint))
-                    }
-                    return
-                }
-                _ = CMirrorSys_poll1(fd, Int16(POLLOUT), 1)
-                continue
-            }
-            if err == EINTR { continue }
-            // This message cannot go (EMSGSIZE, EHOSTUNREACH, ...): note it
-            // and go on with the next.
-            groups[Int(meta[i].group)].failure = .sendFailed
-            counters.addEndpointError(endpoint: Int(meta[i].endpoint))
-            lastSendError = err
-            sendErrorsSinceLog += 1
-            i += 1
-        }
+        v[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: r.payload.baseAddress!), iov_len: length)
+        emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: 1, length: length, hash: r.flowHash)
     }
 
     /// Send errors are logged at most once a second, with their count.
     private func logSendErrors(force: Bool) {
-        guard sendErrorsSinceLog > 0 else { return }
+        guard emitter.sendErrorsSinceLog > 0 else { return }
         let now = CMirrorSys_monotonic_ns()
         guard force || now - lastErrorLog >= 1_000_000_000 else { return }
         logger.warning("sending mirrored packets failed", metadata: [
-            "count": "\(sendErrorsSinceLog)",
-            "error": "\(SystemError("sendmmsg", errno: lastSendError))",
+            "count": "\(emitter.sendErrorsSinceLog)",
+            "error": "\(SystemError("send", errno: emitter.lastSendError))",
         ])
-        sendErrorsSinceLog = 0
+        emitter.sendErrorsSinceLog = 0
         lastErrorLog = now
     }
 }

@@ -188,6 +188,9 @@ public final class ForwarderCounters: @unchecked Sendable {
 
     // MARK: readers
 
+    /// Batches forwarded so far (reads one counter; allocates nothing).
+    public var batchCount: UInt64 { CMirrorSys_load_relaxed_u64(batches) }
+
     public struct Snapshot: Sendable {
         public var sent: [Pair: (packets: UInt64, bytes: UInt64)]
         public var drops: [String: [UserDropReason: UInt64]]

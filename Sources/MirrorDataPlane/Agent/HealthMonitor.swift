@@ -145,6 +145,9 @@ public final class HealthMonitor: @unchecked Sendable {
     private func run() {
         CMirrorSys_set_thread_name("tm-health")
         var buf = [UInt8](repeating: 0, count: 2048)
+        // Built once: the loop runs every 20 ms for the agent's lifetime.
+        var fds = [pollfd(fd: icmp4, events: Int16(POLLIN), revents: 0)]
+        if icmp6 >= 0 { fds.append(pollfd(fd: icmp6, events: Int16(POLLIN), revents: 0)) }
         while true {
             let stopped: Bool = state.withLock { s in
                 if s.stopped { return true }
@@ -153,8 +156,6 @@ public final class HealthMonitor: @unchecked Sendable {
             }
             if stopped { break }
             // Wait for replies up to 20 ms, then read them all.
-            var fds = [pollfd(fd: icmp4, events: Int16(POLLIN), revents: 0)]
-            if icmp6 >= 0 { fds.append(pollfd(fd: icmp6, events: Int16(POLLIN), revents: 0)) }
             if poll(&fds, nfds_t(fds.count), 20) > 0 {
                 for f in fds where f.revents & Int16(POLLIN) != 0 {
                     while true {

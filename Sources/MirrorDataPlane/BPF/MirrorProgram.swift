@@ -14,9 +14,21 @@ public final class MirrorProgram: @unchecked Sendable {
         /// skb mark of the agent's own packets (0: no loop protection).
         public var ownMark: UInt32
 
-        public init(ringBytes: UInt32 = 8 << 20, ownMark: UInt32 = MirrorProgram.defaultOwnMark) {
+        public init(ringBytes: UInt32 = Settings.automaticRingBytes(), ownMark: UInt32 = MirrorProgram.defaultOwnMark) {
             self.ringBytes = ringBytes
             self.ownMark = ownMark
+        }
+
+        /// The default ring size: 128 MiB shared by the possible CPUs, from
+        /// 8 MiB to 64 MiB each (a power of two). A ring must hold what
+        /// arrives while the forwarding thread is off the CPU: a wakeup can
+        /// come 10 ms late on a busy or virtual machine, and 10 ms of
+        /// 1400-byte frames at 400 kpps fill 8 MiB (each takes a 2 KiB
+        /// slot); hosts with many CPUs spread the load over as many rings.
+        public static func automaticRingBytes(cpus: Int = Int(CMirrorBPF_num_possible_cpus())) -> UInt32 {
+            var bytes: UInt32 = 64 << 20
+            while bytes > 8 << 20 && Int(bytes) * max(1, cpus) > 128 << 20 { bytes >>= 1 }
+            return bytes
         }
     }
 

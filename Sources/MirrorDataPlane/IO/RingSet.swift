@@ -20,6 +20,8 @@ public final class RingSet: @unchecked Sendable {
     let fds: [Int32]
     let epoll: Int32
     let wakeFD: Int32
+    /// What epoll reports: ring numbers, UInt32.max for the eventfd.
+    let tags: UnsafeMutablePointer<UInt32>
 
     /// Creates one ring per possible CPU and puts it in the program's
     /// ring array; the hooks may be attached afterwards.
@@ -58,6 +60,7 @@ public final class RingSet: @unchecked Sendable {
         self.fds = fds
         epoll = ep
         wakeFD = wk
+        tags = .allocate(capacity: 8)
     }
 
     deinit {
@@ -67,6 +70,7 @@ public final class RingSet: @unchecked Sendable {
         _ = CMirrorSys_close(wakeFD)
         rings.deallocate()
         cursor.deallocate()
+        tags.deallocate()
     }
 
     /// The fd of ring 0 (for the RCU barrier of `MirrorProgram`).
@@ -176,11 +180,11 @@ public final class RingSet: @unchecked Sendable {
         return true
     }
 
-    /// Sleeps until a ring has data, `wake()` is called, or the timeout.
-    public func wait(timeoutMilliseconds: Int32) {
-        var tags = [UInt32](repeating: 0, count: 8)
-        let n = CMirrorSys_epoll_wait(epoll, &tags, 8, timeoutMilliseconds)
-        if n > 0 && tags.prefix(Int(n)).contains(UInt32.max) {
+    /// Sleeps until the timeout, `wake()`, or a ring's backlog reaching
+    /// the program's wakeup watermark (records below it wake nobody).
+    public func wait(nanoseconds: UInt64) {
+        let n = Int(CMirrorSys_epoll_wait(epoll, tags, 8, nanoseconds))
+        for i in 0..<max(0, n) where tags[i] == UInt32.max {
             _ = CMirrorSys_eventfd_drain(wakeFD)
         }
     }

@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.70.0"),
+        // Counts allocations for the hot-path check (tm-bench allocations).
+        .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.0"),
     ],
     targets: [
         // C shim over libbpf: loading, attaching, maps, rings, test runs.
@@ -57,6 +59,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // The benchmark's generator, target counter and sink (scripts/bench),
+        // and the allocation check of the forwarding path; not shipped.
+        .executableTarget(
+            name: "tm-bench",
+            dependencies: [
+                "MirrorCore", "MirrorDataPlane", "CMirrorBPF", "CMirrorSys", "MirrorFixtures", "MirrorTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ]
         ),
 

@@ -151,13 +151,18 @@ public func trafficMirrorBinary() throws -> String {
         }
         return env
     }
+    return try builtProduct("traffic-mirror")
+}
+
+/// A product of this package built next to the test bundle.
+public func builtProduct(_ name: String) throws -> String {
     var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     for _ in 0..<4 {
-        let candidate = dir.appendingPathComponent("traffic-mirror").path
+        let candidate = dir.appendingPathComponent(name).path
         if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         dir = dir.deletingLastPathComponent()
     }
-    throw Failure("traffic-mirror binary not found next to the tests; run 'swift build' first or set TRAFFIC_MIRROR_BIN")
+    throw Failure("\(name) binary not found next to the tests; run 'swift build' first")
 }
 
 /// Fails with what is missing unless the tests run as root (BPF, netns).

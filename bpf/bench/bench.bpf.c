@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * The benchmark's two programs (scripts/bench, never part of the agent):
+ *
+ * tm_xdpgen, the traffic generator: run with BPF_PROG_RUN and
+ * BPF_F_TEST_XDP_LIVE_FRAMES, it sends its frame out of one interface as
+ * fast as the kernel can, the method xdp-trafficgen uses. Each frame gets
+ * the next of `gen_flows` UDP source ports, so the load can be one flow or
+ * many.
+ *
+ * tm_count, the target: attached to the target's interface at tc ingress
+ * (tcx), it counts the IPv4 UDP datagrams to `count_port` and drops them, as
+ * a NIC of another host would take them away: the target's own stack costs
+ * the benchmark next to nothing, whichever mirror sends. (An XDP program on
+ * a veth would cost more than the mirror itself: veth copies every skb it
+ * hands to XDP into a page of its own.)
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+const volatile __u32 gen_ifindex = 0;
+const volatile __u32 gen_flows = 1;
+const volatile __u16 gen_base_port = 10000;
+
+/* Frames generated on this CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} gen_count SEC(".maps");
+
+SEC("xdp")
+int tm_xdpgen(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&gen_count, &zero);
+
+	if (!n || (void *)(udp + 1) > end)
+		return XDP_ABORTED;
+	udp->source = bpf_htons(gen_base_port + (__u16)(gen_flows > 1 ? *n % gen_flows : 0));
+	udp->check = 0;
+	(*n)++;
+	return bpf_redirect(gen_ifindex, 0);
+}
+
+const volatile __u16 count_port = 4789;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} count_frames SEC(".maps");
+
+SEC("tc")
+int tm_count(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp;
+	__u32 zero = 0;
+	__u64 *n;
+
+	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->protocol != IPPROTO_UDP)
+		return TC_ACT_OK;
+	udp = (void *)ip + ip->ihl * 4;
+	if ((void *)(udp + 1) > end || udp->dest != bpf_htons(count_port))
+		return TC_ACT_OK;
+	n = bpf_map_lookup_elem(&count_frames, &zero);
+	if (n)
+		(*n)++;
+	return TC_ACT_SHOT;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -16,6 +16,17 @@ struct Bench: ParsableCommand {
     )
 }
 
+/// Opens the benchmark's BPF object (scripts/build-bpf --bench), not loaded
+/// yet, so its rodata can still be set.
+func openBenchObject(_ path: String) throws -> OpaquePointer {
+    guard let bytes = FileManager.default.contents(atPath: path) else { throw ValidationError("cannot read \(path)") }
+    var obj: OpaquePointer?
+    guard Array(bytes).withUnsafeBytes({ CMirrorBPF_object_open($0.baseAddress, $0.count, "bench", &obj) }) == 0, let obj else {
+        throw ValidationError("cannot open \(path)")
+    }
+    return obj
+}
+
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Send UDP frames out of an interface with BPF_PROG_RUN live frames; print what was sent as JSON.")
@@ -33,11 +44,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Seconds to send.") var duration = 5.0
 
     func run() throws {
-        guard let bytes = FileManager.default.contents(atPath: object) else { throw ValidationError("cannot read \(object)") }
-        var obj: OpaquePointer?
-        guard Array(bytes).withUnsafeBytes({ CMirrorBPF_object_open($0.baseAddress, $0.count, "xdpgen", &obj) }) == 0, let obj else {
-            throw ValidationError("cannot open \(object)")
-        }
+        let obj = try openBenchObject(object)
         defer { CMirrorBPF_object_close(obj) }
         var ifindex = UInt32(bitPattern: CMirrorSys_if_nametoindex(interface))
         var nflows = flows
@@ -130,11 +137,7 @@ struct Count: ParsableCommand {
     @Option(help: "UDP destination port to count.") var port: UInt16 = 4789
 
     func run() throws {
-        guard let bytes = FileManager.default.contents(atPath: object) else { throw ValidationError("cannot read \(object)") }
-        var obj: OpaquePointer?
-        guard Array(bytes).withUnsafeBytes({ CMirrorBPF_object_open($0.baseAddress, $0.count, "bench", &obj) }) == 0, let obj else {
-            throw ValidationError("cannot open \(object)")
-        }
+        let obj = try openBenchObject(object)
         defer { CMirrorBPF_object_close(obj) }
         var p = port
         _ = CMirrorBPF_object_set_rodata(obj, "count_port", &p, 2)

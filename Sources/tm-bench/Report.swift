@@ -49,7 +49,7 @@ struct Report {
     }
 
     func markdown() -> String {
-        var out = "Machine: \(machine). \(runs) runs of every trial, \(Int(duration)) s of traffic each; "
+        var out = "Machine: \(machine). \(runs) runs of every trial, \(Int(duration)) s of traffic each (CPU trials longer); "
         out += "figures are medians, ratios are traffic-mirror over tc mirred, median first, then each run's. "
         out += "The generator and the hooks run on CPU 0; traffic-mirror runs on "
         out += agentCPUs.isEmpty ? "any CPU.\n" : "CPU \(agentCPUs) (taskset).\n"

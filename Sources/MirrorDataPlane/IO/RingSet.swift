@@ -80,39 +80,62 @@ public final class RingSet: @unchecked Sendable {
     /// them: the rings are merged by the timestamp each record carries, so
     /// the copies of one connection keep their order even when its two
     /// directions run on different CPUs. Returns how many it added.
+    ///
+    /// A hook stamps its record after reserving it, so a record another CPU
+    /// has not reserved yet will be stamped later than now: only records
+    /// stamped before this call began are taken (later ones wait for the
+    /// next call), and while another ring's head is reserved but not yet
+    /// committed, its stamp is unknown, so the merge waits for it (a few
+    /// microseconds; at most `commitWaitNanoseconds`).
     @inline(__always)
     public func collect(into batch: inout RecordBatch, max: Int) -> Int {
         if count == 1 { return collectInOrder(ring: 0, into: &batch, max: max) }
+        let horizon = CMirrorSys_monotonic_ns()
+        var waitUntil: UInt64 = 0
         var added = 0
         while added < max {
             // The ring whose next committed record is the oldest.
             var best = -1
             var bestTime = UInt64.max
+            var pending = false
             for r in 0..<count {
-                guard let head = head(r) else { continue }
+                guard let head = head(r, busy: &pending) else { continue }
                 let t = head.loadUnaligned(fromByteOffset: Int(CMIRRORBPF_RING_HDR_SIZE) + RecordLayout.tstamp, as: UInt64.self)
                 if t < bestTime {
                     bestTime = t
                     best = r
                 }
             }
-            guard best >= 0 else { break }
+            guard best >= 0, bestTime < horizon else { break }
+            if pending {
+                let now = CMirrorSys_monotonic_ns()
+                if waitUntil == 0 { waitUntil = now + Self.commitWaitNanoseconds }
+                if now < waitUntil { continue }
+            }
             take(ring: best, into: &batch)
             added += 1
         }
         return added
     }
 
+    /// How long the merge waits for a record another CPU is writing; past
+    /// it (that CPU was preempted mid-hook) order gives way to progress.
+    static let commitWaitNanoseconds: UInt64 = 50_000
+
     /// The header of ring r's next committed record, skipping discarded
-    /// ones; nil when there is none yet.
+    /// ones; nil when there is none yet (`busy` set when one is reserved
+    /// but not committed).
     @inline(__always)
-    private func head(_ r: Int) -> UnsafeRawPointer? {
+    private func head(_ r: Int, busy: inout Bool) -> UnsafeRawPointer? {
         let ring = rings[r]
         let producer = CMirrorBPF_load_acquire_u64(ring.producer_pos)
         while cursor[r] < producer {
             let header = UnsafeRawPointer(ring.data + Int(cursor[r] & ring.mask))
             let word = CMirrorBPF_load_acquire_u32(header)
-            if word & CMIRRORBPF_RING_BUSY_BIT != 0 { return nil } // reserved, not committed yet
+            if word & CMIRRORBPF_RING_BUSY_BIT != 0 {
+                busy = true
+                return nil
+            }
             if word & CMIRRORBPF_RING_DISCARD_BIT == 0 { return header }
             cursor[r] += Self.advance(word)
         }
@@ -139,7 +162,8 @@ public final class RingSet: @unchecked Sendable {
     @inline(__always)
     private func collectInOrder(ring r: Int, into batch: inout RecordBatch, max: Int) -> Int {
         var added = 0
-        while added < max, head(r) != nil {
+        var busy = false
+        while added < max, head(r, busy: &busy) != nil {
             take(ring: r, into: &batch)
             added += 1
         }

@@ -83,6 +83,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Records per sendmmsg batch, 1...4096.", valueName: "n"))
     var batchSize: Int = 256
 
+    @Flag(inversion: .prefixedNo, help: "Send runs of one flow's copies as UDP GSO messages, from UDP sockets bound to the flows' source ports in 49152...65535 (--no-udp-gso: every copy by the raw sockets, no port bound).")
+    var udpGso = true
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -140,7 +143,7 @@ struct RunCommand: AsyncParsableCommand {
         let config = try makeConfig()
         let options = Agent.Options(
             program: .init(ringBytes: ringSize.map { UInt32($0.bytes) } ?? MirrorProgram.Settings.automaticRingBytes()),
-            forwarder: .init(batchSize: batchSize),
+            forwarder: .init(batchSize: batchSize, udpGSO: udpGso),
             hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach))
         let metrics = try HostPort(parsing: metricsAddress)
         let reference = AgentReference()

@@ -210,6 +210,36 @@ struct MirrorEndToEndTests {
         #expect(after.none, "nothing attached after SIGTERM: \(after)")
     }
 
+    @Test("UDP GSO: runs of a TCP flow's copies leave as GSO messages from a bound port; --no-udp-gso sends each alone and binds none")
+    func udpGSOSwitch() throws {
+        for gso in [true, false] {
+            let topo = try Topology(vni: 42)
+            let lab = topo.lab
+            defer { lab.teardown() }
+            let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+            let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--vni", "42"]
+                                            + (gso ? [] : ["--no-udp-gso"]))
+            try TCPExchange.run(lab: lab, serverNS: topo.mon, serverAddress: .v4([198, 18, 0, 2]), port: 18080,
+                                clientNS: topo.src, bytes: 2_000_000)
+            try wire.settle()
+            // The agent's UDP sockets, while it runs.
+            let sockets = try lab.exec(topo.mon, ["ss", "-u", "-a", "-n", "-p"])
+            let bound = sockets.split(separator: "\n").filter { $0.contains("traffic-mirror") }
+            #expect(agent.stop() == 0)
+            let outers = try wire.stop().map(\.bytes).compactMap(Self.outer)
+            #expect(outers.count > 1000, "copies of the exchange (\(outers.count))")
+            #expect(outers.allSatisfy { $0.udpChecksum == 0 || $0.udpChecksumValid })
+            let summed = outers.filter { $0.udpChecksum != 0 }.count
+            if gso {
+                #expect(summed > 0, "some copies left in GSO runs (they carry the kernel's checksum)")
+                #expect(!bound.isEmpty, "a UDP socket bound for the flow's port: \(sockets)")
+            } else {
+                #expect(summed == 0, "every copy left alone, with a zero checksum (\(summed) did not)")
+                #expect(bound.isEmpty, "no UDP port bound: \(bound)")
+            }
+        }
+    }
+
     /// tshark decodes our datagrams as VXLAN with the right VNI.
     func checkWithTshark(datagrams: [[UInt8]], vni: UInt32) throws {
         var file = PcapWriter.fileHeader()

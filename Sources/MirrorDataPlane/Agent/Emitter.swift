@@ -187,7 +187,7 @@ final class Emitter {
         for r in 0..<runCount {
             let run = runs[r]
             let d0 = descriptors[Int(run.first)]
-            if run.count >= 2, let fd = gsoSocket(table, endpoint: Int(d0.endpoint), port: d0.port) {
+            if run.count >= 2, settings.udpGSO, let fd = gsoSocket(table, endpoint: Int(d0.endpoint), port: d0.port) {
                 // Copies built before this run may be waiting as singles;
                 // send them first so a flow's order holds.
                 sendSingles(table)

@@ -134,13 +134,19 @@ public final class Forwarder: @unchecked Sendable {
         /// sleep up to this. A backlog of an eighth of a ring wakes the loop
         /// sooner.
         public var idleWaitNanoseconds: UInt64
+        /// Whether runs of one flow's copies leave as UDP GSO messages (from
+        /// UDP sockets bound to the flows' source ports); off, every copy
+        /// leaves by the raw sockets and no port is bound.
+        public var udpGSO: Bool
 
         public init(batchSize: Int = 256, backpressureBudgetNanoseconds: UInt64 = 2_000_000,
-                    drainIntervalNanoseconds: UInt64 = 1_000_000, idleWaitNanoseconds: UInt64 = 5_000_000) {
+                    drainIntervalNanoseconds: UInt64 = 1_000_000, idleWaitNanoseconds: UInt64 = 5_000_000,
+                    udpGSO: Bool = true) {
             self.batchSize = batchSize
             self.backpressureBudgetNanoseconds = backpressureBudgetNanoseconds
             self.drainIntervalNanoseconds = drainIntervalNanoseconds
             self.idleWaitNanoseconds = idleWaitNanoseconds
+            self.udpGSO = udpGSO
         }
     }
 

@@ -204,17 +204,23 @@ struct ShapingTests {
     @Test("packets per second: the burst goes, the rest is rate_limited, and tokens come back with time")
     func packetRate() throws {
         let h = try harness(rate: (200, 50, false))
-        for _ in 0..<300 { try h.run(.xdp, Frames.udp4()) }
+        // Tokens that come back while the frames run (one per 5 ms): a few
+        // milliseconds on an idle machine, more when a busy one preempts us.
+        func refilled(during body: () throws -> Void) rethrows -> Int {
+            let start = CMirrorSys_monotonic_ns()
+            try body()
+            return Int((Double(CMirrorSys_monotonic_ns() - start) / 5e6).rounded(.up))
+        }
+        var extra = try refilled { for _ in 0..<300 { try h.run(.xdp, Frames.udp4()) } }
         let first = h.records().count
         var s = try h.sessionCounters(0, .ingress)
-        // 300 frames take far less than the 5 ms one more token needs.
-        #expect(first >= 50 && first <= 52, "the burst of 50 (\(first))")
+        #expect(first >= 50 && first <= 51 + extra, "the burst of 50, and \(extra) refilled at most (\(first))")
         #expect(s["selected"] == 300 && s["rate_limited"] == UInt64(300 - first))
         Thread.sleep(forTimeInterval: 0.25) // refills 50 tokens, the bucket's depth
-        for _ in 0..<100 { try h.run(.xdp, Frames.udp4()) }
+        extra = try refilled { for _ in 0..<100 { try h.run(.xdp, Frames.udp4()) } }
         let second = h.records().count
         s = try h.sessionCounters(0, .ingress)
-        #expect(second >= 50 && second <= 52, "a refilled bucket (\(second))")
+        #expect(second >= 50 && second <= 51 + extra, "a refilled bucket, and \(extra) refilled at most (\(second))")
         #expect(s["selected"] == 400 && s["rate_limited"]! + UInt64(first + second) == 400)
     }
 

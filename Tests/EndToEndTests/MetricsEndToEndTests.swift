@@ -163,7 +163,14 @@ struct MetricsEndToEndTests {
 
         let fromSrc = try RawSocket(lab: lab, ns: topo.src, device: "s0")
         for i in 0..<500 { try fromSrc.send(Frames.udp4(sport: UInt16(i))) }
-        let mine = try Self.scrape(topo).value("traffic_mirror_sent_packets_total", ["session": "default", "target": "default"]) ?? -1
+        // The agent sends within milliseconds (a drain interval, or an idle
+        // sleep of up to 5 ms): read its count once the copies are out.
+        var mine = -1.0
+        for _ in 0..<50 {
+            mine = try Self.scrape(topo).value("traffic_mirror_sent_packets_total", ["session": "default", "target": "default"]) ?? -1
+            if mine >= 500 { break }
+            usleep(100_000)
+        }
         #expect(mine >= 500)
         // Prometheus scrapes every second; wait until it has the final value.
         var seen = -1.0

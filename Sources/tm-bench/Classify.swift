@@ -20,17 +20,7 @@ struct Classify: ParsableCommand {
     func run() throws {
         try requireRoot("tm-bench classify")
         var rng = SplitMix64(seed: 0xC1A5)
-        var large = ConfigGenerator.config(&rng, interfaces: ["lo"], sessions: 32, maxRules: 0)
-        large.filters = (0..<32).map { f in
-            func rules() -> [RuleConfig] {
-                Array(1...32766).shuffled(using: &rng).prefix(256).map { ConfigGenerator.rule($0, &rng) }
-            }
-            return FilterConfig(name: "f\(f)", ingress: rules(), egress: rules())
-        }
-        for i in large.sessions.indices {
-            large.sessions[i].filter = "f\(i)"
-            large.sessions[i].direction = .both
-        }
+        let large = ConfigGenerator.largest(&rng, interface: "lo")
         var one = MirrorConfig.quick(interfaces: ["lo"], target: HostPort(host: "198.18.9.9", port: nil), vni: 1,
                                      direction: .both, packetLength: nil)
         let unfiltered = one

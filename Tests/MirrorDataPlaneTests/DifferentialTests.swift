@@ -73,19 +73,7 @@ struct DifferentialTests {
     @Test("32 sessions with 256 rules per filter direction load and decide as the reference")
     func largest() throws {
         var rng = SplitMix64(seed: 0xB16)
-        var config = ConfigGenerator.config(&rng, interfaces: ["lo"], sessions: 32, maxRules: 0)
-        // Every session its own filter of exactly 256 rules each way.
-        config.filters = (0..<32).map { f in
-            func rules() -> [RuleConfig] {
-                let numbers = Array(1...32766).shuffled(using: &rng).prefix(256)
-                return numbers.map { ConfigGenerator.rule($0, &rng) }
-            }
-            return FilterConfig(name: "f\(f)", ingress: rules(), egress: rules())
-        }
-        for i in config.sessions.indices {
-            config.sessions[i].filter = "f\(i)"
-            config.sessions[i].direction = .both
-        }
+        let config = ConfigGenerator.largest(&rng, interface: "lo")
         let plan = MirrorPlan(compiling: config)
         #expect(plan.scopes.allSatisfy { $0.sessions.count == 32 && $0.wordTotal == 128 })
         #expect(plan.entries.count <= PlanLimits.entriesPerBank, "\(plan.entries.count) entries")

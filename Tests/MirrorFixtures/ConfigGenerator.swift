@@ -46,6 +46,23 @@ public enum ConfigGenerator {
         return r
     }
 
+    /// The largest plan the limits allow on one interface: 32 sessions,
+    /// each with its own filter of exactly 256 random rules each way.
+    public static func largest<R: RandomNumberGenerator>(_ rng: inout R, interface: String) -> MirrorConfig {
+        var config = Self.config(&rng, interfaces: [interface], sessions: 32, maxRules: 0)
+        config.filters = (0..<32).map { f in
+            func rules() -> [RuleConfig] {
+                Array(1...32766).shuffled(using: &rng).prefix(256).map { rule($0, &rng) }
+            }
+            return FilterConfig(name: "f\(f)", ingress: rules(), egress: rules())
+        }
+        for i in config.sessions.indices {
+            config.sessions[i].filter = "f\(i)"
+            config.sessions[i].direction = .both
+        }
+        return config
+    }
+
     /// Sessions on `interfaces`, each with a filter (some shared, some
     /// without rules in a direction) or, now and then, none.
     public static func config<R: RandomNumberGenerator>(

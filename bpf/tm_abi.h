@@ -155,18 +155,29 @@ struct tm_slot_plan {
 	__u16 session[TM_MAX_SESSIONS_PER_SLOT];
 	__u16 word_start[TM_MAX_SESSIONS_PER_SLOT];
 	__u8 word_count[TM_MAX_SESSIONS_PER_SLOT];
+	/* Per address field (TM_FIELD_SRC4 + i): its run of tm_addr_bound
+	 * entries in the scope's address table. */
+	__u32 addr_start[4];
+	__u32 addr_count[4];
 	/* Bit b set: rule b of this scope accepts (else it rejects). */
 	__u64 accept[TM_RULE_WORDS];
 };
 
 /*
  * Filters as bitmaps (the bit-vector classifier): every rule of a scope has
- * one bit. For each packet field a longest-prefix lookup in tm_rule_lpm
- * yields the set of rules that the field value allows; the AND over all
- * fields is the set of rules that match, and the lowest set bit of a
- * session's words is its first matching rule. Ports and protocols are keys
- * of 32-bit big-endian numbers (a port range becomes a few prefixes);
- * addresses are keyed by family. Every (scope, field) used has a /0 entry.
+ * one bit. For each packet field one lookup yields a class: the set of
+ * rules that the field's value allows, stored once per scope as a bitmap.
+ * The AND over the fields is the set of rules that match, and the lowest
+ * set bit of a session's words is its first matching rule.
+ *
+ * Per scope (bank, interface, direction) with filtered sessions the agent
+ * creates three maps and stores them in the outer maps of maps.h:
+ *   - value classes: protocol and ports index an array directly (four
+ *     16-bit classes per 64-bit element, TM_CLASS_* bases below);
+ *   - address bounds: per address field, its value space cut into
+ *     intervals over which the allowed rules stay the same, sorted by lower
+ *     bound (the first is 0), found by binary search;
+ *   - bitmaps: class -> struct tm_bits; class 0 allows no rule.
  */
 enum tm_field {
 	TM_FIELD_PROTO = 0,
@@ -186,17 +197,35 @@ enum tm_field {
  * extension-header chain longer than TM_MAX_EXT_HEADERS): only "all". */
 #define TM_PROTO_UNKNOWN 256
 
-struct tm_lpm_key {
-	__u32 prefixlen; /* TM_LPM_FIXED_BITS + prefix bits of value */
-	__u32 scope;
-	__u32 field;     /* enum tm_field */
-	__u8 value[16];  /* network order; numbers as 32-bit big-endian */
+/* Index of a value in the value-class array: base of its field + value;
+ * four 16-bit classes per 64-bit element. */
+enum tm_class_layout {
+	TM_CLASS_PROTO = 0,
+	TM_CLASS_SPORT = TM_PROTO_UNKNOWN + 1,
+	TM_CLASS_DPORT = TM_CLASS_SPORT + TM_PORT_NONE + 1,
+	TM_CLASS_VALUES = TM_CLASS_DPORT + TM_PORT_NONE + 1,
+	TM_CLASS_ELEMENTS = (TM_CLASS_VALUES + 3) / 4,
 };
-#define TM_LPM_FIXED_BITS 64
+/* Binary-search steps over one address field's intervals: enough for
+ * two per rule of the scope, plus one. */
+#define TM_ADDR_SEARCH_STEPS 15
 
-/* Value of tm_rule_lpm. Only the first word_total words of a scope count. */
+/* An address interval's lower bound as a 128-bit number (IPv4 in lo), and
+ * the class of its bitmap. */
+struct tm_addr_bound {
+	__u64 hi;
+	__u64 lo;
+	__u32 bitmap;
+	__u32 pad;
+};
+
+/* A class's bitmap. Only the first word_total words of a scope count; bit w
+ * of `nonzero` says whether word w has any bit set, so the AND of five
+ * bitmaps' summaries names the only words that can hold a match (the
+ * aggregated bit vector of Baboescu and Varghese). */
 struct tm_bits {
 	__u64 word[TM_RULE_WORDS];
+	__u64 nonzero[TM_RULE_WORDS / 64];
 };
 
 /* ---- Ring records (kernel -> user space) -------------------------------- */

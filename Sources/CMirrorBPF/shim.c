@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -222,6 +223,52 @@ int CMirrorBPF_map_next_key(int fd, const void *key, void *next)
 int CMirrorBPF_ringbuf_create(const char *name, uint32_t bytes)
 {
 	return neg_errno(bpf_map_create(BPF_MAP_TYPE_RINGBUF, name, 0, 0, bytes, NULL));
+}
+
+/* Writes entries 0..count-1 of an array in one call. */
+static int fill_array(int fd, const void *values, uint32_t count)
+{
+	uint32_t *keys = malloc(sizeof(*keys) * count), i, n = count;
+	int err;
+
+	if (!keys)
+		return -ENOMEM;
+	for (i = 0; i < count; i++)
+		keys[i] = i;
+	err = neg_errno(bpf_map_update_batch(fd, keys, values, &n, NULL));
+	free(keys);
+	return err;
+}
+
+int CMirrorBPF_scope_tables_create(const uint64_t *classes, const struct tm_addr_bound *bounds,
+				   uint32_t bound_count, const struct tm_bits *bits,
+				   uint32_t class_count, int fds[3])
+{
+	LIBBPF_OPTS(bpf_map_create_opts, sized, .map_flags = BPF_F_INNER_MAP);
+	int err, i;
+
+	fds[0] = bpf_map_create(BPF_MAP_TYPE_ARRAY, "tm_value_class", sizeof(uint32_t), sizeof(uint64_t),
+				TM_CLASS_ELEMENTS, NULL);
+	fds[1] = bpf_map_create(BPF_MAP_TYPE_ARRAY, "tm_addr_bounds", sizeof(uint32_t),
+				sizeof(struct tm_addr_bound), bound_count, &sized);
+	fds[2] = bpf_map_create(BPF_MAP_TYPE_ARRAY, "tm_class_bits", sizeof(uint32_t), sizeof(struct tm_bits),
+				class_count, &sized);
+	/* libbpf >= 1.0 returns -errno on failure. */
+	err = fds[0] < 0 ? fds[0] : fds[1] < 0 ? fds[1] : fds[2] < 0 ? fds[2] : 0;
+	if (!err)
+		err = fill_array(fds[0], classes, TM_CLASS_ELEMENTS);
+	if (!err)
+		err = fill_array(fds[1], bounds, bound_count);
+	if (!err)
+		err = fill_array(fds[2], bits, class_count);
+	if (err) {
+		for (i = 0; i < 3; i++) {
+			if (fds[i] >= 0)
+				close(fds[i]);
+			fds[i] = -1;
+		}
+	}
+	return err;
 }
 
 /* ---- programs ---- */

@@ -4,32 +4,40 @@ import Testing
 
 @Suite("Plan compiler")
 struct PlanTests {
-    @Test("a port range becomes prefixes that cover exactly that range")
-    func portPrefixes() {
+    @Test("port intervals tile 0...65536 and each allows exactly the rules whose range holds it")
+    func portIntervals() {
         var rng = SplitMix64(seed: 11)
         var ranges = [PortRange(0, 65535), PortRange(0, 0), PortRange(65535, 65535), PortRange(1024, 65535), PortRange(1, 65534)]
-        for _ in 0..<300 {
+        for _ in 0..<250 {
             let a = UInt16.random(in: 0...65535, using: &rng), b = UInt16.random(in: 0...65535, using: &rng)
             ranges.append(PortRange(min(a, b), max(a, b)))
         }
-        for r in ranges {
-            let cfg = MirrorConfig(
-                targets: [TargetConfig(name: "t", address: "198.18.9.9")],
-                filters: [FilterConfig(name: "f", ingress: [RuleConfig(number: 1, action: .accept, proto: .number(17), destinationPorts: r)], egress: [])],
-                sessions: [SessionConfig(name: "s", interfaces: ["lo"], target: "t", filter: "f", number: 1, vni: 1)])
-            let plan = MirrorPlan(compiling: cfg)
-            let prefixes = plan.entries.filter { $0.field == .destinationPort && $0.prefixLength > 0 }
-            #expect(prefixes.count <= 30, "\(r) takes \(prefixes.count) prefixes")
-            // Covered ports, counted from the prefixes: exactly the range, no overlap.
-            var covered = 0
-            var inside = true
-            for p in prefixes {
-                let lo = Int(p.value[2]) << 8 | Int(p.value[3])
-                let size = 1 << (32 - p.prefixLength)
-                covered += size
-                inside = inside && lo >= Int(r.lower) && lo + size - 1 <= Int(r.upper) && p.value[0] == 0 && p.value[1] == 0
+        // One filter with a rule per range, plus a rule without ports.
+        var rules = ranges.enumerated().map { i, r in
+            RuleConfig(number: i + 1, action: .accept, proto: .number(17), destinationPorts: r)
+        }
+        rules.append(RuleConfig(number: ranges.count + 1, action: .reject, proto: .number(6)))
+        let cfg = MirrorConfig(
+            targets: [TargetConfig(name: "t", address: "198.18.9.9")],
+            filters: [FilterConfig(name: "f", ingress: rules, egress: [])],
+            sessions: [SessionConfig(name: "s", interfaces: ["lo"], target: "t", filter: "f", number: 1, vni: 1)])
+        let tables = MirrorPlan(compiling: cfg).scopes[0].tables!
+        let intervals = tables.intervals[.destinationPort]!
+        #expect(intervals.first?.lower == 0 && intervals.last?.upper == UInt128(PlanLimits.portValues))
+        #expect(zip(intervals, intervals.dropFirst()).allSatisfy { $0.upper + 1 == $1.lower && $0.bitmap != $1.bitmap })
+        // At most two cuts per range.
+        #expect(intervals.count <= 2 * rules.count + 1, "\(intervals.count) intervals")
+        for iv in intervals {
+            let bits = tables.bitmaps[iv.bitmap]
+            for v in Set([iv.lower, iv.upper, (iv.lower + iv.upper) / 2]) {
+                for (i, r) in ranges.enumerated() {
+                    let inside = v >= UInt128(r.lower) && v <= UInt128(r.upper)
+                    #expect((bits[i / 64] >> UInt64(i % 64)) & 1 == (inside ? 1 : 0), "port \(v), range \(r)")
+                }
+                // The rule without ports allows every value, "no port" too.
+                let last = ranges.count
+                #expect((bits[last / 64] >> UInt64(last % 64)) & 1 == 1)
             }
-            #expect(inside && covered == Int(r.upper) - Int(r.lower) + 1, "\(r)")
         }
     }
 

@@ -41,7 +41,14 @@ struct ABILayoutTests {
         #expect(PlanLimits.rulesPerFilterDirection == Int(TM_MAX_RULES))
         #expect(PlanLimits.sessions == Int(TM_MAX_SESSIONS))
         #expect(PlanLimits.interfaces == Int(TM_MAX_SLOTS))
-        #expect(PlanLimits.ruleWords * 8 == MemoryLayout<tm_bits>.size)
+        #expect(PlanLimits.ruleWords * 8 == MemoryLayout<tm_bits>.offset(of: \.nonzero))
+        #expect(PlanLimits.protocolValues == UInt32(TM_PROTO_UNKNOWN))
+        #expect(PlanLimits.portValues == UInt32(TM_PORT_NONE))
+        // A scope's bitmaps are indexed by 16-bit classes.
+        #expect(PlanLimits.bitmapsPerPlan <= 65536)
+        // The binary search over an address field's intervals (two cuts per
+        // rule of a scope, plus one) ends within its steps.
+        #expect(2 * PlanLimits.sessionsPerInterface * PlanLimits.rulesPerFilterDirection + 1 <= 1 << Int(TM_ADDR_SEARCH_STEPS))
         #expect(ParsedPacket.protocolUnknown == UInt16(TM_PROTO_UNKNOWN))
         #expect(ParsedPacket.maxVLANDepth == Int(TM_MAX_VLAN_DEPTH))
         #expect(ParsedPacket.maxExtensionHeaders == Int(TM_MAX_EXT_HEADERS))

@@ -52,8 +52,7 @@ final class BPFHarness {
                 rate: rates[s.name]?.rate ?? 0, burst: rates[s.name]?.burst ?? 0, rateBits: rates[s.name]?.bits ?? false,
                 tunnelHeader: TunnelHeader.bytes(.vxlan, vni: s.vni))
         }
-        var keys = [[UInt8]]()
-        try program.install(plan: plan, sessions: sessions, slots: ["lo": 0], bank: 0, previousKeys: &keys)
+        try program.install(plan: plan, sessions: sessions, slots: ["lo": 0], bank: 0)
         try program.activate(bank: 0)
     }
 

@@ -1,48 +1,32 @@
 import MirrorCore
 
 /// What bpf/lib/classify.h computes, done in Swift over a compiled plan's
-/// entries (longest-prefix match per field, AND, lowest set bit per
-/// session). It tests the plan compiler without the kernel.
+/// tables (interval lookup per field, AND, lowest set bit per session). It tests the plan compiler without the kernel.
 public struct PlanEvaluator {
     let plan: MirrorPlan
-    /// Entries by scope and field.
-    let entries: [Int: [MirrorPlan.Field: [MirrorPlan.Entry]]]
 
     public init(_ plan: MirrorPlan) {
         self.plan = plan
-        var e = [Int: [MirrorPlan.Field: [MirrorPlan.Entry]]]()
-        for x in plan.entries { e[x.scope, default: [:]][x.field, default: []].append(x) }
-        entries = e
     }
 
-    func lookup(_ scope: Int, _ field: MirrorPlan.Field, _ value: [UInt8]) -> [UInt64]? {
-        var best: MirrorPlan.Entry?
-        for e in entries[scope]?[field] ?? [] {
-            var match = true
-            for bit in 0..<e.prefixLength where (e.value[bit / 8] ^ value[bit / 8]) & (0x80 >> UInt8(bit % 8)) != 0 {
-                match = false
-                break
-            }
-            if match && e.prefixLength >= (best?.prefixLength ?? -1) { best = e }
-        }
-        return best?.bits
+    func lookup(_ t: MirrorPlan.Tables, _ field: MirrorPlan.Field, _ value: UInt128) -> [UInt64]? {
+        guard let iv = t.intervals[field]?.first(where: { $0.lower <= value && value <= $0.upper }) else { return nil }
+        return t.bitmaps[iv.bitmap]
     }
 
     public func decide(interface: String, direction: Direction, packet p: ParsedPacket) -> ReferenceClassifier.Decision {
         guard let si = plan.scopes.firstIndex(where: { $0.interface == interface && $0.direction == direction }) else { return .noMatch }
         let scope = plan.scopes[si]
-        func number(_ n: UInt32) -> [UInt8] {
-            [UInt8(n >> 24), UInt8((n >> 16) & 0xFF), UInt8((n >> 8) & 0xFF), UInt8(n & 0xFF)] + [UInt8](repeating: 0, count: 12)
-        }
         var matched: [UInt64]?
-        if p.isIP {
+        if p.isIP, let t = scope.tables {
             let v4 = p.family == .ipv4
+            let none = PlanLimits.portValues
             let lists = [
-                lookup(si, .proto, number(UInt32(p.proto))),
-                lookup(si, .sourcePort, number(p.hasPorts ? UInt32(p.sourcePort) : 65536)),
-                lookup(si, .destinationPort, number(p.hasPorts ? UInt32(p.destinationPort) : 65536)),
-                lookup(si, v4 ? .source4 : .source6, p.source),
-                lookup(si, v4 ? .destination4 : .destination6, p.destination),
+                lookup(t, .proto, UInt128(p.proto)),
+                lookup(t, .sourcePort, UInt128(p.hasPorts ? UInt32(p.sourcePort) : none)),
+                lookup(t, .destinationPort, UInt128(p.hasPorts ? UInt32(p.destinationPort) : none)),
+                lookup(t, v4 ? .source4 : .source6, MirrorPlan.number(Array(p.source.prefix(v4 ? 4 : 16)))),
+                lookup(t, v4 ? .destination4 : .destination6, MirrorPlan.number(Array(p.destination.prefix(v4 ? 4 : 16)))),
             ]
             if lists.allSatisfy({ $0 != nil }) {
                 matched = (0..<scope.wordTotal).map { w in lists.reduce(UInt64.max) { $0 & $1![w] } }

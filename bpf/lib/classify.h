@@ -2,12 +2,13 @@
 /*
  * Session selection (SPEC §3) with the bit-vector classifier of tm_abi.h.
  *
- * Cost per packet, whatever the number of rules: five longest-prefix
- * lookups (protocol, source port, destination port, source and destination
- * address), one AND over the scope's bitmap words (one word per 64 rules),
- * then for each session in order a look at its own words: the lowest set
- * bit is its first matching rule, and that rule's accept bit decides.
- * Sessions without a filter accept without any lookup.
+ * Cost per packet, whatever the number of rules: three array reads (the
+ * protocol's and the ports' classes), two binary searches of at most
+ * TM_ADDR_SEARCH_STEPS reads (the addresses' classes), five bitmap reads,
+ * then for each session in order an AND of the five bitmaps over those of
+ * its words (one per 64 rules) that the bitmaps' summaries leave: the
+ * lowest set bit is its first matching rule, and that rule's accept bit
+ * decides. Sessions without a filter accept without any lookup.
  */
 #ifndef TM_CLASSIFY_H
 #define TM_CLASSIFY_H
@@ -20,47 +21,92 @@ enum tm_verdict {
 	TM_V_REJECTED = -2,
 };
 
-static __always_inline struct tm_bits *tm_lookup_field(__u32 scope, __u32 field,
-						       const void *value, __u32 bits)
-{
-	struct tm_lpm_key key = {
-		.prefixlen = TM_LPM_FIXED_BITS + bits,
-		.scope = scope,
-		.field = field,
-	};
+/* The five bitmaps of a packet's field values, or none: NULL pointers. */
+struct tm_field_bits {
+	const struct tm_bits *proto, *sport, *dport, *src, *dst;
+};
 
-	__builtin_memcpy(key.value, value, 16);
-	return bpf_map_lookup_elem(&tm_rule_lpm, &key);
+static __always_inline const struct tm_bits *tm_bits_of(void *bits, __u32 class)
+{
+	return bpf_map_lookup_elem(bits, &class);
 }
 
-/* AND of the five field bitmaps into the per-CPU scratch; NULL when some
- * field allows no rule at all (then nothing matches). */
-static __always_inline struct tm_bits *tm_match_rules(__u32 scope, const struct tm_pkt *p,
-						      __u32 words)
+static __always_inline __u32 tm_value_class(void *classes, __u32 index)
 {
-	struct tm_bits *proto, *sport, *dport, *saddr, *daddr, *out;
-	__u32 num[4] = {}, zero = 0, w;
+	__u32 key = index / 4;
+	__u64 *e = bpf_map_lookup_elem(classes, &key);
+
+	return e ? (__u32)(*e >> ((index % 4) * 16)) & 0xffff : 0;
+}
+
+/* The bitmap class of the interval holding the address (hi, lo) among the
+ * `count` bounds from `start`: a binary search of at most
+ * TM_ADDR_SEARCH_STEPS reads. */
+static __always_inline __u32 tm_addr_class(void *bounds, __u32 start, __u32 count, __u64 hi, __u64 lo)
+{
+	const struct tm_addr_bound *b;
+	__u32 low = 0, high, step, key;
+
+	if (!count)
+		return 0;
+	high = count - 1;
+	for (step = 0; step < TM_ADDR_SEARCH_STEPS; step++) {
+		__u32 mid;
+
+		if (low >= high)
+			break;
+		mid = low + (high - low + 1) / 2;
+		key = start + mid;
+		b = bpf_map_lookup_elem(bounds, &key);
+		if (!b)
+			return 0;
+		if (b->hi < hi || (b->hi == hi && b->lo <= lo))
+			low = mid;
+		else
+			high = mid - 1;
+	}
+	key = start + low;
+	b = bpf_map_lookup_elem(bounds, &key);
+	return b ? b->bitmap : 0;
+}
+
+static __always_inline __u64 tm_be64(const __u32 *w)
+{
+	return ((__u64)bpf_ntohl(w[0]) << 32) | bpf_ntohl(w[1]);
+}
+
+static __always_inline __u32 tm_addr_field_class(void *bounds, const struct tm_slot_plan *plan,
+						 __u32 field, const __u32 *addr, int v4)
+{
+	__u32 i = (field - TM_FIELD_SRC4) & 3;
+
+	if (v4)
+		return tm_addr_class(bounds, plan->addr_start[i], plan->addr_count[i], 0, bpf_ntohl(addr[0]));
+	return tm_addr_class(bounds, plan->addr_start[i], plan->addr_count[i], tm_be64(addr),
+			     tm_be64(addr + 2));
+}
+
+/* Fills `out` with the bitmaps of the packet's fields; NULLs when the scope
+ * has no tables (then no rule matches). */
+static __always_inline void tm_lookup_fields(__u32 scope, const struct tm_slot_plan *plan,
+					    const struct tm_pkt *p, struct tm_field_bits *out)
+{
+	void *classes = bpf_map_lookup_elem(&tm_value_classes, &scope);
+	void *bounds = bpf_map_lookup_elem(&tm_addr_bounds, &scope);
+	void *bits = bpf_map_lookup_elem(&tm_class_bits, &scope);
+	__u32 sport = (p->flags & TM_PKT_PORTS) ? p->sport : TM_PORT_NONE;
+	__u32 dport = (p->flags & TM_PKT_PORTS) ? p->dport : TM_PORT_NONE;
 	int v4 = p->family == 4;
 
-	num[0] = bpf_htonl(p->proto);
-	proto = tm_lookup_field(scope, TM_FIELD_PROTO, num, 32);
-	num[0] = bpf_htonl((p->flags & TM_PKT_PORTS) ? p->sport : TM_PORT_NONE);
-	sport = tm_lookup_field(scope, TM_FIELD_SPORT, num, 32);
-	num[0] = bpf_htonl((p->flags & TM_PKT_PORTS) ? p->dport : TM_PORT_NONE);
-	dport = tm_lookup_field(scope, TM_FIELD_DPORT, num, 32);
-	saddr = tm_lookup_field(scope, v4 ? TM_FIELD_SRC4 : TM_FIELD_SRC6, p->src, v4 ? 32 : 128);
-	daddr = tm_lookup_field(scope, v4 ? TM_FIELD_DST4 : TM_FIELD_DST6, p->dst, v4 ? 32 : 128);
-	out = bpf_map_lookup_elem(&tm_match, &zero);
-	if (!proto || !sport || !dport || !saddr || !daddr || !out)
-		return NULL;
-
-	for (w = 0; w < TM_RULE_WORDS; w++) {
-		if (w >= words)
-			break;
-		out->word[w] = proto->word[w] & sport->word[w] & dport->word[w] &
-			       saddr->word[w] & daddr->word[w];
-	}
-	return out;
+	if (!classes || !bounds || !bits)
+		return;
+	out->proto = tm_bits_of(bits, tm_value_class(classes, TM_CLASS_PROTO + p->proto));
+	out->sport = tm_bits_of(bits, tm_value_class(classes, TM_CLASS_SPORT + sport));
+	out->dport = tm_bits_of(bits, tm_value_class(classes, TM_CLASS_DPORT + dport));
+	out->src = tm_bits_of(bits, tm_addr_field_class(bounds, plan, v4 ? TM_FIELD_SRC4 : TM_FIELD_SRC6,
+							p->src, v4));
+	out->dst = tm_bits_of(bits, tm_addr_field_class(bounds, plan, v4 ? TM_FIELD_DST4 : TM_FIELD_DST6,
+							p->dst, v4));
 }
 
 /*
@@ -77,7 +123,8 @@ static __always_inline struct tm_bits *tm_match_rules(__u32 scope, const struct 
 __noinline int tm_classify(__u32 scope, const struct tm_pkt *p)
 {
 	const struct tm_slot_plan *plan = bpf_map_lookup_elem(&tm_slot_plans, &scope);
-	struct tm_bits *m = NULL;
+	struct tm_field_bits f = {};
+	__u64 cand[TM_RULE_WORDS / 64] = {};
 	int verdict = TM_V_NO_MATCH, looked = 0;
 	__u32 i, n;
 	int ip;
@@ -96,10 +143,16 @@ __noinline int tm_classify(__u32 scope, const struct tm_pkt *p)
 		if (!ip)
 			continue;
 		if (!looked) {
-			m = tm_match_rules(scope, p, plan->word_total);
+			tm_lookup_fields(scope, plan, p, &f);
 			looked = 1;
+			if (f.proto && f.sport && f.dport && f.src && f.dst) {
+				for (w = 0; w < TM_RULE_WORDS / 64; w++)
+					cand[w] = f.proto->nonzero[w] & f.sport->nonzero[w] &
+						  f.dport->nonzero[w] & f.src->nonzero[w] &
+						  f.dst->nonzero[w];
+			}
 		}
-		if (!m)
+		if (!f.proto || !f.sport || !f.dport || !f.src || !f.dst)
 			continue;
 		start = plan->word_start[i];
 		count = plan->word_count[i];
@@ -109,7 +162,10 @@ __noinline int tm_classify(__u32 scope, const struct tm_pkt *p)
 
 			if (w >= count || idx >= TM_RULE_WORDS)
 				break;
-			bits = m->word[idx];
+			if (!((cand[idx / 64] >> (idx % 64)) & 1))
+				continue;
+			bits = f.proto->word[idx] & f.sport->word[idx] & f.dport->word[idx] &
+			       f.src->word[idx] & f.dst->word[idx];
 			if (!bits)
 				continue;
 			low = bits & (~bits + 1);

@@ -40,22 +40,48 @@ struct {
 	__type(value, struct tm_session);
 } tm_sessions SEC(".maps");
 
-/* Field value -> bitmap of the rules that allow it (see tm_abi.h). */
+/* The classifier's tables of each scope (see tm_abi.h), key = scope. User
+ * space creates the inner maps for a plan and swaps them in per bank. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct tm_lpm_key);
-	__type(value, struct tm_bits);
-} tm_rule_lpm SEC(".maps");
-
-/* Scratch for the AND of the field bitmaps (too big for the stack). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, TM_SCOPE_COUNT);
 	__type(key, __u32);
-	__type(value, struct tm_bits);
-} tm_match SEC(".maps");
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_ARRAY);
+		__uint(max_entries, TM_CLASS_ELEMENTS);
+		__type(key, __u32);
+		__type(value, __u64);
+	});
+} tm_value_classes SEC(".maps");
+
+/* These inner maps hold exactly the scope's entries (BPF_F_INNER_MAP lets
+ * their sizes differ). Inner maps of structs give sizes, not types: the BTF
+ * of a struct named only there is a forward declaration libbpf cannot size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, TM_SCOPE_COUNT);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_ARRAY);
+		__uint(max_entries, 1);
+		__uint(map_flags, BPF_F_INNER_MAP);
+		__uint(key_size, sizeof(__u32));
+		__uint(value_size, sizeof(struct tm_addr_bound));
+	});
+} tm_addr_bounds SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, TM_SCOPE_COUNT);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_ARRAY);
+		__uint(max_entries, 1);
+		__uint(map_flags, BPF_F_INNER_MAP);
+		__uint(key_size, sizeof(__u32));
+		__uint(value_size, sizeof(struct tm_bits));
+	});
+} tm_class_bits SEC(".maps");
 
 /* Outcome counters per interface slot and direction. */
 struct {

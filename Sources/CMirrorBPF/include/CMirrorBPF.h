@@ -56,6 +56,13 @@ int CMirrorBPF_map_delete(int fd, const void *key);
 int CMirrorBPF_map_next_key(int fd, const void *key, void *next);
 /* Creates a BPF_MAP_TYPE_RINGBUF of `bytes`; returns its fd. */
 int CMirrorBPF_ringbuf_create(const char *name, uint32_t bytes);
+/* Creates and fills the classifier tables of one scope (tm_abi.h): the
+ * value-class array (TM_CLASS_ELEMENTS elements), the address bounds
+ * (`bound_count`) and the bitmaps (`class_count`). On success returns 0 with
+ * the three fds in `fds`; else -errno, none open. */
+int CMirrorBPF_scope_tables_create(const uint64_t *classes, const struct tm_addr_bound *bounds,
+				   uint32_t bound_count, const struct tm_bits *bits,
+				   uint32_t class_count, int fds[3]);
 
 /* ---- programs ---- */
 

@@ -490,8 +490,8 @@ struct Checker {
         }
         guard problems.isEmpty else { return }
         let plan = MirrorPlan(compiling: c)
-        if plan.entries.count > PlanLimits.entriesPerBank {
-            fail("filters", nil, "the compiled plan needs \(plan.entries.count) filter entries; the kernel holds \(PlanLimits.entriesPerBank): use fewer distinct CIDRs and port ranges (a range that is not a power-of-two block takes up to 30 entries)")
+        if plan.bitmapCount > PlanLimits.bitmapsPerPlan {
+            fail("filters", nil, "the compiled plan needs \(plan.bitmapCount) rule bitmaps; the kernel holds \(PlanLimits.bitmapsPerPlan): use fewer distinct CIDRs and port ranges, or share filters between sessions")
         }
     }
 }

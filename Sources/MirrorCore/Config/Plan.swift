@@ -1,7 +1,7 @@
 /// A configuration compiled for the kernel's bit-vector classifier
 /// (bpf/lib/classify.h): per interface and direction ("scope") the sessions
-/// in evaluation order, one bit per rule, and the longest-prefix entries
-/// that map each field value to the rules it allows.
+/// in evaluation order, one bit per rule, and the tables that map each
+/// field value to a class: the bitmap of the rules that value allows.
 public struct MirrorPlan: Sendable {
     /// Fields the kernel looks up (`enum tm_field`).
     public enum Field: Int, Sendable, CaseIterable {
@@ -32,22 +32,33 @@ public struct MirrorPlan: Sendable {
         public var wordTotal: Int
         /// Bit b: rule b accepts.
         public var accept: [UInt64]
+        /// Present when some session of the scope has rules.
+        public var tables: Tables?
     }
 
-    public struct Entry: Sendable, Equatable {
-        public var scope: Int
-        public var field: Field
-        /// 16 bytes; numbers as 32-bit big-endian in the first four.
-        public var value: [UInt8]
-        /// Prefix bits of `value`.
-        public var prefixLength: Int
-        public var bits: [UInt64]
+    /// The classifier's tables of one scope.
+    public struct Tables: Sendable, Equatable {
+        /// Distinct rule bitmaps, `wordTotal` words each, indexed by class;
+        /// class 0 allows no rule.
+        public var bitmaps: [[UInt64]]
+        /// Every field's value space (protocol 0...256, ports 0...65536,
+        /// addresses as 32- or 128-bit numbers) cut into intervals over which
+        /// the allowed rules stay the same, in order.
+        public var intervals: [Field: [Interval]]
+    }
+
+    public struct Interval: Sendable, Equatable {
+        public var lower: UInt128
+        public var upper: UInt128
+        public var bitmap: Int
     }
 
     public var targets: [TargetConfig]
     public var sessions: [Session]
     public var scopes: [Scope]
-    public var entries: [Entry]
+
+    /// Rule bitmaps of all scopes: what the kernel holds for this plan.
+    public var bitmapCount: Int { scopes.reduce(0) { $0 + ($1.tables?.bitmaps.count ?? 0) } }
 
     /// Interfaces in first-mention order.
     public var interfaces: [String] {
@@ -68,8 +79,11 @@ public enum PlanLimits {
     public static let sessions = 256
     public static let interfaces = 64
     public static let ruleWords = sessionsPerInterface * rulesPerFilterDirection / 64
-    /// Entries the kernel's LPM map holds for one bank (two banks share it).
-    public static let entriesPerBank = 32768
+    /// Rule bitmaps of one plan, over all scopes (1 KiB of kernel memory each).
+    public static let bitmapsPerPlan = 32768
+    /// Largest protocol and port values (TM_PROTO_UNKNOWN, TM_PORT_NONE).
+    public static let protocolValues: UInt32 = 256
+    public static let portValues: UInt32 = 65536
 }
 
 extension MirrorPlan {
@@ -89,7 +103,6 @@ extension MirrorPlan {
         }
         let filters = Dictionary(config.filters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         scopes = []
-        entries = []
         for interface in interfaceOrder {
             for direction in Direction.allCases {
                 compileScope(interface: interface, direction: direction, ordered: ordered, filters: filters)
@@ -132,87 +145,89 @@ extension MirrorPlan {
         for (bit, rule) in ruleBits where rule.action == .accept {
             scope.accept[bit / 64] |= 1 << UInt64(bit % 64)
         }
-        let scopeIndex = scopes.count
+        if !ruleBits.isEmpty { scope.tables = Self.tables(ruleBits, words: scope.wordTotal) }
         scopes.append(scope)
-        guard !ruleBits.isEmpty else { return }
+    }
 
+    /// The intervals of every field, each pointing at the bitmap of the
+    /// rules (by bit) that its values allow.
+    static func tables(_ rules: [(bit: Int, rule: RuleConfig)], words: Int) -> Tables {
+        var bitmaps = [[UInt64](repeating: 0, count: words)]
+        var index = [bitmaps[0]: 0]
+        func intern(_ bits: [UInt64]) -> Int {
+            if let i = index[bits] { return i }
+            bitmaps.append(bits)
+            index[bits] = bitmaps.count - 1
+            return bitmaps.count - 1
+        }
+        var intervals = [Field: [Interval]]()
         for field in Field.allCases {
-            var prefixes = [Prefix: [Int]]()
-            // Every field of a scope with rules has a /0 entry, so a lookup
-            // never misses; it may allow no rule at all.
-            prefixes[Prefix(value: [UInt8](repeating: 0, count: 16), length: 0), default: []] += []
-            for (bit, rule) in ruleBits {
-                for p in Self.prefixes(of: rule, field: field) { prefixes[p, default: []].append(bit) }
-            }
-            // The entry of prefix P must allow every rule that allows any
-            // value under P's longest match: the rules of P and of every
-            // shorter prefix that contains P.
-            // Ancestors are found by masking P to each prefix length in use.
-            let lengths = Set(prefixes.keys.map(\.length)).sorted()
-            let ordered = prefixes.keys.sorted {
-                $0.length != $1.length ? $0.length < $1.length : $0.value.lexicographicallyPrecedes($1.value)
-            }
-            for p in ordered {
-                var bits = [UInt64](repeating: 0, count: scope.wordTotal)
-                for len in lengths where len <= p.length {
-                    guard let rules = prefixes[p.masked(to: len)] else { continue }
-                    for b in rules { bits[b / 64] |= 1 << UInt64(b % 64) }
-                }
-                entries.append(Entry(scope: scopeIndex, field: field, value: p.value,
-                                     prefixLength: p.length, bits: bits))
-            }
+            let top = Self.top(of: field)
+            let ranges = rules.compactMap { bit, rule in Self.range(of: rule, field: field, top: top).map { (bit, $0) } }
+            intervals[field] = Self.intervals(ranges, top: top, words: words, intern: intern)
+        }
+        return Tables(bitmaps: bitmaps, intervals: intervals)
+    }
+
+    /// The largest value of a field.
+    public static func top(of field: Field) -> UInt128 {
+        switch field {
+        case .proto: UInt128(PlanLimits.protocolValues)
+        case .sourcePort, .destinationPort: UInt128(PlanLimits.portValues)
+        case .source4, .destination4: UInt128(UInt32.max)
+        case .source6, .destination6: UInt128.max
         }
     }
 
-    /// A prefix of a field's value space; `value` has no bits set past
-    /// `length`.
-    struct Prefix: Hashable {
-        var value: [UInt8]
-        var length: Int
-
-        func masked(to len: Int) -> Prefix {
-            var v = value
-            for bit in len..<(v.count * 8) { v[bit / 8] &= ~(0x80 >> UInt8(bit % 8)) }
-            return Prefix(value: v, length: len)
-        }
-    }
-
-    /// The prefixes under which a rule allows a field's value.
-    static func prefixes(of rule: RuleConfig, field: Field) -> [Prefix] {
-        func number(_ n: UInt32, _ len: Int) -> Prefix {
-            var v = [UInt8](repeating: 0, count: 16)
-            v[0] = UInt8(n >> 24); v[1] = UInt8((n >> 16) & 0xFF); v[2] = UInt8((n >> 8) & 0xFF); v[3] = UInt8(n & 0xFF)
-            return Prefix(value: v, length: len)
-        }
-        let any = Prefix(value: [UInt8](repeating: 0, count: 16), length: 0)
+    /// The values of a field that a rule allows; nil for an address field
+    /// of the other family.
+    static func range(of rule: RuleConfig, field: Field, top: UInt128) -> ClosedRange<UInt128>? {
         switch field {
         case .proto:
-            if case .number(let n) = rule.proto { return [number(UInt32(n), 32)] }
-            return [any]
+            if case .number(let n) = rule.proto { return UInt128(n)...UInt128(n) }
+            return 0...top
         case .sourcePort, .destinationPort:
-            guard let r = field == .sourcePort ? rule.sourcePorts : rule.destinationPorts else { return [any] }
-            return portPrefixes(r).map { number($0.value, $0.length) }
+            guard let r = field == .sourcePort ? rule.sourcePorts : rule.destinationPorts else { return 0...top }
+            return UInt128(r.lower)...UInt128(r.upper)
         case .source4, .destination4, .source6, .destination6:
             let wantV4 = field == .source4 || field == .destination4
-            let cidr = (field == .source4 || field == .source6) ? rule.source : rule.destination
-            if let fam = rule.family, (fam == .ipv4) != wantV4 { return [] }
-            guard let c = cidr else { return [any] }
-            let b = c.masked.address.bytes
-            return [Prefix(value: b + [UInt8](repeating: 0, count: 16 - b.count), length: c.prefixLength)]
+            if let fam = rule.family, (fam == .ipv4) != wantV4 { return nil }
+            guard let c = (field == .source4 || field == .source6) ? rule.source : rule.destination else { return 0...top }
+            let width = wantV4 ? 32 : 128
+            let lower = Self.number(c.masked.address.bytes)
+            let hostBits = width - c.prefixLength
+            let span: UInt128 = hostBits == 128 ? .max : (1 << UInt128(hostBits)) - 1
+            return lower...(lower | span)
         }
     }
 
-    /// An inclusive port range as prefixes of the 32-bit number space.
-    static func portPrefixes(_ r: PortRange) -> [(value: UInt32, length: Int)] {
-        var out = [(UInt32, Int)]()
-        var lo = UInt32(r.lower)
-        let hi = UInt32(r.upper)
-        while lo <= hi {
-            var size: UInt32 = 1
-            // Grow the block while it stays aligned and inside the range.
-            while size < 65536, lo % (size * 2) == 0, lo + size * 2 - 1 <= hi { size *= 2 }
-            out.append((lo, 32 - size.trailingZeroBitCount))
-            lo += size
+    /// Big-endian bytes as a number.
+    public static func number(_ bytes: [UInt8]) -> UInt128 {
+        bytes.reduce(0) { $0 << 8 | UInt128($1) }
+    }
+
+    /// Cuts 0...top where the set of ranges covering a value changes,
+    /// merging neighbours with the same set.
+    static func intervals(_ ranges: [(bit: Int, range: ClosedRange<UInt128>)], top: UInt128, words: Int,
+                          intern: ([UInt64]) -> Int) -> [Interval] {
+        var starts = [UInt128: [Int]](), ends = [UInt128: [Int]]()
+        for (bit, r) in ranges {
+            starts[r.lowerBound, default: []].append(bit)
+            if r.upperBound < top { ends[r.upperBound + 1, default: []].append(bit) }
+        }
+        let cuts = Set(starts.keys).union(ends.keys).union([0]).sorted()
+        var bits = [UInt64](repeating: 0, count: words)
+        var out = [Interval]()
+        for (i, cut) in cuts.enumerated() {
+            for b in starts[cut] ?? [] { bits[b / 64] |= 1 << UInt64(b % 64) }
+            for b in ends[cut] ?? [] { bits[b / 64] &= ~(1 << UInt64(b % 64)) }
+            let upper = i + 1 < cuts.count ? cuts[i + 1] - 1 : top
+            let bitmap = intern(bits)
+            if let last = out.last, last.bitmap == bitmap {
+                out[out.count - 1].upper = upper
+            } else {
+                out.append(Interval(lower: cut, upper: upper, bitmap: bitmap))
+            }
         }
         return out
     }

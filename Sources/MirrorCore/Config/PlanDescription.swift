@@ -47,7 +47,7 @@ public enum PlanDescription {
         }
         let words = plan.scopes.map(\.wordTotal).max() ?? 0
         out.append("")
-        out.append("kernel plan: \(plan.scopes.filter { !$0.sessions.isEmpty }.count) hooks, \(plan.sessions.count) sessions, \(plan.entries.count) filter entries (the kernel holds \(PlanLimits.entriesPerBank)), at most 5 lookups and \(words) bitmap words per packet")
+        out.append("kernel plan: \(plan.scopes.filter { !$0.sessions.isEmpty }.count) hooks, \(plan.sessions.count) sessions, \(plan.bitmapCount) rule bitmaps (the kernel holds \(PlanLimits.bitmapsPerPlan)); per packet 5 table lookups, then an AND of 5 bitmaps over at most \(words) words")
         return out.joined(separator: "\n")
     }
 

@@ -41,7 +41,6 @@ public final class Agent: @unchecked Sendable {
         var freeSlots: [UInt32] = (0..<UInt32(PlanLimits.interfaces)).reversed()
         var applied: Applied?
         /// LPM keys each bank holds, to delete on its next install.
-        var bankKeys: [[[UInt8]]] = [[], []]
         /// Ring positions behind which the last retired bank's records lie;
         /// that bank may be rewritten once they are all sent.
         var retiredBankBarrier: [UInt64]?
@@ -220,7 +219,7 @@ public final class Agent: @unchecked Sendable {
             s.retiredBankBarrier = nil
         }
         do {
-            try program.install(plan: plan, sessions: kernelSessions, slots: slots, bank: bank, previousKeys: &s.bankKeys[bank])
+            try program.install(plan: plan, sessions: kernelSessions, slots: slots, bank: bank)
         } catch {
             for name in newSlots where s.interfaces[name] == nil { program.removeSlot(ifindex: UInt32(ifindexes[name]!)) }
             undoSlots()

@@ -1,4 +1,5 @@
 import CMirrorBPF
+import Glibc
 import MirrorCore
 
 /// A session as the kernel needs it: limits already resolved against the
@@ -68,12 +69,10 @@ extension MirrorProgram {
         try SystemError.check(CMirrorBPF_map_update(ringsMap, &k, &fd, 0), "RCU barrier on tm_rings")
     }
 
-    /// Writes sessions, scopes and filter entries into `bank`, which the hooks
-    /// must not be reading. `slots` maps interface names to slots.
-    /// Entries that a previous install left in this bank are deleted.
+    /// Writes sessions, scopes and classifier tables into `bank`, which the
+    /// hooks must not be reading. `slots` maps interface names to slots.
     public func install(
-        plan: MirrorPlan, sessions: [KernelSession], slots: [String: UInt32], bank: Int,
-        previousKeys: inout [[UInt8]]
+        plan: MirrorPlan, sessions: [KernelSession], slots: [String: UInt32], bank: Int
     ) throws(SystemError) {
         precondition(sessions.count == plan.sessions.count && sessions.count <= Int(TM_MAX_SESSIONS))
         // Sessions: write the plan's, deactivate the rest of the bank.
@@ -95,56 +94,84 @@ extension MirrorProgram {
         }
         try resetSessionState(bank: bank)
 
-        // Scopes: every slot and direction of the bank, empty unless planned.
+        // Scopes: every slot and direction of the bank, empty unless planned;
+        // each planned scope with rules gets new tables, the others none.
         var planned = [UInt32: MirrorPlan.Scope]()
-        var scopeKeys = [Int: UInt32]()
-        for (index, scope) in plan.scopes.enumerated() {
+        for scope in plan.scopes {
             guard let slot = slots[scope.interface] else { continue }
-            let key = Self.scope(bank: bank, slot: slot, direction: scope.direction)
-            planned[key] = scope
-            scopeKeys[index] = key
+            planned[Self.scope(bank: bank, slot: slot, direction: scope.direction)] = scope
         }
         for slot in 0..<UInt32(TM_MAX_SLOTS) {
             for d in Direction.allCases {
                 var key = Self.scope(bank: bank, slot: slot, direction: d)
+                if let tables = planned[key]?.tables {
+                    try installTables(tables, scope: key)
+                } else {
+                    for outer in [valueClassesMap, addressBoundsMap, classBitsMap] { _ = CMirrorBPF_map_delete(outer, &key) }
+                }
                 var bytes = Self.slotPlanBytes(planned[key])
                 try SystemError.check(bytes.withUnsafeMutableBytes { CMirrorBPF_map_update(slotPlansMap, &key, $0.baseAddress, 0) },
                                       "writing tm_slot_plans[\(key)]")
             }
         }
+    }
 
-        // Filter entries: delete what this bank held, then write the new.
-        for var k in previousKeys { _ = CMirrorBPF_map_delete(ruleMap, &k) }
-        previousKeys.removeAll()
-        let valueSize = MemoryLayout<tm_bits>.size
-        var value = [UInt8](repeating: 0, count: valueSize)
-        for e in plan.entries {
-            guard let scopeKey = scopeKeys[e.scope] else { continue }
-            var key = Self.lpmKey(scope: scopeKey, field: e.field, value: e.value, prefixLength: e.prefixLength)
-            for i in value.indices { value[i] = 0 }
-            value.withUnsafeMutableBytes { raw in
-                for (w, word) in e.bits.enumerated() { raw.storeBytes(of: word, toByteOffset: w * 8, as: UInt64.self) }
+    /// Creates one scope's three tables, fills them and stores them in the
+    /// outer maps (which hold them from then on: our descriptors close).
+    func installTables(_ tables: MirrorPlan.Tables, scope: UInt32) throws(SystemError) {
+        var classes = Self.valueClasses(tables)
+        var bits = [UInt8](repeating: 0, count: MemoryLayout<tm_bits>.size * tables.bitmaps.count)
+        bits.withUnsafeMutableBytes { raw in
+            let summary = MemoryLayout<tm_bits>.offset(of: \.nonzero)!
+            for (c, bitmap) in tables.bitmaps.enumerated() {
+                let base = c * MemoryLayout<tm_bits>.size
+                for (w, word) in bitmap.enumerated() where word != 0 {
+                    raw.storeBytes(of: word, toByteOffset: base + w * 8, as: UInt64.self)
+                    let s = base + summary + (w / 64) * 8
+                    raw.storeBytes(of: raw.load(fromByteOffset: s, as: UInt64.self) | 1 << UInt64(w % 64), toByteOffset: s, as: UInt64.self)
+                }
             }
-            try SystemError.check(CMirrorBPF_map_update(ruleMap, &key, &value, 0),
-                                  "writing tm_rule_lpm (\(plan.entries.count) entries; the map holds 65536 for both banks)")
-            previousKeys.append(key)
+        }
+        var bounds = Self.addressFields.flatMap { tables.intervals[$0] ?? [] }.map { iv in
+            tm_addr_bound(hi: UInt64(iv.lower >> 64), lo: UInt64(truncatingIfNeeded: iv.lower), bitmap: UInt32(iv.bitmap), pad: 0)
+        }
+        var fds: [Int32] = [-1, -1, -1]
+        let rc = bits.withUnsafeBytes { b in
+            CMirrorBPF_scope_tables_create(&classes, &bounds, UInt32(bounds.count),
+                                           b.baseAddress?.assumingMemoryBound(to: tm_bits.self),
+                                           UInt32(tables.bitmaps.count), &fds)
+        }
+        try SystemError.check(rc, "creating the classifier tables (\(tables.bitmaps.count) rule bitmaps of 1 KiB)")
+        defer { for fd in fds { close(fd) } }
+        var key = scope
+        for (outer, fd) in zip([valueClassesMap, addressBoundsMap, classBitsMap], fds) {
+            var inner = fd
+            try SystemError.check(CMirrorBPF_map_update(outer, &key, &inner, 0), "storing the classifier tables of scope \(scope)")
         }
     }
+
+    /// The value-class array: four 16-bit bitmap indexes per element, at
+    /// the field's base plus the value.
+    static func valueClasses(_ tables: MirrorPlan.Tables) -> [UInt64] {
+        var out = [UInt64](repeating: 0, count: Int(TM_CLASS_ELEMENTS.rawValue))
+        let bases: [(MirrorPlan.Field, Int)] = [(.proto, Int(TM_CLASS_PROTO.rawValue)), (.sourcePort, Int(TM_CLASS_SPORT.rawValue)),
+                                                (.destinationPort, Int(TM_CLASS_DPORT.rawValue))]
+        for (field, base) in bases {
+            for iv in tables.intervals[field] ?? [] where iv.bitmap != 0 {
+                for v in Int(iv.lower)...Int(iv.upper) {
+                    let i = base + v
+                    out[i / 4] |= UInt64(iv.bitmap) << UInt64((i % 4) * 16)
+                }
+            }
+        }
+        return out
+    }
+
+    /// Address fields in the order of tm_slot_plan.addr_start.
+    static let addressFields: [MirrorPlan.Field] = [.source4, .destination4, .source6, .destination6]
 
     static func scope(bank: Int, slot: UInt32, direction: Direction) -> UInt32 {
         (UInt32(bank) * UInt32(TM_MAX_SLOTS) + slot) * UInt32(TM_DIR_COUNT.rawValue) + UInt32(direction.index)
-    }
-
-    static func lpmKey(scope: UInt32, field: MirrorPlan.Field, value: [UInt8], prefixLength: Int) -> [UInt8] {
-        var key = [UInt8](repeating: 0, count: MemoryLayout<tm_lpm_key>.size)
-        key.withUnsafeMutableBytes { raw in
-            raw.storeBytes(of: UInt32(TM_LPM_FIXED_BITS) + UInt32(prefixLength), toByteOffset: MemoryLayout<tm_lpm_key>.offset(of: \.prefixlen)!, as: UInt32.self)
-            raw.storeBytes(of: scope, toByteOffset: MemoryLayout<tm_lpm_key>.offset(of: \.scope)!, as: UInt32.self)
-            raw.storeBytes(of: UInt32(field.rawValue), toByteOffset: MemoryLayout<tm_lpm_key>.offset(of: \.field)!, as: UInt32.self)
-            let vo = MemoryLayout<tm_lpm_key>.offset(of: \.value)!
-            for (i, b) in value.prefix(16).enumerated() { raw[vo + i] = b }
-        }
-        return key
     }
 
     static func slotPlanBytes(_ scope: MirrorPlan.Scope?) -> [UInt8] {
@@ -162,6 +189,13 @@ extension MirrorProgram {
                 raw.storeBytes(of: UInt16(sess), toByteOffset: so + 2 * i, as: UInt16.self)
                 raw.storeBytes(of: UInt16(s.wordStart[i]), toByteOffset: wso + 2 * i, as: UInt16.self)
                 raw[wco + i] = UInt8(s.wordCount[i])
+            }
+            var start = 0
+            for (i, field) in addressFields.enumerated() {
+                let count = s.tables?.intervals[field]?.count ?? 0
+                raw.storeBytes(of: UInt32(start), toByteOffset: MemoryLayout<P>.offset(of: \.addr_start)! + 4 * i, as: UInt32.self)
+                raw.storeBytes(of: UInt32(count), toByteOffset: MemoryLayout<P>.offset(of: \.addr_count)! + 4 * i, as: UInt32.self)
+                start += count
             }
             let ao = MemoryLayout<P>.offset(of: \.accept)!
             for (w, word) in s.accept.enumerated() { raw.storeBytes(of: word, toByteOffset: ao + 8 * w, as: UInt64.self) }

@@ -47,7 +47,10 @@ public final class MirrorProgram: @unchecked Sendable {
     public let slotsMap: Int32
     public let slotPlansMap: Int32
     public let sessionsMap: Int32
-    public let ruleMap: Int32
+    /// The classifier's outer maps: per scope, the tables of its plan.
+    public let valueClassesMap: Int32
+    public let addressBoundsMap: Int32
+    public let classBitsMap: Int32
     public let ifStatsMap: Int32
     public let sessionStatsMap: Int32
     public let sampleMap: Int32
@@ -93,14 +96,16 @@ public final class MirrorProgram: @unchecked Sendable {
         slotsMap = map("tm_slots")
         slotPlansMap = map("tm_slot_plans")
         sessionsMap = map("tm_sessions")
-        ruleMap = map("tm_rule_lpm")
+        valueClassesMap = map("tm_value_classes")
+        addressBoundsMap = map("tm_addr_bounds")
+        classBitsMap = map("tm_class_bits")
         ifStatsMap = map("tm_if_stats")
         sessionStatsMap = map("tm_session_stats")
         sampleMap = map("tm_sample")
         rateMap = map("tm_rate")
         ringsMap = map("tm_rings")
         let fds = [xdpIngress, tcEgress, tcIngress, controlMap, slotsMap, slotPlansMap, sessionsMap,
-                   ruleMap, ifStatsMap, sessionStatsMap, sampleMap, rateMap, ringsMap]
+                   valueClassesMap, addressBoundsMap, classBitsMap, ifStatsMap, sessionStatsMap, sampleMap, rateMap, ringsMap]
         guard fds.allSatisfy({ $0 >= 0 }) else {
             CMirrorBPF_object_close(obj)
             throw OperationalError("the embedded BPF object lacks a program or map this agent expects (a build mismatch); rebuild with swift build")
@@ -125,8 +130,9 @@ public final class MirrorProgram: @unchecked Sendable {
         switch -code {
         case 1 /* EPERM */:
             return "\(err): the agent needs CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_NET_RAW (or root); run it as root or with the capabilities of deploy/traffic-mirror.service"
-        case 13 /* EACCES */ where log.contains("prohibited for !root") || log.contains("pointer comparison prohibited"):
-            return "\(err): the verifier allows this program's pointer arithmetic only with CAP_PERFMON (\(complaint)); grant CAP_PERFMON as deploy/traffic-mirror.service does"
+        case 13 /* EACCES */ where log.contains("prohibited for !root") || log.contains("pointer comparison prohibited")
+            || log.contains("corrupt spilled pointer"):
+            return "\(err): the verifier accepts this program's use of pointers only with CAP_PERFMON (\(complaint)); grant CAP_PERFMON as deploy/traffic-mirror.service does"
         case 13 /* EACCES */:
             return "\(err): the kernel's verifier refused the program: \(complaint); this kernel may be older than the 5.18 the program needs, or this is a bug (please report it with 'traffic-mirror version')"
         case 22 /* EINVAL */, 524 /* ENOTSUPP */, 95 /* EOPNOTSUPP */:

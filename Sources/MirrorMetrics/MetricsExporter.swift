@@ -64,16 +64,16 @@ public final class MetricsExporter: Sendable {
             // The sources keep cumulative counts; only this function emits,
             // under the lock, so setting each counter to its count is exact.
             func counter(_ name: String, _ help: String, _ labels: [(String, String)], _ value: UInt64) {
-                let c = registry.makeCounter(name: name, labels: labels, help: help)
+                let c = registry.makeCounter(descriptor: Self.descriptor(name, help), labels: labels)
                 c.reset()
                 c.increment(by: Int64(truncatingIfNeeded: value))
             }
             func gauge(_ name: String, _ help: String, _ labels: [(String, String)] = [], _ value: Double) {
-                registry.makeGauge(name: name, labels: labels, help: help).set(to: value)
+                registry.makeGauge(descriptor: Self.descriptor(name, help), labels: labels).set(to: value)
             }
             func info(_ name: String, _ help: String, _ labels: [(String, String)]) {
                 let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
-                let g = registry.makeGauge(name: name, labels: labels, help: help)
+                let g = registry.makeGauge(descriptor: Self.descriptor(name, help), labels: labels)
                 g.set(to: 1)
                 infos[key] = g
             }
@@ -207,7 +207,7 @@ public final class MetricsExporter: Sendable {
     /// The process metrics every Prometheus client exports, same names.
     private func processMetrics(gauge: (String, String, [(String, String)], Double) -> Void,
                                 counter: (String, String, [(String, String)], UInt64) -> Void) {
-        let cpu = registry.makeCounter(name: "process_cpu_seconds_total", labels: [], help: "Total user and system CPU time spent in seconds.")
+        let cpu = registry.makeCounter(descriptor: Self.descriptor("process_cpu_seconds_total", "Total user and system CPU time spent in seconds."), labels: [])
         cpu.reset()
         cpu.increment(by: CMirrorSys_process_cpu_seconds())
         let page = Double(sysconf(Int32(_SC_PAGESIZE)))
@@ -228,6 +228,11 @@ public final class MetricsExporter: Sendable {
 
     /// Process start time from /proc/self/stat (field 22, in clock ticks
     /// since boot) and the boot time from /proc/stat.
+    /// Our names are whole already (unit suffix included).
+    static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
     static func processStartTime() -> Double? {
         guard let stat = try? String(contentsOfProcFile: "/proc/self/stat"),
               let close = stat.lastIndex(of: ")") else { return nil }

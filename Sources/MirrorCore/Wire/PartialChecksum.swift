@@ -23,6 +23,9 @@ public enum PartialChecksum {
         }
         guard l3Offset >= 14, l4Offset > l3Offset, fieldOffset + 2 <= frame.count else { return nil }
         let version = frame[l3Offset] >> 4
+        let stored = be16(frame, fieldOffset)
+        // No checksum at all: nothing to finish, and no sum to take.
+        if l4Protocol == 17 && version == 4 && stored == 0 { return nil }
         let l4End: Int
         var pseudo: InternetChecksum
         if version == 4 {
@@ -42,8 +45,6 @@ public enum PartialChecksum {
         } else {
             return nil
         }
-        let stored = be16(frame, fieldOffset)
-        if l4Protocol == 17 && version == 4 && stored == 0 { return nil }
         // Cheap test first: an unfinished field equals the folded pseudo sum.
         guard stored == pseudo.folded else { return nil }
         var full = pseudo

@@ -137,6 +137,30 @@ struct ConfigTests {
         #expect(p.contains { $0.contains("interface eth0 has 33 sessions; at most 32 per interface") })
     }
 
+    @Test("a plan beyond the kernel's bitmap budget is refused, with the count and the remedy")
+    func bitmapBudget() {
+        // 32 sessions x 256 rules each way on two interfaces, every rule with
+        // its own source port (a bitmap of one rule per value) and a
+        // destination port range shared with its neighbour (one of two).
+        var yaml = "targets:\n  t: {address: 198.18.9.9}\nfilters:\n"
+        for f in 0..<32 {
+            yaml += "  f\(f):\n"
+            for direction in ["ingress", "egress"] {
+                yaml += "    \(direction):\n"
+                for r in 0..<256 {
+                    let u = f * 256 + r
+                    yaml += "      - {rule: \(r + 1), action: accept, protocol: udp, source: 198.18.\(u / 256).\(u % 256)/32, "
+                        + "destination: 198.19.\(u / 256).\(u % 256)/32, source_ports: \(u + 1), destination_ports: \(u + 1)-\(u + 2)}\n"
+                }
+            }
+        }
+        yaml += "sessions:\n"
+        for i in 0..<32 { yaml += "  - {name: s\(i), interfaces: [eth0, eth1], target: t, filter: f\(i), number: \(i + 1)}\n" }
+        let p = problems(yaml)
+        #expect(p.count == 1 && p[0].contains("rule bitmaps; the kernel holds 32768: use fewer distinct CIDRs and port ranges"),
+                "\(p.joined(separator: "\n"))")
+    }
+
     @Test("thousands of mangled documents never crash the loader")
     func fuzz() {
         var rng = SplitMix64(seed: 0xF022)

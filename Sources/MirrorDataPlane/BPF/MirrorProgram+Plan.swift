@@ -119,6 +119,8 @@ extension MirrorProgram {
     /// Creates one scope's three tables, fills them and stores them in the
     /// outer maps (which hold them from then on: our descriptors close).
     func installTables(_ tables: MirrorPlan.Tables, scope: UInt32) throws(SystemError) {
+        // Classes are 16 bits wide (the plan's budget keeps them far below).
+        precondition(tables.bitmaps.count <= 1 << 16, "\(tables.bitmaps.count) bitmaps in one scope")
         var classes = Self.valueClasses(tables)
         var bits = [UInt8](repeating: 0, count: MemoryLayout<tm_bits>.size * tables.bitmaps.count)
         bits.withUnsafeMutableBytes { raw in

@@ -54,34 +54,26 @@ struct {
 	});
 } tm_value_classes SEC(".maps");
 
-/* These inner maps hold exactly the scope's entries (BPF_F_INNER_MAP lets
- * their sizes differ). Inner maps of structs give sizes, not types: the BTF
- * of a struct named only there is a forward declaration libbpf cannot size. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, TM_SCOPE_COUNT);
-	__type(key, __u32);
-	__array(values, struct {
-		__uint(type, BPF_MAP_TYPE_ARRAY);
-		__uint(max_entries, 1);
-		__uint(map_flags, BPF_F_INNER_MAP);
-		__uint(key_size, sizeof(__u32));
-		__uint(value_size, sizeof(struct tm_addr_bound));
-	});
-} tm_addr_bounds SEC(".maps");
+/* Per scope, an array sized to the scope's entries (BPF_F_INNER_MAP lets the
+ * inner maps' sizes differ). Inner maps of structs give sizes, not types: the
+ * BTF of a struct named only there is a forward declaration libbpf cannot
+ * size. */
+#define TM_SCOPE_TABLES(name, value_bytes)                          \
+	struct {                                                    \
+		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);           \
+		__uint(max_entries, TM_SCOPE_COUNT);                \
+		__type(key, __u32);                                 \
+		__array(values, struct {                            \
+			__uint(type, BPF_MAP_TYPE_ARRAY);           \
+			__uint(max_entries, 1);                     \
+			__uint(map_flags, BPF_F_INNER_MAP);         \
+			__uint(key_size, sizeof(__u32));            \
+			__uint(value_size, value_bytes);            \
+		});                                                 \
+	} name SEC(".maps")
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, TM_SCOPE_COUNT);
-	__type(key, __u32);
-	__array(values, struct {
-		__uint(type, BPF_MAP_TYPE_ARRAY);
-		__uint(max_entries, 1);
-		__uint(map_flags, BPF_F_INNER_MAP);
-		__uint(key_size, sizeof(__u32));
-		__uint(value_size, sizeof(struct tm_bits));
-	});
-} tm_class_bits SEC(".maps");
+TM_SCOPE_TABLES(tm_addr_bounds, sizeof(struct tm_addr_bound));
+TM_SCOPE_TABLES(tm_class_bits, sizeof(struct tm_bits));
 
 /* Outcome counters per interface slot and direction. */
 struct {

@@ -40,7 +40,6 @@ public final class Agent: @unchecked Sendable {
         var interfaces: [String: (ifindex: Int32, slot: UInt32)] = [:]
         var freeSlots: [UInt32] = (0..<UInt32(PlanLimits.interfaces)).reversed()
         var applied: Applied?
-        /// LPM keys each bank holds, to delete on its next install.
         /// Ring positions behind which the last retired bank's records lie;
         /// that bank may be rewritten once they are all sent.
         var retiredBankBarrier: [UInt64]?

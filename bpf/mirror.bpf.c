@@ -22,9 +22,6 @@
 #include "lib/hash.h"
 #include "lib/classify.h"
 
-/* skb->mark of the agent's own packets (SO_MARK); 0 turns the check off. */
-const volatile __u32 tm_own_mark = 0;
-
 /* Backlog at which a record wakes the agent (the loader sets an eighth of
  * the ring). Records are committed without a wakeup otherwise: the agent
  * drains on its own schedule (see Forwarder), and a wakeup per record would
@@ -35,9 +32,9 @@ const volatile __u64 tm_wake_bytes = 0;
 #define tm_barrier_var(var) asm volatile("" : "+r"(var))
 
 struct tm_meta {
+	__u64 cookie; /* of the skb's socket, 0 when none (always at XDP) */
 	__u32 ifindex;
 	__u32 dir;
-	__u32 mark;
 	__u32 vlan_tags; /* 1 when the skb carries a tag as metadata */
 	__u16 vlan_proto; /* network order */
 	__u16 vlan_tci;   /* host order */
@@ -259,6 +256,110 @@ static __always_inline int tm_segmentable(const struct tm_meta *m, const struct 
 	return p->proto == IPPROTO_UDP && !tm_tunnel_port(p->dport) && !tm_tunnel_port(p->sport);
 }
 
+static __always_inline void tm_dest_of(const struct tm_pkt *p, struct tm_dest_key *k)
+{
+	__builtin_memcpy(k->addr, p->dst, sizeof(k->addr));
+	k->port = p->dport;
+	k->family = p->family;
+	k->pad = 0;
+}
+
+/* Whether bit `port` of a port bitmap is set; `set` sets it first. */
+static __always_inline int tm_port_bit(void *map, __u16 port, int set)
+{
+	__u32 word = port / 64;
+	__u64 bit = 1ULL << (port % 64), *w = bpf_map_lookup_elem(map, &word);
+
+	if (!w)
+		return 0;
+	if (set)
+		__sync_fetch_and_or(w, bit);
+	return (*w & bit) != 0;
+}
+
+static __always_inline int tm_own_dest(const struct tm_dest_key *k)
+{
+	if (!tm_port_bit(&tm_own_ports, k->port, 0) && !tm_port_bit(&tm_seen_ports, k->port, 0))
+		return 0;
+	return bpf_map_lookup_elem(&tm_own_dests, k) || bpf_map_lookup_elem(&tm_own_seen, k);
+}
+
+/* Whether an ICMP/ICMPv6 error quotes a UDP packet to one of the agent's
+ * targets: the host's answer to a copy (a target not listening, a route
+ * gone). Mirrored, it would draw another answer, and so on forever. */
+static __always_inline int tm_own_icmp_error(const struct tm_src *src, const int xdp,
+					     const struct tm_pkt *p)
+{
+	struct tm_dest_key k = {};
+	__u8 h[8];
+	__u32 at = p->l4_off + 8; /* the quoted packet */
+	__be16 port;
+
+	if (p->flags & TM_PKT_NONFIRST)
+		return 0;
+	if (tm_load(src, xdp, p->l4_off, h, 1))
+		return 0;
+	if (p->proto == IPPROTO_ICMP) {
+		struct iphdr ip;
+
+		if (h[0] != 3 && h[0] != 4 && h[0] != 5 && h[0] != 11 && h[0] != 12)
+			return 0;
+		if (tm_load(src, xdp, at, &ip, sizeof(ip)) || ip.version != 4 || ip.protocol != IPPROTO_UDP)
+			return 0;
+		if (tm_load(src, xdp, at + ip.ihl * 4 + 2, &port, 2))
+			return 0;
+		k.addr[0] = ip.daddr;
+		k.family = 4;
+	} else if (p->proto == IPPROTO_ICMPV6) {
+		struct ipv6hdr ip6;
+
+		if (h[0] < 1 || h[0] > 4)
+			return 0;
+		if (tm_load(src, xdp, at, &ip6, sizeof(ip6)) || ip6.nexthdr != IPPROTO_UDP)
+			return 0;
+		if (tm_load(src, xdp, at + sizeof(ip6) + 2, &port, 2))
+			return 0;
+		__builtin_memcpy(k.addr, &ip6.daddr, sizeof(k.addr));
+		k.family = 6;
+	} else {
+		return 0;
+	}
+	k.port = bpf_ntohs(port);
+	return tm_own_dest(&k);
+}
+
+/* Whether the packet is the agent's own output (see tm_abi.h): sent by one
+ * of its sockets, UDP toward one of its targets, or an ICMP error about
+ * such a packet. An egress hook that sees the agent's socket learns the
+ * destination as netfilter left it, for the ingress hooks that see the
+ * packet again without its socket (loopback). */
+static __always_inline int tm_own(const struct tm_src *src, const int xdp,
+				  const struct tm_meta *m, const struct tm_pkt *p)
+{
+	struct tm_dest_key k;
+	__u32 one = 1;
+
+	if (!(p->flags & TM_PKT_IP))
+		return 0;
+	if (m->cookie && bpf_map_lookup_elem(&tm_own_sockets, &m->cookie)) {
+		if ((p->flags & TM_PKT_PORTS) && p->proto == IPPROTO_UDP && m->dir == TM_DIR_EGRESS) {
+			tm_dest_of(p, &k);
+			if (!bpf_map_lookup_elem(&tm_own_seen, &k)) {
+				bpf_map_update_elem(&tm_own_seen, &k, &one, BPF_ANY);
+				tm_port_bit(&tm_seen_ports, p->dport, 1);
+			}
+		}
+		return 1;
+	}
+	if ((p->flags & TM_PKT_PORTS) && p->proto == IPPROTO_UDP) {
+		tm_dest_of(p, &k);
+		return tm_own_dest(&k);
+	}
+	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)
+		return tm_own_icmp_error(src, xdp, p);
+	return 0;
+}
+
 static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 				      const struct tm_meta *m)
 {
@@ -286,11 +387,6 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	segs = m->gso_segs > 1 ? m->gso_segs : 1;
 	ic->count[TM_IO_SEEN] += segs;
 
-	if (m->dir == TM_DIR_EGRESS && tm_own_mark && m->mark == tm_own_mark) {
-		ic->count[TM_IO_OWN_TRAFFIC] += segs;
-		return;
-	}
-
 	ctl = bpf_map_lookup_elem(&tm_control, &zero);
 	if (!ctl)
 		goto no_match;
@@ -301,6 +397,10 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 		tm_parse_xdp(src->ctx, p);
 	else
 		tm_parse_skb(src->ctx, p, m->vlan_tags);
+	if (tm_own(src, xdp, m, p)) {
+		ic->count[TM_IO_OWN_TRAFFIC] += segs;
+		return;
+	}
 	if (p->flags & TM_PKT_MALFORMED)
 		ic->count[TM_IO_MALFORMED_IP] += segs;
 	if (p->flags & TM_PKT_L4_TRUNCATED)
@@ -401,8 +501,8 @@ static __always_inline void tm_tc(struct __sk_buff *skb, __u32 dir)
 	struct tm_src src = { .ctx = skb, .len = skb->len };
 	struct tm_meta m = {
 		.ifindex = skb->ifindex,
+		.cookie = bpf_get_socket_cookie(skb),
 		.dir = dir,
-		.mark = skb->mark,
 		.vlan_tags = skb->vlan_present ? 1 : 0,
 		.vlan_proto = skb->vlan_proto,
 		.vlan_tci = skb->vlan_tci,

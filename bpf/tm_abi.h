@@ -228,6 +228,44 @@ struct tm_bits {
 	__u64 nonzero[TM_RULE_WORDS / 64];
 };
 
+/* ---- The agent's own output ---------------------------------------------- */
+
+/*
+ * The agent never mirrors its own output (SPEC §3.6), and recognises it by
+ * what no other component rewrites:
+ *   - at egress, by the socket it left: tm_own_sockets holds the cookies
+ *     (SO_COOKIE) of every socket the agent sends from, and the tc hooks
+ *     look up bpf_get_socket_cookie(skb) — NAT, marks and DSCP rewrites do
+ *     not change which socket an skb belongs to;
+ *   - at ingress, where the socket is gone (loopback orphans the skb), by
+ *     where it goes: UDP to one of the agent's target endpoints (address and
+ *     port, tm_own_dests, written by the agent), or to a destination that an
+ *     egress hook saw one of the agent's sockets send to after netfilter had
+ *     rewritten it (tm_own_seen, learned by the hooks).
+ */
+struct tm_dest_key {
+	__u32 addr[4]; /* network order; IPv4 in addr[0], the rest 0 */
+	__u16 port;    /* host order */
+	__u8 family;   /* 4 or 6 */
+	__u8 pad;
+};
+
+/* Sockets the agent may send from at once: two raw sockets, the health
+ * monitor's two ICMP sockets and one TCP probe per probed endpoint, UDP GSO
+ * sockets when enabled; more are refused, and the agent says so. */
+#define TM_MAX_OWN_SOCKETS 4096
+/* Target endpoints (config limit: 64 per target) and learned destinations. */
+#define TM_MAX_OWN_DESTS 4096
+
+/* tm_owner[0]: the process that loaded this object. A netlink tc filter
+ * outlives a crashed agent (kernels without tcx); the next start removes a
+ * filter of ours only when its owner is gone, never a running agent's. */
+struct tm_owner {
+	__u32 pid;
+	__u32 reserved;
+	__u64 start_ticks; /* field 22 of /proc/PID/stat: start time since boot */
+};
+
 /* ---- Ring records (kernel -> user space) -------------------------------- */
 
 enum tm_record_flags {

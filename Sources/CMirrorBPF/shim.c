@@ -129,17 +129,13 @@ static int set_rodata(struct bpf_object *obj, const char *var, const void *value
 	return -ENOENT;
 }
 
-/* The ring template handed to libbpf for the outer ring array; closed once
- * the object is loaded (the kernel keeps what it needs of it). */
-static int ring_template_fd = -1;
-
-int CMirrorBPF_object_configure(struct bpf_object *obj, uint32_t ring_bytes,
-				uint32_t cpus, uint32_t own_mark)
+int CMirrorBPF_object_configure(struct bpf_object *obj, uint32_t ring_bytes, uint32_t cpus, int *template_fd)
 {
 	struct bpf_map *rings = bpf_object__find_map_by_name(obj, "tm_rings");
 	uint64_t wake_bytes;
 	int err, fd;
 
+	*template_fd = -1;
 	if (!rings)
 		return -ENOENT;
 	err = bpf_map__set_max_entries(rings, cpus);
@@ -153,14 +149,9 @@ int CMirrorBPF_object_configure(struct bpf_object *obj, uint32_t ring_bytes,
 		close(fd);
 		return err;
 	}
-	if (ring_template_fd >= 0)
-		close(ring_template_fd);
-	ring_template_fd = fd;
+	*template_fd = fd;
 	wake_bytes = ring_bytes / 8;
-	err = set_rodata(obj, "tm_wake_bytes", &wake_bytes, sizeof(wake_bytes));
-	if (err)
-		return err;
-	return set_rodata(obj, "tm_own_mark", &own_mark, sizeof(own_mark));
+	return set_rodata(obj, "tm_wake_bytes", &wake_bytes, sizeof(wake_bytes));
 }
 
 int CMirrorBPF_object_set_rodata(struct bpf_object *obj, const char *name, const void *value, size_t size)
@@ -168,14 +159,12 @@ int CMirrorBPF_object_set_rodata(struct bpf_object *obj, const char *name, const
 	return set_rodata(obj, name, value, size);
 }
 
-int CMirrorBPF_object_load(struct bpf_object *obj)
+int CMirrorBPF_object_load(struct bpf_object *obj, int template_fd)
 {
 	int err = bpf_object__load(obj);
 
-	if (ring_template_fd >= 0) {
-		close(ring_template_fd);
-		ring_template_fd = -1;
-	}
+	if (template_fd >= 0)
+		close(template_fd);
 	return err;
 }
 
@@ -291,6 +280,42 @@ int CMirrorBPF_prog_info_by_id(uint32_t id, char name[16], uint32_t *type)
 	name[15] = 0;
 	*type = info.type;
 	return 0;
+}
+
+int CMirrorBPF_prog_owner(uint32_t prog_id, struct tm_owner *owner)
+{
+	struct bpf_prog_info info;
+	__u32 len = sizeof(info), ids[64], n, i, key = 0;
+	int fd, err;
+
+	fd = bpf_prog_get_fd_by_id(prog_id);
+	if (fd < 0)
+		return neg_errno(fd);
+	memset(&info, 0, sizeof(info));
+	info.nr_map_ids = sizeof(ids) / sizeof(ids[0]);
+	info.map_ids = (__u64)(unsigned long)ids;
+	err = bpf_obj_get_info_by_fd(fd, &info, &len);
+	close(fd);
+	if (err)
+		return neg_errno(err);
+	n = info.nr_map_ids < 64 ? info.nr_map_ids : 64;
+	for (i = 0; i < n; i++) {
+		struct bpf_map_info mi;
+		__u32 mlen = sizeof(mi);
+		int mfd = bpf_map_get_fd_by_id(ids[i]);
+
+		if (mfd < 0)
+			continue;
+		memset(&mi, 0, sizeof(mi));
+		if (bpf_obj_get_info_by_fd(mfd, &mi, &mlen) == 0 && strcmp(mi.name, "tm_owner") == 0 &&
+		    mi.value_size == sizeof(*owner)) {
+			err = neg_errno(bpf_map_lookup_elem(mfd, &key, owner));
+			close(mfd);
+			return err;
+		}
+		close(mfd);
+	}
+	return -ENOENT;
 }
 
 int CMirrorBPF_prog_test_run(int prog_fd, const void *data, uint32_t len,

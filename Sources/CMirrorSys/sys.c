@@ -2,6 +2,7 @@
 #include "CMirrorSys.h"
 
 #include <dirent.h>
+#include <linux/filter.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -65,6 +66,45 @@ int CMirrorSys_getsockopt_int(int fd, int level, int name, int *value)
 	socklen_t len = sizeof(*value);
 
 	return ret(getsockopt(fd, level, name, value, &len));
+}
+
+#ifndef SO_COOKIE
+#define SO_COOKIE 57
+#endif
+
+int CMirrorSys_socket_cookie(int fd, uint64_t *cookie)
+{
+	socklen_t len = sizeof(*cookie);
+
+	return ret(getsockopt(fd, SOL_SOCKET, SO_COOKIE, cookie, &len));
+}
+
+int CMirrorSys_attach_echo_filter(int fd, int v6, uint16_t identifier)
+{
+	/* IPv4 raw sockets see the IP header first; ICMPv6 ones do not. */
+	struct sock_filter v4code[] = {
+		BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, 0),            /* x = IP header length */
+		BPF_STMT(BPF_LD | BPF_B | BPF_IND, 0),             /* ICMP type */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 3),      /* echo reply */
+		BPF_STMT(BPF_LD | BPF_H | BPF_IND, 4),             /* identifier */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, identifier, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, 0xffff),
+		BPF_STMT(BPF_RET | BPF_K, 0),
+	};
+	struct sock_filter v6code[] = {
+		BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 129, 0, 3),
+		BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 4),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, identifier, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, 0xffff),
+		BPF_STMT(BPF_RET | BPF_K, 0),
+	};
+	struct sock_fprog prog = {
+		.len = v6 ? sizeof(v6code) / sizeof(v6code[0]) : sizeof(v4code) / sizeof(v4code[0]),
+		.filter = v6 ? v6code : v4code,
+	};
+
+	return ret(setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)));
 }
 
 int CMirrorSys_bind(int fd, const struct sockaddr *addr, socklen_t len)

@@ -161,9 +161,16 @@ public final class MetricsExporter: Sendable {
             counter("traffic_mirror_sent_packets_total", "Mirrored packets handed to the network.", l, v.packets)
             counter("traffic_mirror_sent_bytes_total", "Bytes of mirrored packets handed to the network: the outer IP packet, encapsulation included.", l, v.bytes)
         }
+        let unattributedHelp = "Packets no session's counters could take (a record of no plan in force, or more than 1024 session names over the agent's life): sent, or dropped by reason. Never credited to another session."
+        counter("traffic_mirror_unattributed_packets_total", unattributedHelp, [("outcome", "sent")], s.forwarder.unattributedSent)
+        for (r, v) in s.forwarder.unattributedDrops.sorted(by: { $0.key.label < $1.key.label }) {
+            counter("traffic_mirror_unattributed_packets_total", unattributedHelp, [("outcome", r.label)], v)
+        }
         counter("traffic_mirror_send_batches_total", "sendmmsg batches the forwarding thread sent.", [], s.forwarder.batches)
         counter("traffic_mirror_send_backpressure_waits_total", "Times a full socket made the forwarding thread wait (EAGAIN/ENOBUFS).", [], s.forwarder.backpressureWaits)
 
+        gauge("traffic_mirror_own_sockets", "Sockets the agent sends from (copies, health probes), registered with the hooks so that none of their packets is mirrored.",
+              [], Double(s.ownSockets))
         gauge("traffic_mirror_ring_size_bytes", "Bytes of each per-CPU ring buffer.", [], Double(s.ringBytes))
         for (cpu, b) in s.ringBacklogBytes.enumerated() {
             gauge("traffic_mirror_ring_backlog_bytes", "Bytes waiting in a CPU's ring buffer.", [("cpu", "\(cpu)")], Double(b))
@@ -243,22 +250,5 @@ public final class MetricsExporter: Sendable {
               let btime = procStat.split(separator: "\n").first(where: { $0.hasPrefix("btime ") })
                 .flatMap({ Double($0.split(separator: " ")[1]) }) else { return nil }
         return btime + ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
-    }
-}
-
-extension String {
-    /// Reads a /proc file (their size is 0 to stat, so read until EOF).
-    init(contentsOfProcFile path: String) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemError("open \(path)", errno: errno) }
-        defer { close(fd) }
-        var out = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = read(fd, &buf, buf.count)
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        self = String(decoding: out, as: UTF8.self)
     }
 }

@@ -50,7 +50,7 @@ struct Generate: ParsableCommand {
         var nflows = flows
         _ = CMirrorBPF_object_set_rodata(obj, "gen_ifindex", &ifindex, 4)
         _ = CMirrorBPF_object_set_rodata(obj, "gen_flows", &nflows, 4)
-        guard CMirrorBPF_object_load(obj) == 0 else { throw ValidationError("cannot load the generator") }
+        guard CMirrorBPF_object_load(obj, -1) == 0 else { throw ValidationError("cannot load the generator") }
         let prog = CMirrorBPF_object_prog_fd(obj, "tm_xdpgen")
 
         func mac(_ s: String) -> [UInt8] { s.split(separator: ":").compactMap { UInt8($0, radix: 16) } }
@@ -141,7 +141,7 @@ struct Count: ParsableCommand {
         defer { CMirrorBPF_object_close(obj) }
         var p = port
         _ = CMirrorBPF_object_set_rodata(obj, "count_port", &p, 2)
-        guard CMirrorBPF_object_load(obj) == 0 else { throw ValidationError("cannot load the counter") }
+        guard CMirrorBPF_object_load(obj, -1) == 0 else { throw ValidationError("cannot load the counter") }
         let ifindex = CMirrorSys_if_nametoindex(interface)
         let link = CMirrorBPF_tcx_link(CMirrorBPF_object_prog_fd(obj, "tm_count"), ifindex, 0)
         guard link >= 0 else { throw ValidationError("cannot attach to \(interface): errno \(-link)") }

@@ -71,8 +71,8 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Where /metrics (Prometheus text format) and /healthz listen, HOST:PORT.", valueName: "host:port"))
     var metricsAddress: String = "127.0.0.1:9781"
 
-    @Option(help: ArgumentHelp("Hook for ingress: xdp (default) or tc (for interfaces whose XDP slot another program holds, or NICs that strip VLAN tags before XDP).", valueName: "hook"))
-    var ingressHook: HookPolicy.IngressHook = .xdp
+    @Option(help: ArgumentHelp("Hook for ingress: tc (default: a tcx link that changes nothing about the device, and sees packets after GRO) or xdp (native XDP only: frames as the driver got them, before GRO; on veth it turns GRO on and takes TSO/GSO off the peer, see docs/operations.md).", valueName: "hook"))
+    var ingressHook: HookPolicy.IngressHook = .tc
 
     @Option(help: ArgumentHelp("How tc programs are attached: auto (tcx links where the kernel has them, else netlink filters), tcx, or netlink.", valueName: "mode"))
     var tcAttach: HookPolicy.TCAttach = .auto
@@ -85,6 +85,9 @@ struct RunCommand: AsyncParsableCommand {
 
     @Flag(inversion: .prefixedNo, help: "Send runs of one flow's copies as UDP GSO messages, from UDP sockets bound to the flows' source ports in 49152...65535 (--no-udp-gso: every copy by the raw sockets, no port bound).")
     var udpGso = true
+
+    @Option(help: ArgumentHelp("SO_MARK for the agent's sockets, for policy routing of the copies (default: none). The hooks never use marks to recognise the copies; avoid the bits kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00, 0xffff0000) give meanings.", valueName: "mark"))
+    var socketMark: String?
 
     @OptionGroup var logging: LoggingOptions
 
@@ -123,12 +126,20 @@ struct RunCommand: AsyncParsableCommand {
         if let ring = ringSize?.bytes, ring < 4096 || ring & (ring - 1) != 0 || ring > 1 << 30 {
             problems.append("--ring-size: \(ring) must be a power of two from 4K to 1G")
         }
+        if let m = socketMark, Self.parseMark(m) == nil {
+            problems.append("--socket-mark: \"\(m)\" must be a number from 1 to 0xffffffff (decimal or 0x hex)")
+        }
         if !(1...4096).contains(batchSize) {
             problems.append("--batch-size: \(batchSize) is out of range 1...4096")
         }
         if !problems.isEmpty {
             throw ValidationError(problems.joined(separator: "\n"))
         }
+    }
+
+    static func parseMark(_ text: String) -> UInt32? {
+        let v = text.lowercased().hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text)
+        return v == 0 ? nil : v
     }
 
     func makeConfig() throws -> MirrorConfig {
@@ -144,7 +155,8 @@ struct RunCommand: AsyncParsableCommand {
         let options = Agent.Options(
             program: .init(ringBytes: ringSize.map { UInt32($0.bytes) } ?? MirrorProgram.Settings.automaticRingBytes()),
             forwarder: .init(batchSize: batchSize, udpGSO: udpGso),
-            hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach))
+            hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach),
+            socketMark: socketMark.flatMap(Self.parseMark) ?? 0)
         let metrics = try HostPort(parsing: metricsAddress)
         let reference = AgentReference()
         let exporter = MetricsExporter(agent: reference, build: BuildInfo(

@@ -168,7 +168,7 @@ struct ConfigCommandTests {
         kill(agent.pid, SIGHUP)
         #expect(agent.waitForStderr(timeout: 10) { $0.components(separatedBy: "reloaded").count == 2 })
         let both = try topo.attachments(topo.mon, "m1")
-        #expect(both.xdp && both.tcxEgress == 1, "m1 attached: \(both)")
+        #expect(both.tcxIngress == 1 && both.tcxEgress == 1, "m1 attached: \(both)")
         try config("m1").write(toFile: path, atomically: true, encoding: .utf8)
         kill(agent.pid, SIGHUP)
         #expect(agent.waitForStderr(timeout: 10) { $0.components(separatedBy: "reloaded").count == 3 })

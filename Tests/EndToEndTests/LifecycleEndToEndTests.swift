@@ -21,13 +21,15 @@ struct LifecycleEndToEndTests {
     @Test("SIGKILL leaves nothing attached: XDP and tcx are links owned by the process")
     func sigkill() throws {
         let topo = try Topology()
-        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2"])
-        let before = try topo.attachments(topo.mon, "m0")
-        #expect(before.xdp && before.tcxEgress == 1, "\(before)")
-        agent.stop(signal: SIGKILL)
-        #expect(agent.terminationReason == .uncaughtSignal)
-        let after = try topo.attachments(topo.mon, "m0")
-        #expect(after.none, "nothing attached after SIGKILL: \(after)")
+        for hook in ["tc", "xdp"] {
+            let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--ingress-hook", hook])
+            let before = try topo.attachments(topo.mon, "m0")
+            #expect(before.xdp == (hook == "xdp") && before.tcxIngress == (hook == "tc" ? 1 : 0) && before.tcxEgress == 1, "\(hook): \(before)")
+            agent.stop(signal: SIGKILL)
+            #expect(agent.terminationReason == .uncaughtSignal)
+            let after = try topo.attachments(topo.mon, "m0")
+            #expect(after.none, "nothing attached after SIGKILL (\(hook)): \(after)")
+        }
     }
 
     @Test("netlink tc filters: a crashed run's filter is found and removed by the next start")
@@ -64,7 +66,7 @@ struct LifecycleEndToEndTests {
         var obj: OpaquePointer?
         try #require(bytes.withUnsafeBytes { CMirrorBPF_object_open($0.baseAddress, $0.count, "fixtures", &obj) } == 0)
         defer { CMirrorBPF_object_close(obj) }
-        try #require(CMirrorBPF_object_load(obj) == 0)
+        try #require(CMirrorBPF_object_load(obj, -1) == 0)
         let prog = CMirrorBPF_object_prog_fd(obj, "fx_vlan_push")
         let ifindex = try lab.ifindex(topo.mon, "m0")
         let link = try lab.inNamespace(topo.mon) { CMirrorBPF_tcx_link(prog, ifindex, 1) }
@@ -145,12 +147,12 @@ struct LifecycleEndToEndTests {
         let fx = try Self.fixtures()
         defer { try? FileManager.default.removeItem(atPath: fx) }
         try topo.lab.ip(topo.mon, "link", "set", "dev", "m0", "xdpgeneric", "obj", fx, "sec", "xdp")
-        r = try run(["--interface", "m0", "--target", "198.18.1.2"])
+        r = try run(["--interface", "m0", "--target", "198.18.1.2", "--ingress-hook", "xdp"])
         #expect(r.status == 1 && r.stderr.contains("already has XDP program \"fx_xdp_pass\""), "\(r.stderr)")
         let a = try topo.attachments(topo.mon, "m0")
         #expect(a.xdp && a.tcxEgress == 0 && a.tcxIngress == 0, "only the other program stays: \(a)")
-        // With the tc ingress hook the agent works next to it.
-        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--ingress-hook", "tc"])
+        // With the tc ingress hook (the default) the agent works next to it.
+        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2"])
         #expect(agent.stop() == 0)
         try topo.lab.ip(topo.mon, "link", "set", "dev", "m0", "xdpgeneric", "off")
         #expect(try topo.attachments(topo.mon, "m0").none)

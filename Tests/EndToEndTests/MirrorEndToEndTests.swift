@@ -96,7 +96,7 @@ struct MirrorEndToEndTests {
 
         let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--vni", "42", "--log-format", "json"])
         let attached = try topo.attachments(topo.mon, "m0")
-        #expect(attached.xdp && attached.tcxEgress == 1, "XDP and tcx egress attached: \(attached)")
+        #expect(!attached.xdp && attached.tcxIngress == 1 && attached.tcxEgress == 1, "tcx ingress and egress attached, no XDP: \(attached)")
 
         let srcOut = try Capture(lab: lab, ns: topo.src, device: "s0", filter: ["-Q", "out"])
         let srcIn = try Capture(lab: lab, ns: topo.src, device: "s0", filter: ["-Q", "in"])

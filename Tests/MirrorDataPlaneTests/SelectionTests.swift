@@ -137,14 +137,45 @@ struct SelectionTests {
         #expect(try unlimited.sessionCounters(0, .ingress)["capture_max"] == 1)
     }
 
-    @Test("the agent's own packets are skipped at egress and counted")
+    @Test("UDP to a target endpoint is the agent's own output at every hook, whatever the mark; other ports and protocols are not")
     func ownTraffic() throws {
         let h = try BPFHarness()
-        try h.run(.tcEgress, Frames.udp4(), mark: MirrorProgram.defaultOwnMark)
-        try h.run(.tcEgress, Frames.udp4(), mark: 12345)
+        let own = OwnOutput(program: h.program)
+        try own.setDestinations([.init(address: IPAddress("198.18.9.9")!, port: 4789),
+                                 .init(address: IPAddress("fd00::9")!, port: 6081)])
+        let toTarget = Frames.udp4(sport: 50000, dport: 4789, dst: [198, 18, 9, 9])
+        let tagged = Frames.udp4(sport: 50001, dport: 4789, dst: [198, 18, 9, 9], vlans: [.init(tci: 5)])
+        let toTarget6 = Frames.ethernet(etherType: 0x86DD, payload: Frames.ipv6(
+            src: Frames.ip6(1), dst: IPAddress("fd00::9")!.bytes, transport: .udp(sport: 50002, dport: 6081, payload: [1, 2, 3])))
+        // The host's ICMP answer to a copy (port unreachable at the target).
+        let quoted = Array(Frames.ipv4(dst: [198, 18, 9, 9], transport: .udp(sport: 50000, dport: 4789, payload: [9, 9])).prefix(28))
+        let unreachable = Frames.ethernet(etherType: 0x0800, payload: Frames.ipv4(
+            src: [198, 18, 9, 9], dst: [198, 18, 0, 1], transport: .raw(proto: 1, bytes: [3, 3, 0, 0, 0, 0, 0, 0] + quoted)))
+        for f in [toTarget, tagged, toTarget6, unreachable] {
+            try h.run(.xdp, f)
+            try h.run(.tcIngress, f)
+            try h.run(.tcEgress, f, mark: 0x4000)
+        }
+        // Another port of the target, the target's port elsewhere, TCP to it:
+        // production traffic, mirrored.
+        try h.run(.tcEgress, Frames.udp4(sport: 50000, dport: 4790, dst: [198, 18, 9, 9]))
+        try h.run(.tcEgress, Frames.udp4(sport: 50000, dport: 4789, dst: [198, 18, 9, 10]))
+        try h.run(.xdp, Frames.ethernet(etherType: 0x0800, payload: Frames.ipv4(
+            dst: [198, 18, 9, 9], transport: .tcp(sport: 50000, dport: 4789, seq: 1, flags: 0x10, payload: []))))
+        // The mark the agent once used means nothing now.
+        try h.run(.tcEgress, Frames.udp4(), mark: 0x746D_6972)
+        // An ICMP error about someone else's UDP is production traffic.
+        let otherQuoted = Array(Frames.ipv4(dst: [198, 18, 9, 10], transport: .udp(sport: 50000, dport: 4789, payload: [])).prefix(28))
+        try h.run(.xdp, Frames.ethernet(etherType: 0x0800, payload: Frames.ipv4(
+            src: [198, 18, 9, 10], dst: [198, 18, 0, 1], transport: .raw(proto: 1, bytes: [3, 3, 0, 0, 0, 0, 0, 0] + otherQuoted))))
+        #expect(h.records().count == 5)
+        let i = try h.interfaceCounters(.ingress), e = try h.interfaceCounters(.egress)
+        #expect(i["own_traffic"] == 8 && i["selected"] == 2, "\(i)")
+        #expect(e["own_traffic"] == 4 && e["selected"] == 3, "\(e)")
+        // Targets that are gone are production traffic again.
+        try own.setDestinations([])
+        try h.run(.tcEgress, toTarget)
         #expect(h.records().count == 1)
-        let c = try h.interfaceCounters(.egress)
-        #expect(c["seen"] == 2 && c["own_traffic"] == 1 && c["selected"] == 1)
     }
 
     @Test("a session for one direction leaves the other alone")

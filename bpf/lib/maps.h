@@ -113,6 +113,54 @@ struct {
 	__type(value, struct tm_rate_state);
 } tm_rate SEC(".maps");
 
+/* Who loaded this object (entry 0): see struct tm_owner. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tm_owner);
+} tm_owner SEC(".maps");
+
+/* Cookies of the agent's sockets (see tm_abi.h): cookie -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TM_MAX_OWN_SOCKETS);
+	__type(key, __u64);
+	__type(value, __u32);
+} tm_own_sockets SEC(".maps");
+
+/* The target endpoints of the plan in force: destination -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TM_MAX_OWN_DESTS);
+	__type(key, struct tm_dest_key);
+	__type(value, __u32);
+} tm_own_dests SEC(".maps");
+
+/* Bit p set: UDP port p is the port of a tm_own_dests entry (written by
+ * user space), or of a tm_own_seen entry (tm_seen_ports, set by the hooks
+ * and never cleared): only packets to those ports pay for hash lookups. Two
+ * maps, so neither side's read-modify-write loses the other's bits. */
+#define TM_PORT_BITMAP(name)                              \
+	struct {                                          \
+		__uint(type, BPF_MAP_TYPE_ARRAY);         \
+		__uint(max_entries, 65536 / 64);          \
+		__type(key, __u32);                       \
+		__type(value, __u64);                     \
+	} name SEC(".maps")
+
+TM_PORT_BITMAP(tm_own_ports);
+TM_PORT_BITMAP(tm_seen_ports);
+
+/* Destinations the agent's copies had after netfilter (learned at egress,
+ * least recently seen evicted first). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TM_MAX_OWN_DESTS);
+	__type(key, struct tm_dest_key);
+	__type(value, __u32);
+} tm_own_seen SEC(".maps");
+
 /* One ring buffer per possible CPU, so producers never contend. User space
  * creates the rings and fills the slots before attaching; it also supplies
  * the inner-map template (a ring of the configured size) at load time

@@ -37,16 +37,20 @@ size_t CMirrorBPF_log_take(char *buf, size_t len);
 int CMirrorBPF_object_open(const void *bytes, size_t len, const char *name,
 			   struct bpf_object **out);
 /* Before load: size every per-CPU ring (bytes, a power of two multiple of
- * the page size), the outer ring array (one slot per possible CPU), and the
- * mark of the agent's own packets. */
-int CMirrorBPF_object_configure(struct bpf_object *obj, uint32_t ring_bytes,
-				uint32_t cpus, uint32_t own_mark);
-int CMirrorBPF_object_load(struct bpf_object *obj);
+ * the page size) and the outer ring array (one slot per possible CPU).
+ * `template_fd` receives the inner-map template libbpf needs at load;
+ * pass it to CMirrorBPF_object_load, which closes it (-1 on failure). */
+int CMirrorBPF_object_configure(struct bpf_object *obj, uint32_t ring_bytes, uint32_t cpus, int *template_fd);
+int CMirrorBPF_object_load(struct bpf_object *obj, int template_fd);
 /* Sets a `const volatile` global of .rodata by name, before load. */
 int CMirrorBPF_object_set_rodata(struct bpf_object *obj, const char *name, const void *value, size_t size);
 void CMirrorBPF_object_close(struct bpf_object *obj);
 int CMirrorBPF_object_map_fd(struct bpf_object *obj, const char *name);
 int CMirrorBPF_object_prog_fd(struct bpf_object *obj, const char *name);
+
+/* The owner (struct tm_owner) recorded in the tm_owner map of the object
+ * that program `prog_id` belongs to; -ENOENT when it has none. */
+int CMirrorBPF_prog_owner(uint32_t prog_id, struct tm_owner *owner);
 
 /* ---- maps ---- */
 

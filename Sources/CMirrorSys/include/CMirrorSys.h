@@ -28,6 +28,11 @@ int CMirrorSys_recvmmsg(int fd, struct CMirrorSys_mmsghdr *msgs, unsigned int co
 int CMirrorSys_socket(int domain, int type, int protocol);
 int CMirrorSys_setsockopt_int(int fd, int level, int name, int value);
 int CMirrorSys_getsockopt_int(int fd, int level, int name, int *value);
+/* The socket's cookie (SO_COOKIE), what bpf_get_socket_cookie returns. */
+int CMirrorSys_socket_cookie(int fd, uint64_t *cookie);
+/* Lets only ICMP/ICMPv6 echo replies with `identifier` reach a raw socket
+ * (a classic BPF socket filter). */
+int CMirrorSys_attach_echo_filter(int fd, int v6, uint16_t identifier);
 int CMirrorSys_bind(int fd, const struct sockaddr *addr, socklen_t len);
 int CMirrorSys_connect(int fd, const struct sockaddr *addr, socklen_t len);
 int CMirrorSys_getsockname(int fd, struct sockaddr *addr, socklen_t *len);

@@ -18,11 +18,16 @@ public final class Agent: @unchecked Sendable {
         public var program: MirrorProgram.Settings
         public var forwarder: Forwarder.Settings
         public var hooks: HookPolicy
+        /// SO_MARK of every socket the agent sends from, for policy routing
+        /// only (0: none, the default). The hooks never look at marks.
+        public var socketMark: UInt32
 
-        public init(program: MirrorProgram.Settings = .init(), forwarder: Forwarder.Settings = .init(), hooks: HookPolicy = .init()) {
+        public init(program: MirrorProgram.Settings = .init(), forwarder: Forwarder.Settings = .init(), hooks: HookPolicy = .init(),
+                    socketMark: UInt32 = 0) {
             self.program = program
             self.forwarder = forwarder
             self.hooks = hooks
+            self.socketMark = socketMark
         }
     }
 
@@ -58,9 +63,15 @@ public final class Agent: @unchecked Sendable {
     public let rings: RingSet
     public let forwarder: Forwarder
     public let health: HealthMonitor
+    /// What the hooks know of the agent's own output.
+    public let own: OwnOutput
     let logger: Logger
     private let thread = DedicatedThread()
+    /// What readers (metrics, health) see; held only briefly.
     private let state = Mutex(State())
+    /// Serialises plan changes and shutdown; a reload that waits for the
+    /// rings holds this, never `state`, so scrapes are answered meanwhile.
+    private let changeLock = Mutex(())
     public let startedAt = CMirrorSys_realtime_ns()
 
     /// Loads the program, creates the rings and starts the forwarding
@@ -68,27 +79,30 @@ public final class Agent: @unchecked Sendable {
     public init(options: Options, logger: Logger) throws(OperationalError) {
         self.options = options
         self.logger = logger
-        // The emitter keeps a UDP socket per source port it sends GSO runs
-        // from (up to 16384 per family): take the hard open-file limit.
-        var limit = rlimit()
-        if getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max
-            _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        if options.forwarder.udpGSO {
+            // The emitter keeps a UDP socket per source port it sends GSO
+            // runs from (up to 16384 per family): take the hard limit.
+            var limit = rlimit()
+            if getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                limit.rlim_cur = limit.rlim_max
+                _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+            }
         }
         program = try MirrorProgram(settings: options.program)
+        own = OwnOutput(program: program)
         do {
             rings = try RingSet(program: program)
         } catch {
             throw OperationalError("cannot create the ring buffers: \(error); raise the memlock limit or lower --ring-size")
         }
         do {
-            forwarder = try Forwarder(rings: rings, counters: ForwarderCounters(), mark: options.program.ownMark,
+            forwarder = try Forwarder(rings: rings, counters: ForwarderCounters(), mark: options.socketMark, own: own,
                                       settings: options.forwarder, logger: logger)
         } catch {
             throw OperationalError("cannot open the sending sockets: \(error); the agent needs CAP_NET_RAW")
         }
         do {
-            health = try HealthMonitor(mark: options.program.ownMark, logger: logger)
+            health = try HealthMonitor(mark: options.socketMark, own: own, logger: logger)
         } catch {
             throw OperationalError("cannot open the health-probe sockets: \(error); the agent needs CAP_NET_RAW")
         }
@@ -124,14 +138,15 @@ public final class Agent: @unchecked Sendable {
     /// matching table, switches the hooks over with one write, then attaches
     /// and detaches hooks for interfaces the change adds or removes. On any
     /// error the previous configuration stays in force, untouched, and
-    /// nothing new stays attached.
+    /// nothing new stays attached. Metrics and health are answered from the
+    /// previous state while a change runs.
     public func apply(_ config: MirrorConfig) throws(OperationalError) {
         let plan = MirrorPlan(compiling: config)
         var resolved = [ResolvedTarget]()
         var ifindexes = [String: Int32]()
         do throws(OperationalError) {
             for t in config.targets {
-                resolved.append(try TargetResolver.resolve(t, mark: options.program.ownMark))
+                resolved.append(try TargetResolver.resolve(t, mark: options.socketMark))
             }
             for name in plan.interfaces {
                 let idx = CMirrorSys_if_nametoindex(name)
@@ -144,16 +159,22 @@ public final class Agent: @unchecked Sendable {
             noteRejectedConfig()
             throw error
         }
-        try state.withLock { (s: inout State) throws(OperationalError) in
+        try changeLock.withLock { _ throws(OperationalError) in
+            // Work on a copy; readers see the old state until it is in force.
+            var s = state.withLock { $0 }
             guard !s.stopped else { throw OperationalError("the agent is shutting down") }
+            var change = PlanChange()
             do throws(OperationalError) {
-                try apply(config, plan: plan, targets: resolved, ifindexes: ifindexes, state: &s)
-                s.applied_ok += 1
-                s.lastAppliedNanoseconds = CMirrorSys_realtime_ns()
+                try apply(config, plan: plan, targets: resolved, ifindexes: ifindexes, state: &s, change: &change)
             } catch {
-                s.applied_failed += 1
+                change.rollBack()
+                state.withLock { $0.applied_failed += 1 }
                 throw error
             }
+            s.applied_ok += 1
+            s.lastAppliedNanoseconds = CMirrorSys_realtime_ns()
+            state.withLock { $0 = s }
+            change.commit()
         }
     }
 
@@ -163,31 +184,44 @@ public final class Agent: @unchecked Sendable {
         state.withLock { $0.applied_failed += 1 }
     }
 
+    /// One plan change: the kernel-side steps it took, undone in reverse if
+    /// a later step fails (the agent's own state is a copy, dropped then),
+    /// and the hooks it attached, which stay only if it commits.
+    struct PlanChange {
+        private var undo: [() -> Void] = []
+        var attached: [Hook] = []
+
+        mutating func onFailure(_ step: @escaping () -> Void) { undo.append(step) }
+
+        mutating func rollBack() {
+            attached.removeAll() // detaches
+            for step in undo.reversed() { step() }
+            undo.removeAll()
+        }
+
+        mutating func commit() { undo.removeAll() }
+    }
+
     private func apply(
-        _ config: MirrorConfig, plan: MirrorPlan, targets: [ResolvedTarget], ifindexes: [String: Int32], state s: inout State
+        _ config: MirrorConfig, plan: MirrorPlan, targets: [ResolvedTarget], ifindexes: [String: Int32],
+        state s: inout State, change: inout PlanChange
     ) throws(OperationalError) {
+        let program = program
         // Slots for new interfaces (old ones keep theirs and their counters).
-        var newSlots = [String]()
         var slots = s.interfaces.mapValues(\.slot)
         for (name, idx) in ifindexes.sorted(by: { $0.key < $1.key }) where s.interfaces[name]?.ifindex != idx {
             guard let slot = s.interfaces[name]?.slot ?? s.freeSlots.popLast() else {
                 throw OperationalError("more than \(PlanLimits.interfaces) interfaces")
             }
             slots[name] = slot
-            newSlots.append(name)
-        }
-        func undoSlots() {
-            for name in newSlots where s.interfaces[name] == nil { s.freeSlots.append(slots[name]!) }
-        }
-        do {
-            for name in newSlots {
-                try program.resetInterfaceCounters(slot: slots[name]!)
-                try program.setSlot(ifindex: UInt32(ifindexes[name]!), slot: slots[name]!)
+            do {
+                try program.resetInterfaceCounters(slot: slot)
+                try program.setSlot(ifindex: UInt32(idx), slot: slot)
+            } catch {
+                program.removeSlot(ifindex: UInt32(idx))
+                throw OperationalError("cannot register interface \(name): \(error)")
             }
-        } catch {
-            for name in newSlots where s.interfaces[name] == nil { program.removeSlot(ifindex: UInt32(ifindexes[name]!)) }
-            undoSlots()
-            throw OperationalError("cannot register interfaces: \(error)")
+            change.onFailure { program.removeSlot(ifindex: UInt32(idx)) }
         }
 
         // Sessions as the kernel needs them.
@@ -211,8 +245,6 @@ public final class Agent: @unchecked Sendable {
         // sent first, or they would be read with the new plan's sessions.
         if let barrier = s.retiredBankBarrier {
             guard waitReleased(barrier, seconds: 5) else {
-                for name in newSlots where s.interfaces[name] == nil { program.removeSlot(ifindex: UInt32(ifindexes[name]!)) }
-                undoSlots()
                 throw OperationalError("the previous plan's copies are still being sent (the target is slow); try the reload again")
             }
             s.retiredBankBarrier = nil
@@ -220,11 +252,20 @@ public final class Agent: @unchecked Sendable {
         do {
             try program.install(plan: plan, sessions: kernelSessions, slots: slots, bank: bank)
         } catch {
-            for name in newSlots where s.interfaces[name] == nil { program.removeSlot(ifindex: UInt32(ifindexes[name]!)) }
-            undoSlots()
             throw OperationalError("cannot write the plan into the kernel maps: \(error)")
         }
+        // The new targets are recognised as own output before any copy goes
+        // to them; the old ones stay until the switch.
+        do {
+            try own.setTargets(targets + (previous?.targets ?? []))
+        } catch {
+            throw OperationalError("cannot register the targets as the agent's own output: \(error)")
+        }
+        let own = own
+        change.onFailure { try? own.setTargets(previous?.targets ?? []) }
         let healthSlots = health.configure(targets)
+        let health = health
+        change.onFailure { _ = health.configure(previous?.targets ?? []) }
         forwarder.install(
             ForwardingTable(targets: targets, sessionNames: plan.sessions.map(\.name),
                             sessionTargets: plan.sessions.map(\.target), packetLengths: plan.sessions.map(\.packetLength),
@@ -232,51 +273,48 @@ public final class Agent: @unchecked Sendable {
             bank: bank)
 
         // Attach what is missing before switching, so a failed attach leaves
-        // the old plan in force.
-        var added = [Hook]()
-        do {
-            for name in plan.interfaces {
-                let idx = ifindexes[name]!
-                for d in plan.directions(of: name) where !s.hooks.contains(where: { $0.interface == name && $0.direction == d && $0.ifindex == idx }) {
-                    if s.interfaces[name] == nil {
-                        for stale in Hook.removeStaleFilters(interface: name, ifindex: idx) {
-                            logger.warning("removed a tc filter left by an earlier traffic-mirror run", metadata: ["filter": "\(stale)"])
-                        }
-                    }
-                    let hook = try Hook.attach(program: program, interface: name, ifindex: idx, direction: d, policy: options.hooks)
-                    added.append(hook)
+        // the old plan in force. Filters a crashed run left are looked for
+        // once per interface, before anything of ours is attached to it.
+        for name in plan.interfaces {
+            let idx = ifindexes[name]!
+            let missing = plan.directions(of: name).filter { d in
+                !s.hooks.contains { $0.interface == name && $0.direction == d && $0.ifindex == idx }
+            }
+            if !missing.isEmpty && !s.hooks.contains(where: { $0.ifindex == idx }) {
+                let stale = Hook.removeStaleFilters(interface: name, ifindex: idx)
+                for f in stale.removed {
+                    logger.warning("removed a tc filter left by an earlier traffic-mirror run", metadata: ["filter": "\(f)"])
+                }
+                for f in stale.othersRunning {
+                    logger.warning("another running traffic-mirror holds a tc filter here; left alone", metadata: ["filter": "\(f)"])
                 }
             }
-        } catch {
-            added.removeAll() // detaches
-            for name in newSlots where s.interfaces[name] == nil { program.removeSlot(ifindex: UInt32(ifindexes[name]!)) }
-            undoSlots()
-            throw error
+            for d in missing {
+                change.attached.append(try Hook.attach(program: program, interface: name, ifindex: idx, direction: d, policy: options.hooks))
+            }
         }
 
         do {
             try program.activate(bank: bank)
         } catch {
-            added.removeAll()
-            for name in newSlots where s.interfaces[name] == nil { program.removeSlot(ifindex: UInt32(ifindexes[name]!)) }
-            undoSlots()
             throw OperationalError("cannot switch to the new plan: \(error)")
         }
-        for h in added {
+        for h in change.attached {
             logger.info("attached", metadata: ["interface": "\(h.interface)", "direction": "\(h.direction.rawValue)", "hook": "\(h.kind.rawValue)"])
         }
-        s.hooks += added
+        s.hooks += change.attached
+        change.attached = []
 
-        // Detach hooks the new plan no longer needs, and forget their slots.
+        // Past the switch nothing fails: detach hooks the new plan no longer
+        // needs, and forget their slots.
         let keep = Set(plan.interfaces.flatMap { n in plan.directions(of: n).map { "\(n)/\($0.rawValue)" } })
         func kept(_ h: Hook) -> Bool {
             keep.contains("\(h.interface)/\(h.direction.rawValue)") && ifindexes[h.interface] == h.ifindex
         }
-        let (stay, go) = (s.hooks.filter(kept), s.hooks.filter { !kept($0) })
-        for h in go {
+        for h in s.hooks where !kept(h) {
             logger.info("detached", metadata: ["interface": "\(h.interface)", "direction": "\(h.direction.rawValue)"])
         }
-        s.hooks = stay
+        s.hooks = s.hooks.filter(kept)
         for (name, old) in s.interfaces where ifindexes[name] != old.ifindex {
             program.removeSlot(ifindex: UInt32(old.ifindex))
             if ifindexes[name] == nil {
@@ -301,6 +339,9 @@ public final class Agent: @unchecked Sendable {
             let barrier = rings.producerPositions()
             if !waitReleased(barrier, seconds: 2) { s.retiredBankBarrier = barrier }
         }
+        // Copies to targets that are gone may still be in the rings; they
+        // leave by the agent's sockets, which the hooks know regardless.
+        try? self.own.setTargets(targets)
     }
 
     private func waitReleased(_ positions: [UInt64], seconds: Int) -> Bool {
@@ -351,6 +392,8 @@ public final class Agent: @unchecked Sendable {
         public var endpointHealth: [HealthMonitor.EndpointState]
         public var ringBacklogBytes: [UInt64]
         public var ringBytes: UInt32
+        /// Sockets registered as the agent's own (OwnOutput).
+        public var ownSockets: Int
         public var configsApplied: Int
         public var configsFailed: Int
         public var lastAppliedNanoseconds: UInt64
@@ -379,7 +422,7 @@ public final class Agent: @unchecked Sendable {
                 targets: s.applied?.targets ?? [], sessionTargets: sessionTargets,
                 hooks: s.hooks.map { ($0.interface, $0.direction, $0.kind) },
                 endpointHealth: health.endpoints(),
-                ringBacklogBytes: rings.backlog(), ringBytes: rings.bytesPerRing,
+                ringBacklogBytes: rings.backlog(), ringBytes: rings.bytesPerRing, ownSockets: own.socketCount,
                 configsApplied: s.applied_ok, configsFailed: s.applied_failed,
                 lastAppliedNanoseconds: s.lastAppliedNanoseconds,
                 running: !s.stopped && s.applied != nil && forwarder.isRunning)
@@ -389,6 +432,10 @@ public final class Agent: @unchecked Sendable {
     /// Detaches every hook, waits for hooks still running, lets the
     /// forwarding thread send what the rings hold, and stops it. Idempotent.
     public func shutdown() {
+        changeLock.withLock { _ in shutdownLocked() }
+    }
+
+    private func shutdownLocked() {
         let hooks: [Hook]? = state.withLock { s in
             guard !s.stopped else { return nil }
             s.stopped = true

@@ -65,6 +65,7 @@ final class Emitter {
     let socket4: Int32
     let socket6: Int32
     let mark: UInt32
+    let own: OwnOutput
 
     private var table: ForwardingTable?
     private let descriptors: UnsafeMutablePointer<Descriptor>
@@ -101,13 +102,14 @@ final class Emitter {
     var lastSendError: Int32 = 0
     var sendErrorsSinceLog = 0
 
-    init(capacity: Int, counters: ForwarderCounters, settings: Forwarder.Settings, socket4: Int32, socket6: Int32, mark: UInt32) {
+    init(capacity: Int, counters: ForwarderCounters, settings: Forwarder.Settings, socket4: Int32, socket6: Int32, mark: UInt32, own: OwnOutput) {
         self.capacity = capacity
         self.counters = counters
         self.settings = settings
         self.socket4 = socket4
         self.socket6 = socket6
         self.mark = mark
+        self.own = own
         descriptors = .allocate(capacity: capacity)
         pieces = .allocate(capacity: capacity * 3)
         scratch = .allocate(byteCount: capacity * Self.scratchPerPacket, alignment: 16)
@@ -136,8 +138,10 @@ final class Emitter {
 
     deinit {
         for p in 0..<65536 {
-            if gso4[p] >= 0 { _ = CMirrorSys_close(gso4[p]) }
-            if gso6[p] >= 0 { _ = CMirrorSys_close(gso6[p]) }
+            for fd in [gso4[p], gso6[p]] where fd >= 0 {
+                own.forget(fd)
+                _ = CMirrorSys_close(fd)
+            }
         }
         descriptors.deallocate(); pieces.deallocate(); scratch.deallocate(); outer.deallocate()
         groups.deallocate(); runs.deallocate(); runKeys.deallocate(); runIndex.deallocate(); runGeneration.deallocate()
@@ -443,7 +447,7 @@ final class Emitter {
         var storage = sockaddr_storage()
         let len = TargetResolver.fill(&storage, v6 ? .v6([UInt8](repeating: 0, count: 16)) : .v4([0, 0, 0, 0]), port: port)
         let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { CMirrorSys_bind(fd, $0, len) } }
-        guard rc == 0 else {
+        guard rc == 0, (try? own.register(fd)) != nil else {
             _ = CMirrorSys_close(fd)
             return -1
         }

@@ -66,8 +66,8 @@ public final class ForwardingTable: @unchecked Sendable {
         sessions = .allocate(capacity: max(1, sessionCount))
         for i in 0..<sessionCount {
             let t = sessionTargets[i]
-            let pair = counters.pairSlot(session: sessionNames[i], target: targets[t].name) ?? 0
-            let slot = counters.sessionSlot(sessionNames[i]) ?? 0
+            let pair = counters.pairSlot(session: sessionNames[i], target: targets[t].name)
+            let slot = counters.sessionSlot(sessionNames[i])
             let mtuLimit = targets[t].innerLimit
             let length = packetLengths[i] ?? Int(Int32.max)
             (sessions + i).initialize(to: SessionInfo(
@@ -91,7 +91,7 @@ public final class ForwardingTable: @unchecked Sendable {
                 (addresses + e).initialize(to: storage)
                 TargetResolver.fill(&storage, ep.address, port: ep.port)
                 (udpAddresses + e).initialize(to: storage)
-                let counter = counters.endpointSlot(target: t.name, endpoint: ep.key) ?? 0
+                let counter = counters.endpointSlot(target: t.name, endpoint: ep.key)
                 (endpointInfo + e).initialize(to: EndpointInfo(
                     constants: ep.header.constants, addressLength: len, ipv6: !ep.address.isIPv4,
                     health: t.probed ? Int32(healthSlots[ep.key] ?? -1) : -1,
@@ -175,6 +175,7 @@ public final class Forwarder: @unchecked Sendable {
     private var batch: RecordBatch
     private let socket4: Int32
     private let socket6: Int32
+    private let own: OwnOutput
     private let emitter: Emitter
     /// Endpoints chosen for the packet being built (indexes in the table).
     private let chosen: UnsafeMutablePointer<Int32>
@@ -183,7 +184,11 @@ public final class Forwarder: @unchecked Sendable {
     /// Opens the raw sockets the copies leave by: IPPROTO_RAW takes whole IP
     /// packets, so each copy gets its own UDP source port (SPEC §4.3) from
     /// one socket, and the socket never receives anything.
-    public init(rings: RingSet, counters: ForwarderCounters, mark: UInt32, settings: Settings, logger: Logger) throws(SystemError) {
+    /// `mark` is the SO_MARK of the sockets (0: none), for policy routing
+    /// only; every socket is registered with `own`, which is how the hooks
+    /// know the copies.
+    public init(rings: RingSet, counters: ForwarderCounters, mark: UInt32, own: OwnOutput, settings: Settings,
+                logger: Logger) throws(SystemError) {
         self.rings = rings
         self.counters = counters
         self.settings = settings
@@ -201,19 +206,27 @@ public final class Forwarder: @unchecked Sendable {
             if CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_SNDBUFFORCE, 8 << 20) != 0 {
                 _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_SNDBUF, 8 << 20)
             }
+            do {
+                try own.register(fd)
+            } catch {
+                _ = CMirrorSys_close(fd)
+                throw error
+            }
             return fd
         }
         socket4 = try open(AF_INET)
         socket6 = (try? open(AF_INET6)) ?? -1
+        self.own = own
         // Room for a batch of records and the segments of GSO packets.
         emitter = Emitter(capacity: max(4 * b, 256), counters: counters, settings: settings,
-                          socket4: socket4, socket6: socket6, mark: mark)
+                          socket4: socket4, socket6: socket6, mark: mark, own: own)
         chosen = .allocate(capacity: Self.maxEndpoints)
     }
 
     deinit {
+        own.forget(socket4)
         _ = CMirrorSys_close(socket4)
-        if socket6 >= 0 { _ = CMirrorSys_close(socket6) }
+        if socket6 >= 0 { own.forget(socket6); _ = CMirrorSys_close(socket6) }
         chosen.deallocate()
     }
 
@@ -304,7 +317,7 @@ public final class Forwarder: @unchecked Sendable {
         for i in 0..<count {
             let r = batch[i]
             guard let table = r.bank == 0 ? bank0 : bank1, r.session < table.sessionCount else {
-                counters.addDrop(session: 0, .noPlan)
+                counters.addDrop(session: ForwarderCounters.unattributedSession, .noPlan)
                 continue
             }
             let s = table.sessions[r.session]

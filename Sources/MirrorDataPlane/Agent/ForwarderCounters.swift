@@ -43,7 +43,10 @@ public enum UserTruncation: Int, CaseIterable, Sendable {
 /// session, named through registries that only grow (a session keeps its
 /// counters across reloads, by name). Each slot has a single writer, the
 /// forwarding thread, so plain relaxed stores suffice; readers see whole
-/// 64-bit values.
+/// 64-bit values. One more slot of each kind, past the named ones, holds
+/// what cannot be attributed (a registry full after many reloads, a record
+/// of no plan): it is exported as unattributed, never credited to another
+/// session.
 public final class ForwarderCounters: @unchecked Sendable {
     // @unchecked: the raw storage follows the single-writer rule above; the
     // registries are behind a Mutex.
@@ -51,6 +54,10 @@ public final class ForwarderCounters: @unchecked Sendable {
     public static let maxPairs = 4096
     public static let maxSessions = 1024
     public static let maxEndpoints = 1024
+    /// The slots of what cannot be attributed.
+    public static let unattributedPair = maxPairs
+    public static let unattributedSession = maxSessions
+    public static let unattributedEndpoint = maxEndpoints
 
     let sentPackets: UnsafeMutablePointer<UInt64>
     let sentBytes: UnsafeMutablePointer<UInt64>
@@ -85,18 +92,18 @@ public final class ForwarderCounters: @unchecked Sendable {
     private let registry = Mutex(Registry())
 
     public init() {
-        sentPackets = .allocate(capacity: Self.maxPairs)
-        sentPackets.initialize(repeating: 0, count: Self.maxPairs)
-        sentBytes = .allocate(capacity: Self.maxPairs)
-        sentBytes.initialize(repeating: 0, count: Self.maxPairs)
-        let n = Self.maxSessions * UserDropReason.allCases.count
+        sentPackets = .allocate(capacity: Self.maxPairs + 1)
+        sentPackets.initialize(repeating: 0, count: Self.maxPairs + 1)
+        sentBytes = .allocate(capacity: Self.maxPairs + 1)
+        sentBytes.initialize(repeating: 0, count: Self.maxPairs + 1)
+        let n = (Self.maxSessions + 1) * UserDropReason.allCases.count
         drops = .allocate(capacity: n)
         drops.initialize(repeating: 0, count: n)
-        let t = Self.maxSessions * UserTruncation.allCases.count
+        let t = (Self.maxSessions + 1) * UserTruncation.allCases.count
         truncations = .allocate(capacity: t)
         truncations.initialize(repeating: 0, count: t)
-        endpointCounts = .allocate(capacity: 3 * Self.maxEndpoints)
-        endpointCounts.initialize(repeating: 0, count: 3 * Self.maxEndpoints)
+        endpointCounts = .allocate(capacity: 3 * (Self.maxEndpoints + 1))
+        endpointCounts.initialize(repeating: 0, count: 3 * (Self.maxEndpoints + 1))
         batches = .allocate(capacity: 1)
         batches.initialize(to: 0)
         backpressureWaits = .allocate(capacity: 1)
@@ -113,35 +120,27 @@ public final class ForwarderCounters: @unchecked Sendable {
         backpressureWaits.deallocate()
     }
 
-    /// The slot of a (session, target) pair, created on first use; nil
-    /// when the table is full.
-    public func pairSlot(session: String, target: String) -> Int? {
-        registry.withLock { r in
-            let p = Pair(session: session, target: target)
-            if let s = r.pairs[p] { return s }
-            guard r.pairs.count < Self.maxPairs else { return nil }
-            r.pairs[p] = r.pairs.count
-            return r.pairs[p]
-        }
+    /// The slot of a (session, target) pair, created on first use; the
+    /// unattributed slot when the table is full.
+    public func pairSlot(session: String, target: String) -> Int {
+        registry.withLock { Self.slot(Pair(session: session, target: target), in: &$0.pairs, max: Self.maxPairs) }
     }
 
-    public func endpointSlot(target: String, endpoint: String) -> Int? {
-        registry.withLock { r in
-            let e = Endpoint(target: target, endpoint: endpoint)
-            if let s = r.endpoints[e] { return s }
-            guard r.endpoints.count < Self.maxEndpoints else { return nil }
-            r.endpoints[e] = r.endpoints.count
-            return r.endpoints[e]
-        }
+    public func endpointSlot(target: String, endpoint: String) -> Int {
+        registry.withLock { Self.slot(Endpoint(target: target, endpoint: endpoint), in: &$0.endpoints, max: Self.maxEndpoints) }
     }
 
-    public func sessionSlot(_ name: String) -> Int? {
-        registry.withLock { r in
-            if let s = r.sessions[name] { return s }
-            guard r.sessions.count < Self.maxSessions else { return nil }
-            r.sessions[name] = r.sessions.count
-            return r.sessions[name]
-        }
+    public func sessionSlot(_ name: String) -> Int {
+        registry.withLock { Self.slot(name, in: &$0.sessions, max: Self.maxSessions) }
+    }
+
+    /// `key`'s slot, created on first use; `max` (the unattributed slot)
+    /// when all `max` are taken.
+    private static func slot<K: Hashable>(_ key: K, in table: inout [K: Int], max: Int) -> Int {
+        if let s = table[key] { return s }
+        guard table.count < max else { return max }
+        table[key] = table.count
+        return table.count - 1
     }
 
     // MARK: forwarding thread
@@ -197,6 +196,10 @@ public final class ForwarderCounters: @unchecked Sendable {
         public var truncations: [String: [UserTruncation: UInt64]]
         /// Per endpoint: datagrams and bytes sent, send errors.
         public var endpoints: [Endpoint: (packets: UInt64, bytes: UInt64, errors: UInt64)]
+        /// What could not be attributed to a session: packets sent, and
+        /// dropped by reason.
+        public var unattributedSent: UInt64
+        public var unattributedDrops: [UserDropReason: UInt64]
         public var batches: UInt64
         public var backpressureWaits: UInt64
     }
@@ -226,7 +229,13 @@ public final class ForwarderCounters: @unchecked Sendable {
             e[key] = (CMirrorSys_load_relaxed_u64(endpointCounts + 3 * slot), CMirrorSys_load_relaxed_u64(endpointCounts + 3 * slot + 1),
                       CMirrorSys_load_relaxed_u64(endpointCounts + 3 * slot + 2))
         }
-        return Snapshot(sent: sent, drops: d, truncations: t, endpoints: e, batches: CMirrorSys_load_relaxed_u64(batches),
+        var unattributed = [UserDropReason: UInt64]()
+        for r in UserDropReason.allCases {
+            unattributed[r] = CMirrorSys_load_relaxed_u64(drops + Self.unattributedSession * UserDropReason.allCases.count + r.rawValue)
+        }
+        return Snapshot(sent: sent, drops: d, truncations: t, endpoints: e,
+                        unattributedSent: CMirrorSys_load_relaxed_u64(sentPackets + Self.unattributedPair),
+                        unattributedDrops: unattributed, batches: CMirrorSys_load_relaxed_u64(batches),
                         backpressureWaits: CMirrorSys_load_relaxed_u64(backpressureWaits))
     }
 }

@@ -14,8 +14,8 @@ import Glibc
 /// An endpoint goes down after `unhealthy_threshold` failed probes in a row
 /// (no answer within `timeout`, or the kernel refusing to send: no route,
 /// no neighbour) and up again after `healthy_threshold` answered ones.
-/// Endpoints start up, so copies flow from the first packet. Probes carry the
-/// agent's mark, so an egress hook never mirrors them.
+/// Endpoints start up, so copies flow from the first packet. Every probe
+/// socket is registered with `OwnOutput`, so no hook mirrors a probe.
 public final class HealthMonitor: @unchecked Sendable {
     // @unchecked: `flags` has one writer (the probing thread) and relaxed
     // readers; everything else is behind `state`.
@@ -53,20 +53,31 @@ public final class HealthMonitor: @unchecked Sendable {
     private let state = Mutex(State())
     private let logger: Logger
     private let mark: UInt32
+    private let own: OwnOutput
     private let thread = DedicatedThread()
     private let identifier = UInt16(truncatingIfNeeded: getpid())
     private var sequence: UInt16 = 0
     private let icmp4: Int32
     private let icmp6: Int32
 
-    public init(mark: UInt32, logger: Logger) throws(SystemError) {
+    public init(mark: UInt32, own: OwnOutput, logger: Logger) throws(SystemError) {
         self.logger = logger
         self.mark = mark
+        self.own = own
         flags = .allocate(capacity: Self.capacity)
         flags.initialize(repeating: 1, count: Self.capacity)
+        let identifier = UInt16(truncatingIfNeeded: getpid())
         func open(_ family: Int32, _ proto: Int32) -> Int32 {
             let fd = CMirrorSys_socket(family, Int32(SOCK_RAW.rawValue), proto)
             if fd >= 0 && mark != 0 { _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_MARK, Int32(bitPattern: mark)) }
+            // Only our echo replies reach the socket: a raw ICMP socket gets a
+            // copy of every ICMP message the host receives, and a flood must
+            // not keep the prober busy.
+            if fd >= 0 && (CMirrorSys_attach_echo_filter(fd, family == AF_INET6 ? 1 : 0, identifier) != 0
+                           || (try? own.register(fd)) == nil) {
+                _ = CMirrorSys_close(fd)
+                return -1
+            }
             return fd
         }
         icmp4 = open(AF_INET, Int32(IPPROTO_ICMP))
@@ -79,8 +90,8 @@ public final class HealthMonitor: @unchecked Sendable {
     deinit {
         stop()
         flags.deallocate()
-        _ = CMirrorSys_close(icmp4)
-        if icmp6 >= 0 { _ = CMirrorSys_close(icmp6) }
+        closeSocket(icmp4)
+        if icmp6 >= 0 { closeSocket(icmp6) }
     }
 
     public func stop() {
@@ -119,7 +130,7 @@ public final class HealthMonitor: @unchecked Sendable {
                     }
                 }
             }
-            for p in s.probes where p.tcp >= 0 && !keep.contains(where: { $0.slot == p.slot }) { _ = CMirrorSys_close(p.tcp) }
+            for p in s.probes where p.tcp >= 0 && !keep.contains(where: { $0.slot == p.slot }) { closeSocket(p.tcp) }
             s.probes = keep
             return result
         }
@@ -155,10 +166,11 @@ public final class HealthMonitor: @unchecked Sendable {
                 return false
             }
             if stopped { break }
-            // Wait for replies up to 20 ms, then read them all.
+            // Wait for replies up to 20 ms, then read what came, at most
+            // `Self.repliesPerTick` a socket, so probing keeps its pace.
             if poll(&fds, nfds_t(fds.count), 20) > 0 {
                 for f in fds where f.revents & Int16(POLLIN) != 0 {
-                    while true {
+                    for _ in 0..<Self.repliesPerTick {
                         var from = sockaddr_storage()
                         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
                         let n = withUnsafeMutablePointer(to: &from) {
@@ -172,7 +184,16 @@ public final class HealthMonitor: @unchecked Sendable {
                 }
             }
         }
-        state.withLock { s in for p in s.probes where p.tcp >= 0 { _ = CMirrorSys_close(p.tcp) } }
+        state.withLock { s in for p in s.probes where p.tcp >= 0 { closeSocket(p.tcp) } }
+    }
+
+    /// Replies read per socket and 20 ms tick: far more than 1024 probed
+    /// endpoints answer, and a bound on the work a flood can cause.
+    static let repliesPerTick = 256
+
+    private func closeSocket(_ fd: Int32) {
+        own.forget(fd)
+        _ = CMirrorSys_close(fd)
     }
 
     private func tick(_ s: inout State) {
@@ -185,14 +206,14 @@ public final class HealthMonitor: @unchecked Sendable {
                 var err: Int32 = 0
                 if CMirrorSys_poll1(p.tcp, Int16(POLLOUT), 0) > 0 {
                     _ = CMirrorSys_getsockopt_int(p.tcp, SOL_SOCKET, SO_ERROR, &err)
-                    _ = CMirrorSys_close(p.tcp)
+                    closeSocket(p.tcp)
                     p.tcp = -1
                     record(&p, ok: err == 0)
                     continue
                 }
             }
             if (p.seq != nil || p.tcp >= 0) && now >= p.deadline {
-                if p.tcp >= 0 { _ = CMirrorSys_close(p.tcp); p.tcp = -1 }
+                if p.tcp >= 0 { closeSocket(p.tcp); p.tcp = -1 }
                 p.seq = nil
                 record(&p, ok: false)
             }
@@ -215,9 +236,13 @@ public final class HealthMonitor: @unchecked Sendable {
             let fd = CMirrorSys_socket(p.address.isIPv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
             guard fd >= 0 else { return false }
             if mark != 0 { _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_MARK, Int32(bitPattern: mark)) }
+            guard (try? own.register(fd)) != nil else {
+                _ = CMirrorSys_close(fd)
+                return false
+            }
             let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { CMirrorSys_connect(fd, $0, len) } }
             guard rc == 0 || rc == -EINPROGRESS else {
-                _ = CMirrorSys_close(fd)
+                closeSocket(fd)
                 return false
             }
             p.tcp = fd

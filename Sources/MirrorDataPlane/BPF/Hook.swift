@@ -16,6 +16,15 @@ public enum HookKind: String, Sendable, CaseIterable {
 }
 
 /// Which ingress hook and which tc mechanism to use.
+///
+/// Ingress defaults to tc: a tc program sees the skb the stack built,
+/// after GRO, and changes nothing about the device. XDP sees each frame as
+/// the driver received it, before GRO, but attaching it is not transparent
+/// on every device: on veth it turns on NAPI and GRO for the device and
+/// takes the software segmentation offloads (TSO, GSO) off its peer, and a
+/// device without native XDP gets generic XDP, which linearises or copies
+/// super-packets with allocations that can fail. So XDP is opt-in and only
+/// ever native (docs/operations.md).
 public struct HookPolicy: Sendable, Equatable {
     public enum IngressHook: String, Sendable, CaseIterable { case xdp, tc }
     public enum TCAttach: String, Sendable, CaseIterable { case auto, tcx, netlink }
@@ -23,7 +32,7 @@ public struct HookPolicy: Sendable, Equatable {
     public var ingress: IngressHook
     public var tcAttach: TCAttach
 
-    public init(ingress: IngressHook = .xdp, tcAttach: TCAttach = .auto) {
+    public init(ingress: IngressHook = .tc, tcAttach: TCAttach = .auto) {
         self.ingress = ingress
         self.tcAttach = tcAttach
     }
@@ -69,7 +78,8 @@ public final class Hook: @unchecked Sendable {
         program: MirrorProgram, interface: String, ifindex: Int32, direction: Direction, policy: HookPolicy
     ) throws(OperationalError) -> Hook {
         if direction == .ingress && policy.ingress == .xdp {
-            let fd = CMirrorBPF_xdp_link(program.xdpIngress, ifindex, 0)
+            // Native mode only: generic XDP is never what a user wants here.
+            let fd = CMirrorBPF_xdp_link(program.xdpIngress, ifindex, Self.xdpDriverMode)
             guard fd >= 0 else { throw explainXDP(code: fd, interface: interface, ifindex: ifindex) }
             return Hook(interface: interface, ifindex: ifindex, direction: direction, kind: .xdp, linkFD: fd, programID: 0)
         }
@@ -97,11 +107,26 @@ public final class Hook: @unchecked Sendable {
         return Hook(interface: interface, ifindex: ifindex, direction: direction, kind: .netlink, linkFD: -1, programID: id)
     }
 
-    /// Removes netlink tc filters that an earlier, crashed run of
-    /// traffic-mirror left on an interface: only filters in our handle and
-    /// priority slot whose program carries our name. Returns what it removed.
-    public static func removeStaleFilters(interface: String, ifindex: Int32) -> [String] {
-        var removed = [String]()
+    /// XDP_FLAGS_DRV_MODE.
+    static let xdpDriverMode: UInt32 = 1 << 2
+
+    /// What `removeStaleFilters` found in traffic-mirror's netlink filter
+    /// slot of an interface.
+    public struct StaleFilters: Sendable {
+        /// Filters of agents that are gone, removed.
+        public var removed: [String] = []
+        /// Filters of another running agent, left alone.
+        public var othersRunning: [String] = []
+    }
+
+    /// Removes the netlink tc filters that an earlier, crashed run of
+    /// traffic-mirror left on an interface (kernels without tcx): only
+    /// filters in our handle and priority slot whose program carries our
+    /// name and whose owner (the tm_owner map of its object) is no longer
+    /// running. Call once per interface, before attaching to it: a filter of
+    /// this process or of another running agent is never removed.
+    public static func removeStaleFilters(interface: String, ifindex: Int32) -> StaleFilters {
+        var found = StaleFilters()
         for direction in Direction.allCases {
             let egress: Int32 = direction == .egress ? 1 : 0
             var id: UInt32 = 0
@@ -111,11 +136,16 @@ public final class Hook: @unchecked Sendable {
             guard CMirrorBPF_prog_info_by_id(id, &name, &type) == 0 else { continue }
             let progName = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             guard progName == "tm_tc_egress" || progName == "tm_tc_ingress" else { continue }
-            if CMirrorBPF_tc_detach(ifindex, egress) == 0 {
-                removed.append("\(interface) \(direction) (program id \(id))")
+            let what = "\(interface) \(direction) (program id \(id))"
+            var owner = tm_owner()
+            if CMirrorBPF_prog_owner(id, &owner) == 0, owner.pid != 0,
+               let alive = MirrorProgram.owner(pid: Int32(bitPattern: owner.pid)), alive.start_ticks == owner.start_ticks {
+                found.othersRunning.append("\(what), agent PID \(owner.pid)")
+                continue
             }
+            if CMirrorBPF_tc_detach(ifindex, egress) == 0 { found.removed.append(what) }
         }
-        return removed
+        return found
     }
 
     static func explainXDP(code: Int32, interface: String, ifindex: Int32) -> OperationalError {
@@ -136,7 +166,7 @@ public final class Hook: @unchecked Sendable {
         switch -code {
         case EPERM: "; the agent needs CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_NET_RAW (run as root or with the capabilities of deploy/traffic-mirror.service)"
         case ENODEV, ENXIO: "; the interface is gone"
-        case EOPNOTSUPP: "; the driver does not support this hook (try --ingress-hook tc)"
+        case EOPNOTSUPP: "; the driver has no native XDP, and traffic-mirror never uses generic XDP (use --ingress-hook tc, the default)"
         default: ""
         }
     }

@@ -1,6 +1,10 @@
 import CMirrorBPF
 import MirrorBPFObject
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The loaded BPF object: its programs and maps. Owns the libbpf object;
 /// closing it (deinit) releases every program and map the object holds.
 /// Attachments hold their own references and are owned separately.
@@ -11,12 +15,9 @@ public final class MirrorProgram: @unchecked Sendable {
     public struct Settings: Sendable {
         /// Bytes of each per-CPU ring (a power of two, at least one page).
         public var ringBytes: UInt32
-        /// skb mark of the agent's own packets (0: no loop protection).
-        public var ownMark: UInt32
 
-        public init(ringBytes: UInt32 = Settings.automaticRingBytes(), ownMark: UInt32 = MirrorProgram.defaultOwnMark) {
+        public init(ringBytes: UInt32 = Settings.automaticRingBytes()) {
             self.ringBytes = ringBytes
-            self.ownMark = ownMark
         }
 
         /// The default ring size: 128 MiB shared by the possible CPUs, from
@@ -31,9 +32,6 @@ public final class MirrorProgram: @unchecked Sendable {
             return bytes
         }
     }
-
-    /// "tmir" — the mark the agent puts on its packets and skips at egress.
-    public static let defaultOwnMark: UInt32 = 0x746D_6972
 
     private let object: OpaquePointer
     public let settings: Settings
@@ -56,6 +54,10 @@ public final class MirrorProgram: @unchecked Sendable {
     public let sampleMap: Int32
     public let rateMap: Int32
     public let ringsMap: Int32
+    public let ownerMap: Int32
+    public let ownSocketsMap: Int32
+    public let ownDestsMap: Int32
+    public let ownPortsMap: Int32
 
     /// Opens and loads the embedded object. The error names the cause and
     /// the remedy (privileges, kernel features, verifier refusal).
@@ -77,8 +79,13 @@ public final class MirrorProgram: @unchecked Sendable {
         guard rc == 0, let obj else {
             throw OperationalError("cannot open the embedded BPF object: \(SystemError("bpf_object__open_mem", code: rc)); \(Self.takeLog())")
         }
-        rc = CMirrorBPF_object_configure(obj, settings.ringBytes, UInt32(cpus), settings.ownMark)
-        if rc == 0 { rc = CMirrorBPF_object_load(obj) }
+        var template: Int32 = -1
+        rc = CMirrorBPF_object_configure(obj, settings.ringBytes, UInt32(cpus), &template)
+        if rc == 0 {
+            rc = CMirrorBPF_object_load(obj, template)
+        } else if template >= 0 {
+            close(template)
+        }
         if rc != 0 {
             let log = Self.takeLog()
             CMirrorBPF_object_close(obj)
@@ -104,16 +111,35 @@ public final class MirrorProgram: @unchecked Sendable {
         sampleMap = map("tm_sample")
         rateMap = map("tm_rate")
         ringsMap = map("tm_rings")
+        ownerMap = map("tm_owner")
+        ownSocketsMap = map("tm_own_sockets")
+        ownDestsMap = map("tm_own_dests")
+        ownPortsMap = map("tm_own_ports")
         let fds = [xdpIngress, tcEgress, tcIngress, controlMap, slotsMap, slotPlansMap, sessionsMap,
-                   valueClassesMap, addressBoundsMap, classBitsMap, ifStatsMap, sessionStatsMap, sampleMap, rateMap, ringsMap]
+                   valueClassesMap, addressBoundsMap, classBitsMap, ifStatsMap, sessionStatsMap, sampleMap, rateMap, ringsMap,
+                   ownerMap, ownSocketsMap, ownDestsMap, ownPortsMap]
         guard fds.allSatisfy({ $0 >= 0 }) else {
             CMirrorBPF_object_close(obj)
             throw OperationalError("the embedded BPF object lacks a program or map this agent expects (a build mismatch); rebuild with swift build")
         }
+        var zero: UInt32 = 0
+        let owner = Self.owner(pid: getpid())
+        if var owner { _ = CMirrorBPF_map_update(ownerMap, &zero, &owner, 0) }
     }
 
     deinit {
         CMirrorBPF_object_close(object)
+    }
+
+    /// Process `pid` as struct tm_owner (its start time tells it from a later
+    /// process with the same PID), or nil when there is no such process.
+    public static func owner(pid: Int32) -> tm_owner? {
+        guard let stat = try? String(contentsOfProcFile: "/proc/\(pid)/stat"),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        // Fields after "(comm)": state is field 3, starttime field 22.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, let start = UInt64(fields[19]) else { return nil }
+        return tm_owner(pid: UInt32(pid), reserved: 0, start_ticks: start)
     }
 
     static func takeLog() -> String {

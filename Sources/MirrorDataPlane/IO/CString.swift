@@ -19,3 +19,24 @@ func strlenCompat(_ p: UnsafePointer<CChar>) -> Int {
     while p[n] != 0 { n += 1 }
     return n
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public extension String {
+    /// Reads a /proc file (their size is 0 to stat, so read until EOF).
+    init(contentsOfProcFile path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemError("open \(path)", errno: errno) }
+        defer { close(fd) }
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        self = String(decoding: out, as: UTF8.self)
+    }
+}

@@ -105,7 +105,7 @@ static __always_inline int tm_copy(const struct tm_src *src, const int xdp,
 static __always_inline void tm_fill(struct tm_record *r, const struct tm_meta *m,
 				    const struct tm_pkt *p, const struct tm_session *s,
 				    __u32 session, __u32 bank, __u32 frame_len,
-				    __u32 cap, __u32 flags)
+				    __u32 cap, __u32 flags, __u32 first)
 {
 	/* Offsets past the MAC addresses move with a re-inserted tag. */
 	__u32 shift = m->vlan_tags ? 4 : 0;
@@ -123,7 +123,7 @@ static __always_inline void tm_fill(struct tm_record *r, const struct tm_meta *m
 	r->l4_off = (p->flags & TM_PKT_IP) && p->l4_off ? p->l4_off + shift : 0;
 	r->gso_size = m->gso_size;
 	r->gso_segs = m->gso_segs;
-	r->reserved = 0;
+	r->sample_first = (flags & TM_REC_GSO) ? first : 0;
 	if (m->vlan_tags)
 		flags |= TM_REC_VLAN_INSERTED;
 	if (p->flags & TM_PKT_FRAGMENT)
@@ -153,7 +153,7 @@ static __always_inline __u64 tm_wakeup(void *ring, __u64 size)
 			bpf_ringbuf_reserve(ring, TM_RECORD_HDR_LEN + (room), 0);  \
 		if (!r)                                                            \
 			return TM_SO_DROP_RING_FULL;                               \
-		tm_fill(r, m, p, s, session, bank, frame_len, cap, flags);         \
+		tm_fill(r, m, p, s, session, bank, frame_len, cap, flags, first);  \
 		if (tm_copy(src, xdp, m, (__u8 *)(r + 1), cap, (room))) {          \
 			bpf_ringbuf_discard(r, 0);                                 \
 			return TM_SO_DROP_CAPTURE_ERROR;                           \
@@ -166,7 +166,7 @@ static __always_inline __u64 tm_wakeup(void *ring, __u64 size)
 static __always_inline int tm_emit(const struct tm_src *src, const int xdp,
 				   const struct tm_meta *m, const struct tm_pkt *p,
 				   const struct tm_session *s, __u32 session, __u32 bank,
-				   __u32 frame_len, __u32 cap, __u32 flags)
+				   __u32 frame_len, __u32 cap, __u32 flags, __u32 first)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	void *ring = bpf_map_lookup_elem(&tm_rings, &cpu);
@@ -187,22 +187,34 @@ static __always_inline int tm_emit(const struct tm_src *src, const int xdp,
 	return TM_SO_DROP_CAPTURE_ERROR;
 }
 
-/* 1-in-N sampling, per CPU: the first of every N selected packets goes. */
-static __always_inline int tm_sampled_out(const struct tm_session *s, __u32 skey)
+/* 1-in-N sampling, per CPU, of the packets the wire carries: the first of
+ * every N goes. A GSO super-packet takes `segs` counts at once; returns how
+ * many of its segments are kept and sets the index of the first. */
+static __always_inline __u32 tm_sample(const struct tm_session *s, __u32 skey, __u32 segs, __u32 *first)
 {
-	__u64 *n;
+	__u64 *n, base;
+	__u32 every = s->sample_every, r;
 
-	if (s->sample_every <= 1)
-		return 0;
-	n = bpf_map_lookup_elem(&tm_sample, &skey);
+	*first = 0;
+	if (every <= 1)
+		return segs;
+	n = bpf_map_lookup_elem(&tm_sample_count, &skey);
 	if (!n)
+		return segs;
+	base = *n;
+	*n = base + segs;
+	r = base % every;
+	*first = r ? every - r : 0;
+	if (*first >= segs)
 		return 0;
-	return (*n)++ % s->sample_every != 0;
+	return (segs - *first - 1) / every + 1;
 }
 
-/* Token bucket in tokens * 1e9 (token-nanoseconds) so refill is exact. */
+/* Token bucket in tokens * 1e9 (token-nanoseconds) so refill is exact.
+ * `packets` wire packets of `bytes` bytes in all cost packets or bits; the
+ * config keeps burst * 1e9 well inside 64 bits (RateLimit.maxBurst). */
 static __always_inline int tm_rate_limited(const struct tm_session *s, __u32 skey,
-					   __u32 frame_len)
+					   __u32 packets, __u32 bytes)
 {
 	struct tm_rate_state *st;
 	__u64 now, cost, cap, tokens, full, elapsed;
@@ -214,7 +226,7 @@ static __always_inline int tm_rate_limited(const struct tm_session *s, __u32 ske
 	if (!st)
 		return 0;
 	now = bpf_ktime_get_ns();
-	cost = (s->rate_bits ? (__u64)frame_len * 8 : 1) * 1000000000ULL;
+	cost = (s->rate_bits ? (__u64)bytes * 8 : packets) * 1000000000ULL;
 	cap = s->burst * 1000000000ULL;
 	/* Past this much idle time the bucket is full; capping the elapsed time
 	 * first keeps elapsed * rate from overflowing. */
@@ -234,6 +246,20 @@ static __always_inline int tm_rate_limited(const struct tm_session *s, __u32 ske
 	st->tokens = tokens;
 	bpf_spin_unlock(&st->lock);
 	return limited;
+}
+
+/* Bytes of headers every segment of a GSO super-packet repeats: up to the
+ * end of the TCP header (its data offset) or of the UDP header. */
+static __always_inline __u32 tm_segment_headers(const struct tm_src *src, const int xdp,
+						const struct tm_pkt *p)
+{
+	__u8 doff;
+
+	if (!p->l4_off)
+		return p->l3_off;
+	if (p->proto == IPPROTO_TCP && !tm_load(src, xdp, p->l4_off + 12, &doff, 1))
+		return p->l4_off + (doff >> 4) * 4;
+	return p->l4_off + 8;
 }
 
 /* UDP ports of tunnels whose GSO packets carry an inner segmentation that
@@ -369,7 +395,7 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	struct tm_control *ctl;
 	struct tm_session *s;
 	__u32 zero = 0, *slotp, slot, key, bank, scope, session, skey;
-	__u32 frame_len, cap, limit, reason, flags = 0, segs;
+	__u32 frame_len, cap, limit, reason, flags = 0, segs, taken, first, wire;
 	int sid, drop;
 
 	slotp = bpf_map_lookup_elem(&tm_slots, &m->ifindex);
@@ -424,12 +450,22 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	sc->count[TM_SO_SELECTED] += segs;
 
 	frame_len = src->len + (m->vlan_tags ? 4 : 0);
-	if (tm_sampled_out(s, skey)) {
-		sc->count[TM_SO_DROP_SAMPLED_OUT] += segs;
+	taken = tm_sample(s, skey, segs, &first);
+	if (taken < segs)
+		sc->count[TM_SO_DROP_SAMPLED_OUT] += segs - taken;
+	if (!taken)
 		return;
+	/* What the kept segments weigh on the wire: each carries the headers. */
+	wire = frame_len;
+	if (segs > 1) {
+		__u32 seg = tm_segment_headers(src, xdp, p) + m->gso_size;
+
+		wire = frame_len + (segs - 1) * (seg - m->gso_size);
+		if (taken < segs && taken * seg < wire)
+			wire = taken * seg;
 	}
-	if (tm_rate_limited(s, skey, frame_len)) {
-		sc->count[TM_SO_DROP_RATE_LIMITED] += segs;
+	if (tm_rate_limited(s, skey, taken, wire)) {
+		sc->count[TM_SO_DROP_RATE_LIMITED] += taken;
 		return;
 	}
 
@@ -462,17 +498,17 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 		}
 	}
 
-	drop = tm_emit(src, xdp, m, p, s, session, bank, frame_len, cap, flags);
+	drop = tm_emit(src, xdp, m, p, s, session, bank, frame_len, cap, flags, first);
 	if (drop) {
 		if (drop == TM_SO_DROP_RING_FULL)
-			sc->count[TM_SO_DROP_RING_FULL] += segs;
+			sc->count[TM_SO_DROP_RING_FULL] += taken;
 		else
-			sc->count[TM_SO_DROP_CAPTURE_ERROR] += segs;
+			sc->count[TM_SO_DROP_CAPTURE_ERROR] += taken;
 		return;
 	}
 	if (segs > 1 && !(flags & TM_REC_GSO)) {
-		/* One truncated copy stands for the first segment. */
-		sc->count[TM_SO_DROP_GSO_UNSEGMENTED] += segs - 1;
+		/* One truncated copy stands for the first kept segment. */
+		sc->count[TM_SO_DROP_GSO_UNSEGMENTED] += taken - 1;
 	}
 	if (reason == TM_SO_TRUNCATED_LENGTH)
 		sc->count[TM_SO_TRUNCATED_LENGTH]++;

@@ -300,11 +300,18 @@ struct tm_record {
 	__u16 l4_off;    /* 0 when no transport header was found */
 	__u16 gso_size;  /* skb gso_size at tc, else 0 */
 	__u16 gso_segs;  /* skb gso_segs at tc, else 0 */
-	__u16 reserved;
+	/* TM_REC_GSO: the first segment that 1-in-N sampling kept; the next
+	 * are every sample_every-th after it (the others are counted
+	 * sampled_out already). 0 otherwise. */
+	__u16 sample_first;
 	__u8 tunnel_hdr[TM_TUNNEL_HDR_LEN];
 	/* __u8 frame[cap_len]; */
 };
 
 #define TM_RECORD_HDR_LEN 48 /* sizeof(struct tm_record), tunnel header included */
+
+_Static_assert(sizeof(struct tm_record) == TM_RECORD_HDR_LEN, "tm_record layout");
+_Static_assert(sizeof(struct tm_dest_key) == 20, "tm_dest_key layout");
+_Static_assert(sizeof(struct tm_owner) == 16, "tm_owner layout");
 
 #endif /* TM_ABI_H */

@@ -169,6 +169,8 @@ public final class MetricsExporter: Sendable {
         counter("traffic_mirror_send_batches_total", "sendmmsg batches the forwarding thread sent.", [], s.forwarder.batches)
         counter("traffic_mirror_send_backpressure_waits_total", "Times a full socket made the forwarding thread wait (EAGAIN/ENOBUFS).", [], s.forwarder.backpressureWaits)
 
+        counter("traffic_mirror_send_gso_fallbacks_total", "UDP GSO messages the kernel refused as such (EIO, EINVAL) and that went as single copies instead.",
+                [], s.forwarder.gsoFallbacks)
         gauge("traffic_mirror_own_sockets", "Sockets the agent sends from (copies, health probes), registered with the hooks so that none of their packets is mirrored.",
               [], Double(s.ownSockets))
         gauge("traffic_mirror_ring_size_bytes", "Bytes of each per-CPU ring buffer.", [], Double(s.ringBytes))

@@ -66,6 +66,6 @@ struct ReceiveCommand: ParsableCommand {
             throw ExitCode(1)
         }
         let s = receiver.stats
-        writeStderr("traffic-mirror receive: \(s.datagrams) datagrams, \(s.frames) frames written, \(s.otherVNI) of other VNIs, \(s.malformed) malformed\n")
+        writeStderr("traffic-mirror receive: \(s.datagrams) datagrams, \(s.frames) frames written, \(s.otherVNI) of other VNIs, \(s.malformed) malformed\(receiver.readerGone ? "; stopped: the reader of the output went away" : "")\n")
     }
 }

@@ -150,6 +150,9 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Trap SIGHUP first: its default action ends the process, and a
+        // reload asked for during start-up is carried out once it is done.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         let logger = logging.bootstrap()
         let config = try makeConfig()
         let options = Agent.Options(
@@ -168,7 +171,8 @@ struct RunCommand: AsyncParsableCommand {
         let group = ServiceGroup(configuration: .init(
             services: [
                 .init(service: MetricsServer.make(host: metrics.host, port: Int(metrics.port!), exporter: exporter, logger: logger)),
-                .init(service: AgentService(options: options, config: config, configPath: self.config, reference: reference, logger: logger)),
+                .init(service: AgentService(options: options, config: config, configPath: self.config, hangups: hangups,
+                                            reference: reference, logger: logger)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
@@ -191,6 +195,8 @@ struct AgentService: Service {
     let config: MirrorConfig
     /// The file SIGHUP reloads; nil for the quick flags.
     let configPath: String?
+    /// SIGHUPs since the process started.
+    let hangups: UnixSignalsSequence
     let reference: AgentReference
     let logger: Logger
 
@@ -215,7 +221,7 @@ struct AgentService: Service {
         // SIGHUP reloads the file until graceful shutdown begins.
         await withDiscardingTaskGroup { group in
             group.addTask {
-                for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+                for await _ in hangups.cancelOnGracefulShutdown() {
                     reload(agent)
                 }
             }

@@ -86,7 +86,8 @@ struct ConfigTests {
         ("sample range", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, sample: 0}", "sessions[0].sample: 0 is out of range 1...1000000"),
         ("rate both", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, rate_limit: {packets_per_second: 10, bits_per_second: 10000}}", "sessions[0].rate_limit: give packets_per_second or bits_per_second, not both"),
         ("rate none", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, rate_limit: {burst: 10}}", "sessions[0].rate_limit: needs packets_per_second or bits_per_second"),
-        ("small bit burst", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, rate_limit: {bits_per_second: 1000000, burst: 1000}}", "cannot hold one large frame"),
+        ("small bit burst", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, rate_limit: {bits_per_second: 1000000, burst: 1000}}", "cannot hold one GSO super-packet"),
+        ("huge burst", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, rate_limit: {bits_per_second: 1000000000000, burst: 1000000000000}}", "sessions[0].rate_limit.burst: 1000000000000 is out of range"),
         ("no sessions", "sessions: []", "sessions: at least one session is required"),
         ("syntax", "sessions: [", "config: not valid YAML"),
     ]

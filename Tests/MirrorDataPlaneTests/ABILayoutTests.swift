@@ -25,7 +25,17 @@ struct ABILayoutTests {
         #expect(MemoryLayout<R>.offset(of: \.l4_off) == RecordLayout.l4Off)
         #expect(MemoryLayout<R>.offset(of: \.gso_size) == RecordLayout.gsoSize)
         #expect(MemoryLayout<R>.offset(of: \.gso_segs) == RecordLayout.gsoSegs)
+        #expect(MemoryLayout<R>.offset(of: \.sample_first) == RecordLayout.sampleFirst)
         #expect(MemoryLayout<R>.offset(of: \.tunnel_hdr) == RecordLayout.tunnelHeader)
+    }
+
+    @Test("own-output and owner structs keep their layout")
+    func ownOutput() {
+        #expect(MemoryLayout<tm_dest_key>.size == 20)
+        #expect(MemoryLayout<tm_dest_key>.offset(of: \.port) == 16)
+        #expect(MemoryLayout<tm_dest_key>.offset(of: \.family) == 18)
+        #expect(MemoryLayout<tm_owner>.size == 16)
+        #expect(MemoryLayout<tm_owner>.offset(of: \.start_ticks) == 8)
     }
 
     @Test("record flags, limits and field ids match")

@@ -91,13 +91,13 @@ struct {
 	__type(value, struct tm_session_counters);
 } tm_session_stats SEC(".maps");
 
-/* Per-CPU count of selected packets per session, for 1-in-N sampling. */
+/* Per-CPU count of selected wire packets per session, for 1-in-N sampling. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, TM_BANKS * TM_MAX_SESSIONS);
 	__type(key, __u32);
 	__type(value, __u64);
-} tm_sample SEC(".maps");
+} tm_sample_count SEC(".maps");
 
 /* Token bucket per session, shared by all CPUs (hence the lock). */
 struct tm_rate_state {

@@ -393,12 +393,14 @@ struct Checker {
         let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
         let pps = integer(d["packets_per_second"], "\(path).packets_per_second", 1...1_000_000_000)
         let bps = integer(d["bits_per_second"], "\(path).bits_per_second", 1_000...1_000_000_000_000)
-        let burst = integer(d["burst"], "\(path).burst", 1...1_000_000_000_000)
+        // The kernel keeps the bucket in token-nanoseconds (exact refill):
+        // RateLimit.maxBurst keeps twice the depth in 64 bits.
+        let burst = integer(d["burst"], "\(path).burst", 1...Int(RateLimit.maxBurst))
         switch (pps, bps) {
         case let (p?, nil): return RateLimit(unit: .packets, perSecond: UInt64(p), burst: burst.map(UInt64.init))
         case let (nil, b?):
-            if let burst, burst < 65536 * 8 {
-                fail("\(path).burst", d["burst"], "\(burst) bits cannot hold one large frame; use at least 524288")
+            if let burst, burst < RateLimit.minBitBurst {
+                fail("\(path).burst", d["burst"], "\(burst) bits cannot hold one GSO super-packet (64 KiB and its segments' headers); use at least \(RateLimit.minBitBurst)")
             }
             return RateLimit(unit: .bits, perSecond: UInt64(b), burst: burst.map(UInt64.init))
         case (_?, _?):

@@ -110,13 +110,21 @@ public struct RateLimit: Sendable, Equatable {
 
     public var unit: Unit
     public var perSecond: UInt64
-    /// Bucket depth in the same unit; default: one second's worth.
+    /// Bucket depth in the same unit; default: one second's worth, at most
+    /// `maxBurst`.
     public var burst: UInt64
+
+    /// The deepest bucket: the kernel counts token-nanoseconds, and twice
+    /// 4·10⁹ tokens · 10⁹ ns plus a second's refill still fit 64 bits.
+    public static let maxBurst: UInt64 = 4_000_000_000
+    /// The shallowest bucket in bits: a GSO super-packet (64 KiB) costs its
+    /// wire bytes, headers of every segment included, at once.
+    public static let minBitBurst = 1 << 20
 
     public init(unit: Unit, perSecond: UInt64, burst: UInt64? = nil) {
         self.unit = unit
         self.perSecond = perSecond
-        self.burst = burst ?? perSecond
+        self.burst = burst ?? min(perSecond, Self.maxBurst)
     }
 }
 

@@ -17,6 +17,7 @@ public enum RecordLayout {
     public static let l4Off = 32
     public static let gsoSize = 34
     public static let gsoSegs = 36
+    public static let sampleFirst = 38
     public static let tunnelHeader = 40
 
     /// `enum tm_record_flags`.
@@ -70,6 +71,8 @@ public struct RecordView {
     @inlinable public var l4Offset: Int { Int(u16(RecordLayout.l4Off)) }
     @inlinable public var gsoSize: Int { Int(u16(RecordLayout.gsoSize)) }
     @inlinable public var gsoSegments: Int { Int(u16(RecordLayout.gsoSegs)) }
+    /// For GSO records: the first segment sampling kept (see tm_abi.h).
+    @inlinable public var sampleFirst: Int { Int(u16(RecordLayout.sampleFirst)) }
 
     /// The tunnel header followed by the captured frame: what goes after the
     /// outer UDP header, contiguous in the ring.

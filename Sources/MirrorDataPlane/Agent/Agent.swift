@@ -269,6 +269,7 @@ public final class Agent: @unchecked Sendable {
         forwarder.install(
             ForwardingTable(targets: targets, sessionNames: plan.sessions.map(\.name),
                             sessionTargets: plan.sessions.map(\.target), packetLengths: plan.sessions.map(\.packetLength),
+                            sampleEvery: kernelSessions.map { Int($0.sampleEvery) },
                             counters: forwarder.counters, health: health.flags, healthSlots: healthSlots),
             bank: bank)
 

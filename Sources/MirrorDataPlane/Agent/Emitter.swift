@@ -99,6 +99,10 @@ final class Emitter {
     private var runCount = 0
     private var n4 = 0, n6 = 0
     private var identification: UInt16 = 0
+    /// When the current flush stops waiting for a full socket (0: it has
+    /// not waited yet): one back-pressure budget per flush, however many
+    /// sends it takes.
+    private var deadline: UInt64 = 0
     var lastSendError: Int32 = 0
     var sendErrorsSinceLog = 0
 
@@ -187,6 +191,7 @@ final class Emitter {
     /// Sends everything built, then counts each packet once.
     func flush() {
         guard descriptorCount > 0, let table else { return }
+        deadline = 0
         formRuns()
         for r in 0..<runCount {
             let run = runs[r]
@@ -309,7 +314,6 @@ final class Emitter {
     private func sendSingles(_ fd: Int32, _ msgs: UnsafeMutablePointer<CMirrorSys_mmsghdr>, _ meta: UnsafeMutablePointer<Int32>,
                              _ count: Int, _ table: ForwardingTable) {
         var i = 0
-        var deadline: UInt64 = 0
         while i < count {
             let r = CMirrorSys_sendmmsg(fd, msgs + i, UInt32(count - i), Int32(MSG_DONTWAIT))
             if r > 0 {
@@ -319,7 +323,7 @@ final class Emitter {
             }
             let err = -r
             if err == EAGAIN || err == ENOBUFS {
-                if waitWritable(fd, &deadline) { continue }
+                if waitWritable(fd) { continue }
                 for j in i..<count { failed(table, Int(meta[j]), .backpressure) }
                 return
             }
@@ -334,7 +338,9 @@ final class Emitter {
     }
 
     /// One UDP GSO message for a run: the payloads back to back, cut by the
-    /// kernel every `run.length` bytes.
+    /// kernel every `run.length` bytes. A message the kernel refuses as such
+    /// (EIO, EINVAL: a device or path that cannot segment it) goes as single
+    /// copies instead.
     private func sendRun(_ table: ForwardingTable, _ run: Run, fd: Int32) {
         var n = 0
         var d = Int(run.first)
@@ -362,7 +368,6 @@ final class Emitter {
         gsoControl.storeBytes(of: UInt16(run.length), toByteOffset: MemoryLayout<cmsghdr>.size, as: UInt16.self)
         hdr.msg_control = gsoControl
         hdr.msg_controllen = (cmsgLength + 7) & ~7
-        var deadline: UInt64 = 0
         while true {
             let r = CMirrorSys_sendmsg(fd, &hdr, Int32(MSG_DONTWAIT))
             if r >= 0 {
@@ -372,7 +377,14 @@ final class Emitter {
             }
             let err = -r
             if err == EINTR { continue }
-            if (err == EAGAIN || err == ENOBUFS) && waitWritable(fd, &deadline) { continue }
+            if (err == EAGAIN || err == ENOBUFS) && waitWritable(fd) { continue }
+            if err == EIO || err == EINVAL {
+                counters.addGSOFallback()
+                var d = Int(run.first)
+                while d >= 0 { addSingle(table, d); d = Int(descriptors[d].next) }
+                sendSingles(table)
+                return
+            }
             let reason: UserDropReason = err == EAGAIN || err == ENOBUFS ? .backpressure : .sendFailed
             if reason == .sendFailed {
                 lastSendError = err
@@ -384,9 +396,10 @@ final class Emitter {
         }
     }
 
-    /// Waits up to the backpressure budget (from the first wait) for room.
+    /// Waits up to the backpressure budget (from the flush's first wait)
+    /// for room.
     @inline(__always)
-    private func waitWritable(_ fd: Int32, _ deadline: inout UInt64) -> Bool {
+    private func waitWritable(_ fd: Int32) -> Bool {
         counters.addBackpressureWait()
         let now = CMirrorSys_monotonic_ns()
         if deadline == 0 { deadline = now + settings.backpressureBudgetNanoseconds }

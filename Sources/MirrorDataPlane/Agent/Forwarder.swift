@@ -20,6 +20,9 @@ public final class ForwardingTable: @unchecked Sendable {
         /// here to GSO segments; Int32.max for none.
         var limit: Int32
         var limitIsLength: Bool
+        /// 1-in-N sampling: of a GSO record's segments, every N-th from its
+        /// sampleFirst is kept (1: all).
+        var sampleEvery: Int32
     }
 
     struct TargetInfo {
@@ -58,7 +61,7 @@ public final class ForwardingTable: @unchecked Sendable {
     /// `packetLengths[i]` its packet_length; `healthSlots` gives each
     /// probed endpoint's slot by key.
     init(targets: [ResolvedTarget], sessionNames: [String], sessionTargets: [Int], packetLengths: [Int?],
-         counters: ForwarderCounters, health: UnsafeMutablePointer<UInt32>, healthSlots: [String: Int]) {
+         sampleEvery: [Int], counters: ForwarderCounters, health: UnsafeMutablePointer<UInt32>, healthSlots: [String: Int]) {
         self.targets = targets
         self.sessionNames = sessionNames
         self.health = health
@@ -72,7 +75,8 @@ public final class ForwardingTable: @unchecked Sendable {
             let length = packetLengths[i] ?? Int(Int32.max)
             (sessions + i).initialize(to: SessionInfo(
                 target: Int32(t), pair: Int32(pair), slot: Int32(slot),
-                limit: Int32(min(length, mtuLimit, Int(Int32.max))), limitIsLength: length <= mtuLimit))
+                limit: Int32(min(length, mtuLimit, Int(Int32.max))), limitIsLength: length <= mtuLimit,
+                sampleEvery: Int32(max(1, sampleEvery[i]))))
         }
         let endpointCount = targets.reduce(0) { $0 + $1.endpoints.count }
         targetInfo = .allocate(capacity: max(1, targets.count))
@@ -395,22 +399,27 @@ public final class Forwarder: @unchecked Sendable {
     /// session's limits applied to each segment.
     private func forwardSegments(_ r: RecordView, _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo) {
         let expected = r.gsoSegments
+        // The segments sampling kept (the kernel counted the others).
+        let step = Int(s.sampleEvery)
+        let kept = r.sampleFirst < expected ? (expected - r.sampleFirst - 1) / step + 1 : 0
         guard let seg = GSOSegmenter(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset,
                                      l4Protocol: r.l4Protocol, gsoSize: r.gsoSize) else {
             // Headers too long to rewrite: the first bytes go as one copy.
             forwardTruncated(r, table, s)
-            if expected > 1 { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, expected - 1) }
+            if kept > 1 { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, kept - 1) }
             return
         }
         let copies = choose(table, s, hash: r.flowHash)
         let n = min(seg.segmentCount, expected)
         guard copies > 0 else {
-            counters.addDrops(session: Int(s.slot), .noEndpoint, expected)
+            counters.addDrops(session: Int(s.slot), .noEndpoint, kept)
             return
         }
         let tunnel = UnsafeMutableRawPointer(mutating: r.payload.baseAddress!)
         let frameBase = UnsafeMutableRawPointer(mutating: r.frame.baseAddress!)
-        for i in 0..<n {
+        var sentSegments = 0
+        for i in stride(from: r.sampleFirst, to: n, by: step) {
+            sentSegments += 1
             let (h, v) = emitter.beginPacket(copies: copies, table: table)
             let headers = h + Self.segmentHeadersAt
             seg.writeHeaders(i, to: headers)
@@ -428,7 +437,7 @@ public final class Forwarder: @unchecked Sendable {
             emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: 3,
                               length: TunnelHeader.length + headerBytes + payloadBytes, hash: r.flowHash)
         }
-        if n < expected { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, expected - n) }
+        if sentSegments < kept { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, kept - sentSegments) }
     }
 
     /// The first bytes of a record that cannot be segmented, within the

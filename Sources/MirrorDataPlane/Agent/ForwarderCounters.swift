@@ -67,6 +67,7 @@ public final class ForwarderCounters: @unchecked Sendable {
     let endpointCounts: UnsafeMutablePointer<UInt64>
     let batches: UnsafeMutablePointer<UInt64>
     let backpressureWaits: UnsafeMutablePointer<UInt64>
+    let gsoFallbacks: UnsafeMutablePointer<UInt64>
 
     private struct Registry {
         var pairs: [Pair: Int] = [:]
@@ -108,6 +109,8 @@ public final class ForwarderCounters: @unchecked Sendable {
         batches.initialize(to: 0)
         backpressureWaits = .allocate(capacity: 1)
         backpressureWaits.initialize(to: 0)
+        gsoFallbacks = .allocate(capacity: 1)
+        gsoFallbacks.initialize(to: 0)
     }
 
     deinit {
@@ -118,6 +121,7 @@ public final class ForwarderCounters: @unchecked Sendable {
         endpointCounts.deallocate()
         batches.deallocate()
         backpressureWaits.deallocate()
+        gsoFallbacks.deallocate()
     }
 
     /// The slot of a (session, target) pair, created on first use; the
@@ -185,6 +189,10 @@ public final class ForwarderCounters: @unchecked Sendable {
     @inline(__always)
     func addBackpressureWait() { CMirrorSys_add_relaxed_u64(backpressureWaits, 1) }
 
+    /// A UDP GSO message the kernel refused as such went as single copies.
+    @inline(__always)
+    func addGSOFallback() { CMirrorSys_add_relaxed_u64(gsoFallbacks, 1) }
+
     // MARK: readers
 
     /// Batches forwarded so far (reads one counter; allocates nothing).
@@ -202,6 +210,7 @@ public final class ForwarderCounters: @unchecked Sendable {
         public var unattributedDrops: [UserDropReason: UInt64]
         public var batches: UInt64
         public var backpressureWaits: UInt64
+        public var gsoFallbacks: UInt64
     }
 
     public func snapshot() -> Snapshot {
@@ -236,6 +245,7 @@ public final class ForwarderCounters: @unchecked Sendable {
         return Snapshot(sent: sent, drops: d, truncations: t, endpoints: e,
                         unattributedSent: CMirrorSys_load_relaxed_u64(sentPackets + Self.unattributedPair),
                         unattributedDrops: unattributed, batches: CMirrorSys_load_relaxed_u64(batches),
-                        backpressureWaits: CMirrorSys_load_relaxed_u64(backpressureWaits))
+                        backpressureWaits: CMirrorSys_load_relaxed_u64(backpressureWaits),
+                        gsoFallbacks: CMirrorSys_load_relaxed_u64(gsoFallbacks))
     }
 }

@@ -108,7 +108,7 @@ public final class MirrorProgram: @unchecked Sendable {
         classBitsMap = map("tm_class_bits")
         ifStatsMap = map("tm_if_stats")
         sessionStatsMap = map("tm_session_stats")
-        sampleMap = map("tm_sample")
+        sampleMap = map("tm_sample_count")
         rateMap = map("tm_rate")
         ringsMap = map("tm_rings")
         ownerMap = map("tm_owner")

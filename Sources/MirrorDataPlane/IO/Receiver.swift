@@ -38,6 +38,8 @@ public final class Receiver {
     let sockets: [Int32]
     let output: Int32
     public private(set) var stats = Stats()
+    /// The reader of the output went away (EPIPE): nothing more can be written.
+    public private(set) var readerGone = false
 
     /// Binds every listen address; `output` is the fd the pcap goes to.
     public init(options: Options, output: Int32) throws(OperationalError) {
@@ -79,7 +81,7 @@ public final class Receiver {
 
     /// Receives until `--count` frames are written, a stop signal
     /// (CMirrorSys_trap_stop_signals) arrives, or the reader of the output
-    /// goes away. Throws when writing fails otherwise.
+    /// goes away (`readerGone`). Throws when writing fails otherwise.
     public func run() throws(OperationalError) {
         var out = PcapWriter.fileHeader()
         try flush(&out)
@@ -92,10 +94,10 @@ public final class Receiver {
             buffers.deallocate(); controls.deallocate(); iovs.deallocate(); msgs.deallocate(); names.deallocate()
         }
         var pfds = sockets.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        while CMirrorSys_stop_requested() == 0 {
+        while CMirrorSys_stop_requested() == 0 && !readerGone {
             if let c = options.count, stats.frames >= c { break }
             guard poll(&pfds, nfds_t(pfds.count), 100) > 0 else { continue }
-            for p in pfds where p.revents & Int16(POLLIN) != 0 {
+            for p in pfds where p.revents & Int16(POLLIN) != 0 && !readerGone {
                 for i in 0..<Self.batch {
                     iovs[i] = iovec(iov_base: buffers + i * Self.bufferSize, iov_len: Self.bufferSize)
                     var h = msghdr()
@@ -158,7 +160,10 @@ public final class Receiver {
         guard !out.isEmpty else { return }
         let rc = out.withUnsafeBytes { CMirrorSys_write_all(output, $0.baseAddress, $0.count) }
         out.removeAll(keepingCapacity: true)
-        if rc == -EPIPE { return } // the reader left; the loop ends on the next stop check
+        if rc == -EPIPE {
+            readerGone = true
+            return
+        }
         guard rc == 0 else { throw OperationalError("writing the pcap: \(SystemError("write", code: rc))") }
     }
 }

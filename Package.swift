@@ -54,7 +54,7 @@ let package = Package(
         .executableTarget(
             name: "traffic-mirror",
             dependencies: [
-                "MirrorCore", "MirrorDataPlane", "MirrorMetrics", "MirrorBPFObject", "CMirrorBPF",
+                "MirrorCore", "MirrorDataPlane", "MirrorMetrics", "MirrorBPFObject", "CMirrorBPF", "CMirrorSys",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -110,10 +110,18 @@ struct tm_session_counters {
 /* ---- Plan (written by user space, read by the hooks) -------------------- */
 
 /* tm_control[0]: which bank the hooks read. Flipped with one 4-byte write;
- * a hook reads it once per packet, so no packet sees half a plan. */
+ * a hook reads it once per packet, so no packet sees half a plan.
+ *
+ * It also names the process that loaded the object (every program uses
+ * this map, so it is found from any of them): a netlink tc filter outlives
+ * a crashed agent (kernels without tcx), and the next start removes a
+ * filter of ours only when its owner is gone, never a running agent's. */
 struct tm_control {
 	__u32 active_bank;
-	__u32 generation; /* counts flips; informational */
+	__u32 generation;  /* counts flips; informational */
+	__u32 owner_pid;
+	__u32 reserved;
+	__u64 owner_start; /* field 22 of /proc/PID/stat: start time since boot */
 };
 
 enum tm_session_flags {
@@ -257,15 +265,6 @@ struct tm_dest_key {
 /* Target endpoints (config limit: 64 per target) and learned destinations. */
 #define TM_MAX_OWN_DESTS 4096
 
-/* tm_owner[0]: the process that loaded this object. A netlink tc filter
- * outlives a crashed agent (kernels without tcx); the next start removes a
- * filter of ours only when its owner is gone, never a running agent's. */
-struct tm_owner {
-	__u32 pid;
-	__u32 reserved;
-	__u64 start_ticks; /* field 22 of /proc/PID/stat: start time since boot */
-};
-
 /* ---- Ring records (kernel -> user space) -------------------------------- */
 
 enum tm_record_flags {
@@ -312,6 +311,6 @@ struct tm_record {
 
 _Static_assert(sizeof(struct tm_record) == TM_RECORD_HDR_LEN, "tm_record layout");
 _Static_assert(sizeof(struct tm_dest_key) == 20, "tm_dest_key layout");
-_Static_assert(sizeof(struct tm_owner) == 16, "tm_owner layout");
+_Static_assert(sizeof(struct tm_control) == 24, "tm_control layout");
 
 #endif /* TM_ABI_H */

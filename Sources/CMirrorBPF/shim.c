@@ -282,7 +282,7 @@ int CMirrorBPF_prog_info_by_id(uint32_t id, char name[16], uint32_t *type)
 	return 0;
 }
 
-int CMirrorBPF_prog_owner(uint32_t prog_id, struct tm_owner *owner)
+int CMirrorBPF_prog_control(uint32_t prog_id, struct tm_control *control)
 {
 	struct bpf_prog_info info;
 	__u32 len = sizeof(info), ids[64], n, i, key = 0;
@@ -307,9 +307,9 @@ int CMirrorBPF_prog_owner(uint32_t prog_id, struct tm_owner *owner)
 		if (mfd < 0)
 			continue;
 		memset(&mi, 0, sizeof(mi));
-		if (bpf_obj_get_info_by_fd(mfd, &mi, &mlen) == 0 && strcmp(mi.name, "tm_owner") == 0 &&
-		    mi.value_size == sizeof(*owner)) {
-			err = neg_errno(bpf_map_lookup_elem(mfd, &key, owner));
+		if (bpf_obj_get_info_by_fd(mfd, &mi, &mlen) == 0 && strcmp(mi.name, "tm_control") == 0 &&
+		    mi.value_size == sizeof(*control)) {
+			err = neg_errno(bpf_map_lookup_elem(mfd, &key, control));
 			close(mfd);
 			return err;
 		}

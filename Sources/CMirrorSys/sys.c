@@ -354,7 +354,37 @@ void CMirrorSys_trap_stop_signals(void)
 	sa.sa_handler = on_stop;
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+}
+
+static volatile sig_atomic_t early_hangup;
+
+static void note_hangup(int sig)
+{
+	(void)sig;
+	early_hangup = 1;
+}
+
+/* Before main: SIGHUP's default action ends the process, and `run` traps it
+ * only once Swift's runtime and the argument parser are up. A SIGHUP that
+ * comes earlier (a reload asked for right after start) is noted here, to be
+ * carried out once the agent runs. */
+__attribute__((constructor)) static void catch_early_hangup(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = note_hangup;
+	sigaction(SIGHUP, &sa, NULL);
+}
+
+int CMirrorSys_take_early_hangup(void)
+{
+	int v = early_hangup;
+
+	early_hangup = 0;
+	return v;
 }
 
 int CMirrorSys_stop_requested(void)

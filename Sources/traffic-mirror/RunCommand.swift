@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMirrorSys
 import Logging
 import MirrorCore
 import MirrorBPFObject
@@ -83,8 +84,8 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Records per sendmmsg batch, 1...4096.", valueName: "n"))
     var batchSize: Int = 256
 
-    @Flag(inversion: .prefixedNo, help: "Send runs of one flow's copies as UDP GSO messages, from UDP sockets bound to the flows' source ports in 49152...65535 (--no-udp-gso: every copy by the raw sockets, no port bound).")
-    var udpGso = true
+    @Flag(inversion: .prefixedNo, help: "Send runs of one flow's copies as UDP GSO messages, from UDP sockets bound to the flows' source ports in 49152...65535 (up to 16384 per family, ports other programs may want). Default: off, every copy leaves by the two raw sockets, many per sendmmsg, and no port is bound.")
+    var udpGso = false
 
     @Option(help: ArgumentHelp("SO_MARK for the agent's sockets, for policy routing of the copies (default: none). The hooks never use marks to recognise the copies; avoid the bits kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00, 0xffff0000) give meanings.", valueName: "mark"))
     var socketMark: String?
@@ -218,6 +219,8 @@ struct AgentService: Service {
                 ])
             }
         }
+        // A SIGHUP before `run` trapped it (CMirrorSys notes those).
+        if CMirrorSys_take_early_hangup() != 0 { reload(agent) }
         // SIGHUP reloads the file until graceful shutdown begins.
         await withDiscardingTaskGroup { group in
             group.addTask {

@@ -125,7 +125,12 @@ struct MirrorEndToEndTests {
             if i % 20 == 0 { usleep(2000) }
         }
         // The kernels' own traffic: ARP, a TCP exchange, UDP to a closed
-        // port and the ICMP errors it draws.
+        // port and the ICMP errors it draws. The client sends from both
+        // CPUs (from its thread, and from the softirq of the ACKs it gets),
+        // and without XDP veth hands each packet to the backlog of the CPU
+        // that sent it: RPS steers m0's receive to CPU 0, so the order of
+        // m0's ingress is one order, the same for tcpdump and the hook.
+        try lab.exec(topo.mon, ["sh", "-c", "echo 1 > /sys/class/net/m0/queues/rx-0/rps_cpus"])
         try TCPExchange.run(lab: lab, serverNS: topo.mon, serverAddress: .v4([198, 18, 0, 2]), port: 18080,
                             clientNS: topo.src, bytes: 200_000)
         try lab.exec(topo.src, ["bash", "-c", "for i in $(seq 1 20); do echo probe > /dev/udp/198.18.0.2/9; done"])
@@ -210,7 +215,7 @@ struct MirrorEndToEndTests {
         #expect(after.none, "nothing attached after SIGTERM: \(after)")
     }
 
-    @Test("UDP GSO: runs of a TCP flow's copies leave as GSO messages from a bound port; --no-udp-gso sends each alone and binds none")
+    @Test("--udp-gso: runs of a TCP flow's copies leave as GSO messages from a bound port; by default each leaves alone and no port is bound")
     func udpGSOSwitch() throws {
         for gso in [true, false] {
             let topo = try Topology(vni: 42)
@@ -218,7 +223,7 @@ struct MirrorEndToEndTests {
             defer { lab.teardown() }
             let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
             let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--vni", "42"]
-                                            + (gso ? [] : ["--no-udp-gso"]))
+                                            + (gso ? ["--udp-gso"] : []))
             try TCPExchange.run(lab: lab, serverNS: topo.mon, serverAddress: .v4([198, 18, 0, 2]), port: 18080,
                                 clientNS: topo.src, bytes: 2_000_000)
             try wire.settle()

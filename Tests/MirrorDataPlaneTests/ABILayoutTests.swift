@@ -34,8 +34,8 @@ struct ABILayoutTests {
         #expect(MemoryLayout<tm_dest_key>.size == 20)
         #expect(MemoryLayout<tm_dest_key>.offset(of: \.port) == 16)
         #expect(MemoryLayout<tm_dest_key>.offset(of: \.family) == 18)
-        #expect(MemoryLayout<tm_owner>.size == 16)
-        #expect(MemoryLayout<tm_owner>.offset(of: \.start_ticks) == 8)
+        #expect(MemoryLayout<tm_control>.size == 24)
+        #expect(MemoryLayout<tm_control>.offset(of: \.owner_start) == 16)
     }
 
     @Test("record flags, limits and field ids match")

@@ -8,7 +8,7 @@
 #include <bpf/bpf_helpers.h>
 #include "../tm_abi.h"
 
-/* Which plan bank the hooks read (entry 0). */
+/* Which plan bank the hooks read, and who loaded the object (entry 0). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -112,14 +112,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tm_rate_state);
 } tm_rate SEC(".maps");
-
-/* Who loaded this object (entry 0): see struct tm_owner. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct tm_owner);
-} tm_owner SEC(".maps");
 
 /* Cookies of the agent's sockets (see tm_abi.h): cookie -> 1. */
 struct {

@@ -48,9 +48,9 @@ void CMirrorBPF_object_close(struct bpf_object *obj);
 int CMirrorBPF_object_map_fd(struct bpf_object *obj, const char *name);
 int CMirrorBPF_object_prog_fd(struct bpf_object *obj, const char *name);
 
-/* The owner (struct tm_owner) recorded in the tm_owner map of the object
- * that program `prog_id` belongs to; -ENOENT when it has none. */
-int CMirrorBPF_prog_owner(uint32_t prog_id, struct tm_owner *owner);
+/* The tm_control entry (its owner) of the object that program `prog_id`
+ * belongs to; -ENOENT when it has none. */
+int CMirrorBPF_prog_control(uint32_t prog_id, struct tm_control *control);
 
 /* ---- maps ---- */
 

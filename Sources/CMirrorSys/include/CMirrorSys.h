@@ -68,10 +68,13 @@ int CMirrorSys_pin_thread(int cpu);
 /* Number of CPUs online. */
 int CMirrorSys_cpu_count(void);
 
-/* SIGINT and SIGTERM set a flag (and SIGPIPE is ignored) for programs
- * that poll `CMirrorSys_stop_requested` in their loop. */
+/* SIGINT, SIGTERM and SIGHUP set a flag (and SIGPIPE is ignored) for
+ * programs that poll `CMirrorSys_stop_requested` in their loop. */
 void CMirrorSys_trap_stop_signals(void);
 int CMirrorSys_stop_requested(void);
+/* Whether a SIGHUP came before the program trapped it itself (a handler
+ * installed before main notes it); clears the note. */
+int CMirrorSys_take_early_hangup(void);
 
 /* Opens a file for writing (created, truncated), or -errno. */
 int CMirrorSys_open_write(const char *path);

@@ -139,13 +139,13 @@ public final class Forwarder: @unchecked Sendable {
         /// sooner.
         public var idleWaitNanoseconds: UInt64
         /// Whether runs of one flow's copies leave as UDP GSO messages (from
-        /// UDP sockets bound to the flows' source ports); off, every copy
-        /// leaves by the raw sockets and no port is bound.
+        /// UDP sockets bound to the flows' source ports); off (the default),
+        /// every copy leaves by the raw sockets and no port is bound.
         public var udpGSO: Bool
 
         public init(batchSize: Int = 256, backpressureBudgetNanoseconds: UInt64 = 2_000_000,
                     drainIntervalNanoseconds: UInt64 = 1_000_000, idleWaitNanoseconds: UInt64 = 5_000_000,
-                    udpGSO: Bool = true) {
+                    udpGSO: Bool = false) {
             self.batchSize = batchSize
             self.backpressureBudgetNanoseconds = backpressureBudgetNanoseconds
             self.drainIntervalNanoseconds = drainIntervalNanoseconds

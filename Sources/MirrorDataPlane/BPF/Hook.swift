@@ -122,7 +122,7 @@ public final class Hook: @unchecked Sendable {
     /// Removes the netlink tc filters that an earlier, crashed run of
     /// traffic-mirror left on an interface (kernels without tcx): only
     /// filters in our handle and priority slot whose program carries our
-    /// name and whose owner (the tm_owner map of its object) is no longer
+    /// name and whose owner (named in its object's tm_control) is no longer
     /// running. Call once per interface, before attaching to it: a filter of
     /// this process or of another running agent is never removed.
     public static func removeStaleFilters(interface: String, ifindex: Int32) -> StaleFilters {
@@ -137,10 +137,10 @@ public final class Hook: @unchecked Sendable {
             let progName = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             guard progName == "tm_tc_egress" || progName == "tm_tc_ingress" else { continue }
             let what = "\(interface) \(direction) (program id \(id))"
-            var owner = tm_owner()
-            if CMirrorBPF_prog_owner(id, &owner) == 0, owner.pid != 0,
-               let alive = MirrorProgram.owner(pid: Int32(bitPattern: owner.pid)), alive.start_ticks == owner.start_ticks {
-                found.othersRunning.append("\(what), agent PID \(owner.pid)")
+            var owner = tm_control()
+            if CMirrorBPF_prog_control(id, &owner) == 0, owner.owner_pid != 0,
+               MirrorProgram.startTime(pid: Int32(bitPattern: owner.owner_pid)) == owner.owner_start {
+                found.othersRunning.append("\(what), agent PID \(owner.owner_pid)")
                 continue
             }
             if CMirrorBPF_tc_detach(ifindex, egress) == 0 { found.removed.append(what) }

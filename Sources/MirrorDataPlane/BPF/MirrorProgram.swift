@@ -54,7 +54,6 @@ public final class MirrorProgram: @unchecked Sendable {
     public let sampleMap: Int32
     public let rateMap: Int32
     public let ringsMap: Int32
-    public let ownerMap: Int32
     public let ownSocketsMap: Int32
     public let ownDestsMap: Int32
     public let ownPortsMap: Int32
@@ -111,35 +110,38 @@ public final class MirrorProgram: @unchecked Sendable {
         sampleMap = map("tm_sample_count")
         rateMap = map("tm_rate")
         ringsMap = map("tm_rings")
-        ownerMap = map("tm_owner")
         ownSocketsMap = map("tm_own_sockets")
         ownDestsMap = map("tm_own_dests")
         ownPortsMap = map("tm_own_ports")
         let fds = [xdpIngress, tcEgress, tcIngress, controlMap, slotsMap, slotPlansMap, sessionsMap,
                    valueClassesMap, addressBoundsMap, classBitsMap, ifStatsMap, sessionStatsMap, sampleMap, rateMap, ringsMap,
-                   ownerMap, ownSocketsMap, ownDestsMap, ownPortsMap]
+                   ownSocketsMap, ownDestsMap, ownPortsMap]
         guard fds.allSatisfy({ $0 >= 0 }) else {
             CMirrorBPF_object_close(obj)
             throw OperationalError("the embedded BPF object lacks a program or map this agent expects (a build mismatch); rebuild with swift build")
         }
         var zero: UInt32 = 0
-        let owner = Self.owner(pid: getpid())
-        if var owner { _ = CMirrorBPF_map_update(ownerMap, &zero, &owner, 0) }
+        var control = tm_control()
+        if let start = Self.startTime(pid: getpid()) {
+            control.owner_pid = UInt32(getpid())
+            control.owner_start = start
+        }
+        _ = CMirrorBPF_map_update(controlMap, &zero, &control, 0)
     }
 
     deinit {
         CMirrorBPF_object_close(object)
     }
 
-    /// Process `pid` as struct tm_owner (its start time tells it from a later
-    /// process with the same PID), or nil when there is no such process.
-    public static func owner(pid: Int32) -> tm_owner? {
+    /// When process `pid` started, in clock ticks since boot (it tells the
+    /// process from a later one with the same PID); nil when there is none.
+    public static func startTime(pid: Int32) -> UInt64? {
         guard let stat = try? String(contentsOfProcFile: "/proc/\(pid)/stat"),
               let close = stat.lastIndex(of: ")") else { return nil }
         // Fields after "(comm)": state is field 3, starttime field 22.
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         guard fields.count > 19, let start = UInt64(fields[19]) else { return nil }
-        return tm_owner(pid: UInt32(pid), reserved: 0, start_ticks: start)
+        return start
     }
 
     static func takeLog() -> String {

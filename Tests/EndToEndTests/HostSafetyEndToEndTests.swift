@@ -1,0 +1,265 @@
+import Foundation
+import MirrorCore
+import MirrorFixtures
+import MirrorTestSupport
+import Testing
+
+/// The host is left as it was (SPEC §6): the agent's copies are never
+/// mirrored again whatever netfilter does to them, attaching changes nothing
+/// about the devices, no UDP port is bound, and every way of stopping or
+/// reloading leaves the host clean.
+@Suite("Host safety end to end", .serialized)
+struct HostSafetyEndToEndTests {
+    /// Netfilter rules as kube-proxy, Calico and Cilium install them, in the
+    /// monitored host, acting on the copies.
+    enum Rules: String, CaseIterable, CustomTestStringConvertible {
+        case kubeProxy, calicoCilium
+
+        var testDescription: String { rawValue }
+
+        /// iptables argument lists, in order.
+        var commands: [[String]] {
+            switch self {
+            case .kubeProxy:
+                // KUBE-POSTROUTING as kube-proxy writes it, and every locally
+                // sent packet marked for masquerade as KUBE-MARK-MASQ does for
+                // service traffic: the copies are SNATed with random ports,
+                // and their mark is flipped.
+                return [
+                    ["-t", "nat", "-N", "KUBE-POSTROUTING"],
+                    ["-t", "nat", "-N", "KUBE-MARK-MASQ"],
+                    ["-t", "nat", "-A", "KUBE-MARK-MASQ", "-j", "MARK", "--or-mark", "0x4000"],
+                    ["-t", "nat", "-A", "OUTPUT", "-j", "KUBE-MARK-MASQ"],
+                    ["-t", "mangle", "-A", "OUTPUT", "-j", "MARK", "--set-xmark", "0x4000/0x4000"],
+                    ["-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment", "kubernetes postrouting rules", "-j", "KUBE-POSTROUTING"],
+                    ["-t", "nat", "-A", "KUBE-POSTROUTING", "-m", "mark", "!", "--mark", "0x4000/0x4000", "-j", "RETURN"],
+                    ["-t", "nat", "-A", "KUBE-POSTROUTING", "-j", "MARK", "--xor-mark", "0x4000"],
+                    ["-t", "nat", "-A", "KUBE-POSTROUTING", "-m", "comment", "--comment", "kubernetes service traffic requiring SNAT",
+                     "-j", "MASQUERADE", "--random-fully"],
+                ]
+            case .calicoCilium:
+                // Calico owns 0xffff0000 and rewrites it on every packet;
+                // Cilium's magic marks live in 0x0f00. Both set here on every
+                // packet the host sends, over whatever mark it had.
+                return [
+                    ["-t", "mangle", "-N", "cali-POSTROUTING"],
+                    ["-t", "mangle", "-A", "POSTROUTING", "-j", "cali-POSTROUTING"],
+                    ["-t", "mangle", "-A", "cali-POSTROUTING", "-j", "MARK", "--set-xmark", "0x0/0xffff0000"],
+                    ["-t", "mangle", "-A", "cali-POSTROUTING", "-j", "MARK", "--set-xmark", "0x10000/0x10000"],
+                    ["-t", "mangle", "-A", "OUTPUT", "-j", "MARK", "--set-xmark", "0xa00/0xf00"],
+                    ["-t", "raw", "-A", "OUTPUT", "-j", "MARK", "--set-xmark", "0x40000/0xffffffff"],
+                ]
+            }
+        }
+
+        /// The chain whose rules act on every copy.
+        var chain: (table: String, name: String) { self == .kubeProxy ? ("nat", "KUBE-POSTROUTING") : ("mangle", "cali-POSTROUTING") }
+
+        /// The agent sets a mark of its own here, which the rules overwrite.
+        var agentArguments: [String] { self == .calicoCilium ? ["--socket-mark", "0x100"] : [] }
+    }
+
+    /// Whether a frame captured on the target's link is one of the agent's
+    /// copies: UDP from the monitored host to the target's VXLAN port.
+    static func isCopy(_ f: [UInt8]) -> Bool {
+        f.count >= 42 && f[12] == 0x08 && f[13] == 0x00 && f[23] == 17
+            && Array(f[30..<34]) == [198, 18, 1, 2] && Int(f[36]) << 8 | Int(f[37]) == 4789
+    }
+
+    @Test("netfilter rules of kube-proxy, Calico and Cilium on the interface the copies leave by, both directions: every frame mirrored once, no copy mirrored", arguments: Rules.allCases)
+    func netfilterRules(_ rules: Rules) throws {
+        let topo = try Topology(vni: 42)
+        let lab = topo.lab
+        for c in rules.commands { try lab.exec(topo.mon, ["iptables"] + c) }
+        let link = try Capture(lab: lab, ns: topo.tgt, device: "t0")
+        let agent = try topo.startAgent(["--interface", "m1", "--target", "198.18.1.2", "--vni", "42"] + rules.agentArguments)
+
+        try lab.exec(topo.mon, ["ping", "-c", "20", "-i", "0.05", "-W", "1", "198.18.1.2"])
+        try lab.exec(topo.tgt, ["bash", "-c", "for i in $(seq 30); do echo datagram-$i > /dev/udp/198.18.1.1/9; done"])
+        let (m, _) = try MetricsEndToEndTests.scrapeWhenQuiet(topo, link)
+        let frames = try link.stop()
+        #expect(agent.stop() == 0)
+
+        let copies = frames.filter { Self.isCopy($0.bytes) }
+        let production = frames.count - copies.count
+        let sent = m.value("traffic_mirror_sent_packets_total", ["session": "default", "target": "default"]) ?? -1
+        let own = m.value("traffic_mirror_unselected_packets_total", ["interface": "m1", "direction": "egress", "reason": "own_traffic"]) ?? -1
+        #expect(production >= 70, "pings, replies and datagrams crossed m1: \(production)")
+        #expect(Double(copies.count) == sent, "what left is what was counted as sent: \(copies.count) vs \(sent)")
+        #expect(sent == Double(production), "each frame m1 carried mirrored once (\(production)), the copies never: \(sent) sent")
+        #expect(own == sent, "every copy was seen at m1's egress and recognised: \(own) of \(sent)")
+        // The rules did act on the copies (the masquerade or the marks).
+        let listing = try lab.exec(topo.mon, ["iptables", "-t", rules.chain.table, "-L", rules.chain.name, "-v", "-x", "-n"])
+        let hits = listing.split(separator: "\n").dropFirst(2).compactMap { $0.split(separator: " ").first.flatMap { Int($0) } }
+        #expect(hits.count >= 2 && hits.last! > 0, "the last rule of \(rules.chain.name) acted on packets:\n\(listing)")
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["m1"])
+    }
+
+    @Test("--interface lo with a local target: every frame of lo mirrored once at each hook, the copies to receive never")
+    func loopback() throws {
+        let lab = try Lab()
+        let host = try lab.namespace("host")
+        let other = try lab.namespace("other")
+        // Metrics on a veth, so scraping adds nothing to lo.
+        try lab.veth(host, "h0", other, "o0")
+        try lab.ip(host, "addr", "add", "198.18.5.1/24", "dev", "h0")
+        try lab.ip(other, "addr", "add", "198.18.5.2/24", "dev", "o0")
+        let pcap = NSTemporaryDirectory() + "\(lab.prefix)-lo.pcap"
+        defer { try? FileManager.default.removeItem(atPath: pcap) }
+        let receiver = try lab.start(host, [try trafficMirrorBinary(), "receive", "--listen", "127.0.0.1:4789", "--write", pcap])
+        usleep(300_000)
+        let agent = try lab.start(host, [try trafficMirrorBinary(), "run", "--interface", "lo", "--target", "127.0.0.1",
+                                         "--metrics-address", "198.18.5.1:9781"])
+        #expect(agent.waitForStderr(timeout: 60) { $0.contains("mirroring") }, "\(agent.stderr)")
+
+        try lab.exec(host, ["ping", "-c", "20", "-i", "0.05", "127.0.0.1"])
+        try lab.exec(host, ["bash", "-c", "for i in $(seq 10); do echo datagram-$i > /dev/udp/127.0.0.1/9; done"])
+        sleep(1)
+        let m = Exposition(try HTTP.get(lab: lab, ns: other, port: 9781, path: "/metrics", host: "198.18.5.1").body)
+        #expect(agent.stop() == 0)
+        receiver.stop(signal: SIGINT)
+        let frames = try PcapReader(bytes: Array(FileManager.default.contents(atPath: pcap) ?? Data())).frames
+
+        // Each of 40 ICMP packets and 10 datagrams (and the 10 port
+        // unreachables they draw) crosses lo's egress and then its ingress.
+        let icmp = frames.filter { $0.bytes.count > 23 && $0.bytes[23] == 1 }.count
+        let udp = frames.filter { $0.bytes.count > 37 && $0.bytes[23] == 17 && Int($0.bytes[36]) << 8 | Int($0.bytes[37]) == 9 }.count
+        #expect(icmp == 2 * (40 + 10) && udp == 2 * 10 && frames.count == icmp + udp,
+                "\(frames.count) frames: \(icmp) ICMP (want 100), \(udp) UDP to port 9 (want 20)")
+        let sent = m.value("traffic_mirror_sent_packets_total", ["session": "default", "target": "default"]) ?? -1
+        #expect(sent == Double(frames.count))
+        for d in ["ingress", "egress"] {
+            let own = m.value("traffic_mirror_unselected_packets_total", ["interface": "lo", "direction": d, "reason": "own_traffic"]) ?? -1
+            #expect(own == sent, "every copy recognised at lo \(d): \(own) of \(sent)")
+        }
+    }
+
+    /// `ethtool -k` and `ip -d link` of a device: everything the agent must
+    /// not change, and what XDP does change.
+    static func deviceState(_ lab: Lab, _ ns: String, _ dev: String) throws -> String {
+        try lab.exec(ns, ["ethtool", "-k", dev]) + (try lab.exec(ns, ["ip", "-d", "link", "show", "dev", dev]))
+    }
+
+    @Test("attaching changes no feature, offload or MTU of the interface or its veth peer; native XDP (opt-in) changes the peer, as documented")
+    func transparentHooks() throws {
+        let topo = try Topology(offloads: true)
+        let lab = topo.lab
+        let before = (try Self.deviceState(lab, topo.mon, "m0"), try Self.deviceState(lab, topo.src, "s0"))
+        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2"])
+        let attached = try topo.attachments(topo.mon, "m0")
+        #expect(attached.tcxIngress == 1 && attached.tcxEgress == 1 && !attached.xdp, "\(attached)")
+        let during = (try Self.deviceState(lab, topo.mon, "m0"), try Self.deviceState(lab, topo.src, "s0"))
+        #expect(agent.stop() == 0)
+        let after = (try Self.deviceState(lab, topo.mon, "m0"), try Self.deviceState(lab, topo.src, "s0"))
+        #expect(during.0 == before.0 && during.1 == before.1, "attached: m0 or its peer s0 changed:\n\(during.0)\n\(during.1)")
+        #expect(after.0 == before.0 && after.1 == before.1, "detached: m0 or its peer s0 changed")
+
+        let xdp = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--ingress-hook", "xdp"])
+        let peer = try lab.exec(topo.src, ["ethtool", "-k", "s0"])
+        #expect(xdp.stop() == 0)
+        #expect(peer.contains("tcp-segmentation-offload: off") && before.1.contains("tcp-segmentation-offload: on"),
+                "XDP on a veth takes TSO off its peer (docs/operations.md): \(peer)")
+        #expect(try Self.deviceState(lab, topo.src, "s0") == before.1, "and gives it back on detach")
+    }
+
+    @Test("100 mirrored flows: the agent binds no UDP port and holds a small, fixed set of sockets and descriptors")
+    func noHostPorts() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2"])
+        // Five datagrams on one socket per flow, so copies could form runs.
+        try lab.exec(topo.src, ["bash", "-c", """
+            for p in $(seq 20000 20099); do exec 3>/dev/udp/198.18.0.2/$p; for i in 1 2 3 4 5; do echo x >&3; done; exec 3>&-; done
+            """])
+        sleep(1)
+        let m = try MetricsEndToEndTests.scrape(topo)
+        let mine = { (listing: String) in listing.split(separator: "\n").filter { $0.contains("pid=\(agent.pid),") }.count }
+        let udp = mine(try lab.exec(topo.mon, ["ss", "-uanp"]))
+        let all = mine(try lab.exec(topo.mon, ["ss", "-anp"]))
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(agent.pid)/fd").count) ?? -1
+        #expect(agent.stop() == 0)
+        #expect((m.value("traffic_mirror_selected_packets_total", ["session": "default", "direction": "ingress"]) ?? 0) >= 400)
+        #expect(udp == 0, "no UDP socket after 100 mirrored flows: \(udp)")
+        #expect(all <= 6, "the fixed few sockets (two raw, two ICMP probes, the metrics listener): \(all)")
+        #expect(m.value("traffic_mirror_own_sockets") == 4, "registered with the hooks: \(m.value("traffic_mirror_own_sockets") ?? -1)")
+        #expect(fds > 0 && fds < 64, "open descriptors stay few: \(fds)")
+    }
+
+    @Test("receive stops when the reader of its output goes away")
+    func receiveReaderGone() throws {
+        let lab = try Lab()
+        let ns = try lab.namespace("rx")
+        let bin = try trafficMirrorBinary()
+        let pipeline = try lab.start(ns, ["bash", "-c", "\(bin) receive --listen 127.0.0.1:4789 --write - | head -c 1 > /dev/null"])
+        usleep(300_000)
+        // VXLAN datagrams (VNI 42, a 60-byte frame) until the pipeline ends.
+        let datagram = "\\x08\\x00\\x00\\x00\\x00\\x00\\x2a\\x00" + String(repeating: "\\x01", count: 60)
+        for _ in 0..<100 where pipeline.isRunning {
+            try lab.exec(ns, ["bash", "-c", "printf '\(datagram)' > /dev/udp/127.0.0.1/4789"])
+            usleep(100_000)
+        }
+        let status = pipeline.stop(signal: SIGKILL, timeout: 1)
+        #expect(status == 0, "receive left when head did (pipeline status \(status)): \(pipeline.stderr)")
+        #expect(pipeline.stderr.contains("the reader of the output went away"), "\(pipeline.stderr)")
+    }
+
+    @Test("netlink tc filters, both directions: the agent keeps its own fresh filters, never removes another running agent's, and the next start removes a crashed one's")
+    func netlinkOwnership() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let first = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--tc-attach", "netlink"])
+        let a = try topo.attachments(topo.mon, "m0")
+        #expect(a.tcFilters.contains("tm_tc_ingress") && a.tcFilters.contains("tm_tc_egress"), "both filters stay: \(a)")
+        try lab.exec(topo.src, ["ping", "-c", "3", "-i", "0.1", "198.18.0.2"])
+        sleep(1)
+        let m = try MetricsEndToEndTests.scrape(topo)
+        for d in ["ingress", "egress"] {
+            #expect((m.value("traffic_mirror_selected_packets_total", ["session": "default", "direction": d]) ?? 0) >= 3, "\(d) mirrored")
+        }
+
+        // A second agent on the same interface: refused, the first untouched.
+        let second = try lab.start(topo.mon, [try trafficMirrorBinary(), "run", "--interface", "m0", "--target", "198.18.1.2",
+                                              "--tc-attach", "netlink", "--metrics-address", "127.0.0.1:9782"])
+        for _ in 0..<600 where second.isRunning { usleep(100_000) }
+        #expect(second.stop(timeout: 1) == 1, "the second agent exits 1: \(second.stderr)")
+        #expect(second.stderr.contains("another running traffic-mirror holds a tc filter here"), "\(second.stderr)")
+        #expect(try topo.attachments(topo.mon, "m0") == a, "the first agent's filters are still there")
+
+        first.stop(signal: SIGKILL)
+        let third = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--tc-attach", "netlink"])
+        #expect(third.stderr.components(separatedBy: "removed a tc filter left by an earlier traffic-mirror run").count == 3,
+                "both of the crashed agent's filters removed: \(third.stderr)")
+        #expect(third.stop() == 0)
+        #expect(try topo.attachments(topo.mon, "m0").none)
+    }
+
+    @Test("SIGHUP during start-up neither kills the agent nor is lost: the reload follows once it runs")
+    func hangupDuringStartup() throws {
+        let topo = try Topology()
+        let path = try topo.writeConfig("""
+            targets: {t: {address: 198.18.1.2}}
+            sessions:
+              - {name: s, interfaces: [m0], target: t, number: 1}
+            """)
+        let agent = try topo.lab.start(topo.mon, [try trafficMirrorBinary(), "run", "--config", path])
+        // Once `ip netns exec` has become the agent and its loader has run
+        // (SIGHUP caught: bit 0 of SigCgt), hang up on it until it mirrors.
+        func caught() -> Bool {
+            guard let status = try? String(contentsOfFile: "/proc/\(agent.pid)/status", encoding: .utf8),
+                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigCgt:") }),
+                  let mask = UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) else { return false }
+            return mask & 1 != 0 && status.contains("Name:\ttraffic-mirror")
+        }
+        for _ in 0..<2000 where !caught() { usleep(500) }
+        var hangups = 0
+        while agent.isRunning && hangups < 2000 && !agent.stderr.contains("mirroring") {
+            kill(agent.pid, SIGHUP)
+            hangups += 1
+            usleep(2000)
+        }
+        #expect(hangups > 1, "SIGHUPs sent during start-up: \(hangups)")
+        #expect(agent.waitForStderr(timeout: 60) { $0.contains("reloaded") }, "a reload after start-up: \(agent.stderr)")
+        #expect(agent.isRunning)
+        #expect(agent.stop() == 0)
+    }
+}

@@ -8,6 +8,8 @@ struct Report {
     let duration: Double
     let runs: Int
     let agentCPUs: String
+    /// traffic-mirror's ingress hook and extra arguments in the UDP rounds.
+    var agentSetup = ""
     var rounds: [(size: Int, round: Round)] = []
     var tcp: [TCPRound] = []
 
@@ -52,7 +54,8 @@ struct Report {
         var out = "Machine: \(machine). \(runs) runs of every trial, \(Int(duration)) s of traffic each (CPU trials longer); "
         out += "figures are medians, ratios are traffic-mirror over tc mirred, median first, then each run's. "
         out += "The generator and the hooks run on CPU 0; traffic-mirror runs on "
-        out += agentCPUs.isEmpty ? "any CPU.\n" : "CPU \(agentCPUs) (taskset).\n"
+        out += agentCPUs.isEmpty ? "any CPU" : "CPU \(agentCPUs) (taskset)"
+        out += agentSetup.isEmpty ? ".\n" : ", with \(agentSetup).\n"
         for size in Set(rounds.map(\.size)).sorted() {
             let rs = rounds.filter { $0.size == size }.map(\.round)
             out += "\n### \(size)-byte frames\n\n"

@@ -27,17 +27,19 @@ struct Suite: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Frame sizes in bytes, without FCS.") var sizes: [Int] = [64, 1400]
     @Option(help: "Seconds of iperf3 per trial (0 skips TCP).") var tcpDuration = 5.0
     @Option(help: "Arguments added to traffic-mirror run (quoted, split on spaces).") var agentArguments = ""
+    @Option(help: "traffic-mirror's ingress hook for the UDP rounds: tc (its default) or xdp. TCP rounds use tc.") var ingressHook = "tc"
     @Option(help: "CPUs traffic-mirror runs on (a taskset list; empty: anywhere). The generator and the hooks take CPU 0.")
     var agentCPUs = "1"
     @Option(help: "Also write the Markdown results to this file.") var output: String?
 
     func run() throws {
         let bench = try BenchNet(agent: agent, object: object, agentArguments: agentArguments.split(separator: " ").map(String.init),
-                                 agentCPUs: agentCPUs)
+                                 agentCPUs: agentCPUs, ingressHook: ingressHook)
         Suite.current = bench
         Suite.trapSignals()
         defer { bench.lab.teardown() }
         var report = Report(machine: try Report.machine(), duration: duration, runs: runs, agentCPUs: agentCPUs)
+        report.agentSetup = (["--ingress-hook \(ingressHook)"] + (agentArguments.isEmpty ? [] : [agentArguments])).joined(separator: " ")
         for size in sizes {
             for r in 0..<runs {
                 note("== \(size)-byte frames, run \(r + 1) of \(runs)\n")
@@ -142,7 +144,11 @@ final class BenchNet: @unchecked Sendable {
     let benchBinary: String
     var g0MAC = "", m0MAC = ""
 
-    init(agent: String, object: String, agentArguments: [String], agentCPUs: String) throws {
+    /// The agent's ingress hook in the UDP rounds.
+    let ingressHook: String
+
+    init(agent: String, object: String, agentArguments: [String], agentCPUs: String, ingressHook: String) throws {
+        self.ingressHook = ingressHook
         lab = try Lab()
         self.agent = agent
         self.agentCPUs = agentCPUs
@@ -275,7 +281,8 @@ final class BenchNet: @unchecked Sendable {
         return v
     }
 
-    func setUp(_ s: Scenario, ingressHook: String = "xdp") throws -> Background? {
+    func setUp(_ s: Scenario, ingressHook: String? = nil) throws -> Background? {
+        let ingressHook = ingressHook ?? self.ingressHook
         switch s {
         case .none:
             return nil

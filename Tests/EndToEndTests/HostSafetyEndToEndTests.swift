@@ -263,3 +263,67 @@ struct HostSafetyEndToEndTests {
         #expect(agent.stop() == 0)
     }
 }
+
+/// Offloads on, as hosts run: TSO and GSO super-packets at egress, GRO at
+/// ingress, checksums left for offload. The copies must be the packets the
+/// wire carries, which Tests/oracle/wire_segments.py computes from captures
+/// of the far side without any of traffic-mirror's code.
+@Suite("Offloads on, end to end", .serialized)
+struct OffloadsEndToEndTests {
+    enum Case: String, CaseIterable, CustomTestStringConvertible {
+        /// Defaults, GRO requested on every veth: TSO super-packets both ways.
+        case tso
+        /// The client cuts its segments itself (TSO off on s0) and m0's GRO
+        /// merges them again: the ingress hook sees GRO super-packets.
+        case gro
+
+        var testDescription: String { rawValue }
+    }
+
+    @Test("TCP both directions and UDP: every copy is a packet the wire carries, byte for byte", arguments: Case.allCases)
+    func copiesAreWireSegments(_ c: Case) throws {
+        let topo = try Topology(vni: 42, offloads: true)
+        let lab = topo.lab
+        for (ns, dev) in [(topo.src, "s0"), (topo.mon, "m0")] {
+            try lab.exec(ns, ["ethtool", "-K", dev, "gro", "on"])
+        }
+        if c == .gro { try lab.exec(topo.src, ["ethtool", "-K", "s0", "tso", "off"]) }
+        let offloads = try lab.exec(topo.mon, ["ethtool", "-k", "m0"])
+        #expect(offloads.contains("tcp-segmentation-offload: on") && offloads.contains("generic-receive-offload: on")
+                && offloads.contains("tx-checksumming: on"), "m0 runs with offloads on")
+
+        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--vni", "42"])
+        let out = try Capture(lab: lab, ns: topo.src, device: "s0", filter: ["-Q", "out"])
+        let into = try Capture(lab: lab, ns: topo.src, device: "s0", filter: ["-Q", "in"])
+        let copies = try Capture(lab: lab, ns: topo.tgt, device: "vx0", filter: ["-Q", "in"])
+
+        try TCPExchange.run(lab: lab, serverNS: topo.mon, serverAddress: .v4([198, 18, 0, 2]), port: 18080,
+                            clientNS: topo.src, bytes: 3_000_000)
+        try lab.exec(topo.src, ["bash", "-c", "for i in $(seq 50); do head -c $((i * 30)) /dev/zero > /dev/udp/198.18.0.2/9; done"])
+        try lab.exec(topo.mon, ["bash", "-c", "for i in $(seq 50); do head -c $((i * 20)) /dev/zero > /dev/udp/198.18.0.1/9; done"])
+        try out.settle(quiet: 1.0)
+        try copies.settle(quiet: 1.0)
+        #expect(agent.stop() == 0)
+
+        let dir = NSTemporaryDirectory() + "\(lab.prefix)-offloads"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func save(_ frames: [PcapReader.Frame], _ name: String) throws -> String {
+            var file = PcapWriter.fileHeader()
+            for f in frames {
+                PcapWriter.appendRecordHeader(&file, timestampNanoseconds: f.timestampNanoseconds, capturedLength: f.bytes.count,
+                                              originalLength: f.bytes.count)
+                file += f.bytes
+            }
+            let path = "\(dir)/\(name).pcap"
+            FileManager.default.createFile(atPath: path, contents: Data(file))
+            return path
+        }
+        let wire = [try save(out.stop(), "out"), try save(into.stop(), "in")]
+        let mirrored = try save(copies.stop(), "copies")
+        let oracle = LifecycleEndToEndTests.repository.appendingPathComponent("Tests/oracle/wire_segments.py").path
+        let r = try Shell.run(["/usr/bin/python3", oracle] + wire + ["--copies", mirrored, "--min-super", "20"])
+        #expect(r.status == 0, "the copies are the wire's packets: \(r.stdout) \(r.stderr)")
+        print("offloads \(c.rawValue): \(r.stdout)")
+    }
+}

@@ -387,7 +387,7 @@ static __always_inline int tm_own(const struct tm_src *src, const int xdp,
 }
 
 static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
-				      const struct tm_meta *m)
+				      struct tm_meta *m)
 {
 	struct tm_pkt pkt = {}, *p = &pkt;
 	struct tm_if_counters *ic;
@@ -408,6 +408,20 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	ic = bpf_map_lookup_elem(&tm_if_stats, &key);
 	if (!ic)
 		return;
+
+	if (xdp)
+		tm_parse_xdp(src->ctx, p);
+	else
+		tm_parse_skb(src->ctx, p, m->vlan_tags);
+	/* A GSO packet from an untrusted source (a packet socket's or a VM's
+	 * virtio-net header, SKB_GSO_DODGY) learns its segment count only when
+	 * it is cut: count it from the payload and the segment size. */
+	if (m->gso_size && m->gso_segs == 0 && (p->flags & TM_PKT_L4_COMPLETE)) {
+		__u32 hdr = tm_segment_headers(src, xdp, p);
+
+		if (p->l4_end > hdr)
+			m->gso_segs = (p->l4_end - hdr + m->gso_size - 1) / m->gso_size;
+	}
 	/* Counted as the packets the wire carries: a GSO super-packet is the
 	 * gso_segs segments it becomes. */
 	segs = m->gso_segs > 1 ? m->gso_segs : 1;
@@ -419,10 +433,6 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	bank = ctl->active_bank & 1;
 	scope = TM_SCOPE(bank, slot, m->dir);
 
-	if (xdp)
-		tm_parse_xdp(src->ctx, p);
-	else
-		tm_parse_skb(src->ctx, p, m->vlan_tags);
 	if (tm_own(src, xdp, m, p)) {
 		ic->count[TM_IO_OWN_TRAFFIC] += segs;
 		return;

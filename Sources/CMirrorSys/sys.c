@@ -3,6 +3,10 @@
 
 #include <dirent.h>
 #include <linux/filter.h>
+#include <linux/if_packet.h>
+#include <linux/neighbour.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -413,4 +417,184 @@ int CMirrorSys_write_all(int fd, const void *buf, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+/* ---- netlink: routes and neighbours ---- */
+
+struct nl_request {
+	struct nlmsghdr nh;
+	union {
+		struct rtmsg rt;
+		struct ndmsg nd;
+	};
+	char attrs[64];
+};
+
+static void nl_attr(struct nl_request *r, unsigned short type, const void *data, size_t len)
+{
+	struct rtattr *a = (struct rtattr *)((char *)r + NLMSG_ALIGN(r->nh.nlmsg_len));
+
+	a->rta_type = type;
+	a->rta_len = RTA_LENGTH(len);
+	memcpy(RTA_DATA(a), data, len);
+	r->nh.nlmsg_len = NLMSG_ALIGN(r->nh.nlmsg_len) + RTA_ALIGN(a->rta_len);
+}
+
+/* Sends one request and reads its answer into buf; returns the answer's
+ * length, or -errno (from NLMSG_ERROR as well). */
+static int nl_transact(struct nl_request *r, char *buf, size_t size)
+{
+	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE), n;
+	struct timeval tv = { .tv_sec = 1 };
+	struct nlmsghdr *h;
+
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	r->nh.nlmsg_seq = 1;
+	if (sendto(fd, r, r->nh.nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0) {
+		n = -errno;
+		close(fd);
+		return n;
+	}
+	n = (int)recv(fd, buf, size, 0);
+	if (n < 0)
+		n = -errno;
+	close(fd);
+	if (n < (int)sizeof(*h))
+		return n < 0 ? n : -EIO;
+	h = (struct nlmsghdr *)buf;
+	if (h->nlmsg_type == NLMSG_ERROR) {
+		struct nlmsgerr *e = NLMSG_DATA(h);
+
+		return e->error ? e->error : 0;
+	}
+	return n;
+}
+
+int CMirrorSys_route_get(int family, const uint8_t *dst, uint32_t mark, int *oif, uint8_t *gateway,
+			 int *has_gateway, int *type)
+{
+	struct nl_request r;
+	char buf[4096];
+	size_t alen = family == AF_INET ? 4 : 16;
+	struct nlmsghdr *h = (struct nlmsghdr *)buf;
+	struct rtmsg *rt;
+	struct rtattr *a;
+	int n, len;
+
+	memset(&r, 0, sizeof(r));
+	r.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
+	r.nh.nlmsg_type = RTM_GETROUTE;
+	r.nh.nlmsg_flags = NLM_F_REQUEST;
+	r.rt.rtm_family = family;
+	r.rt.rtm_dst_len = alen * 8;
+	nl_attr(&r, RTA_DST, dst, alen);
+	if (mark)
+		nl_attr(&r, RTA_MARK, &mark, sizeof(mark));
+	n = nl_transact(&r, buf, sizeof(buf));
+	if (n <= 0)
+		return n < 0 ? n : -EIO;
+	if (h->nlmsg_type != RTM_NEWROUTE)
+		return -EIO;
+	rt = NLMSG_DATA(h);
+	*oif = 0;
+	*has_gateway = 0;
+	*type = rt->rtm_type;
+	len = RTM_PAYLOAD(h);
+	for (a = RTM_RTA(rt); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+		if (a->rta_type == RTA_OIF && RTA_PAYLOAD(a) >= 4)
+			memcpy(oif, RTA_DATA(a), 4);
+		else if (a->rta_type == RTA_GATEWAY && RTA_PAYLOAD(a) == alen) {
+			memcpy(gateway, RTA_DATA(a), alen);
+			*has_gateway = 1;
+		}
+	}
+	return *oif ? 0 : -ENETUNREACH;
+}
+
+int CMirrorSys_neigh_get(int ifindex, int family, const uint8_t *addr, uint8_t mac[6], uint16_t *state)
+{
+	struct nl_request r;
+	char buf[4096];
+	size_t alen = family == AF_INET ? 4 : 16;
+	struct nlmsghdr *h = (struct nlmsghdr *)buf;
+	struct ndmsg *nd;
+	struct rtattr *a;
+	int n, len, found = 0;
+
+	memset(&r, 0, sizeof(r));
+	r.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
+	r.nh.nlmsg_type = RTM_GETNEIGH;
+	r.nh.nlmsg_flags = NLM_F_REQUEST;
+	r.nd.ndm_family = family;
+	r.nd.ndm_ifindex = ifindex;
+	nl_attr(&r, NDA_DST, addr, alen);
+	n = nl_transact(&r, buf, sizeof(buf));
+	if (n <= 0)
+		return n < 0 ? n : -EIO;
+	if (h->nlmsg_type != RTM_NEWNEIGH)
+		return -EIO;
+	nd = NLMSG_DATA(h);
+	*state = nd->ndm_state;
+	len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*nd));
+	for (a = (struct rtattr *)((char *)nd + NLMSG_ALIGN(sizeof(*nd))); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+		if (a->rta_type == NDA_LLADDR && RTA_PAYLOAD(a) == 6) {
+			memcpy(mac, RTA_DATA(a), 6);
+			found = 1;
+		}
+	}
+	return found ? 0 : -ENOENT;
+}
+
+int CMirrorSys_neigh_use(int ifindex, int family, const uint8_t *addr)
+{
+	struct nl_request r;
+	char buf[1024];
+	size_t alen = family == AF_INET ? 4 : 16;
+	int n;
+
+	memset(&r, 0, sizeof(r));
+	r.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
+	r.nh.nlmsg_type = RTM_NEWNEIGH;
+	r.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+	r.nd.ndm_family = family;
+	r.nd.ndm_ifindex = ifindex;
+	r.nd.ndm_flags = NTF_USE;
+	r.nd.ndm_state = NUD_NONE;
+	nl_attr(&r, NDA_DST, addr, alen);
+	n = nl_transact(&r, buf, sizeof(buf));
+	return n < 0 ? n : 0;
+}
+
+/* ---- AF_PACKET sending ---- */
+
+int CMirrorSys_packet_socket(int ifindex)
+{
+	struct sockaddr_ll sll;
+	int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0), one = 1;
+
+	if (fd < 0)
+		return -errno;
+	memset(&sll, 0, sizeof(sll));
+	sll.sll_family = AF_PACKET;
+	sll.sll_ifindex = ifindex;
+	if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0 ||
+	    setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0) {
+		int err = -errno;
+
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+int CMirrorSys_if_hwaddr_index(int ifindex, uint8_t mac[6])
+{
+	char name[IF_NAMESIZE];
+
+	if (!if_indextoname(ifindex, name))
+		return -errno;
+	return CMirrorSys_if_hwaddr(name, mac);
 }

@@ -84,8 +84,8 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Records per sendmmsg batch, 1...4096.", valueName: "n"))
     var batchSize: Int = 256
 
-    @Flag(inversion: .prefixedNo, help: "Send runs of one flow's copies as UDP GSO messages, from UDP sockets bound to the flows' source ports in 49152...65535 (up to 16384 per family, ports other programs may want). Default: off, every copy leaves by the two raw sockets, many per sendmmsg, and no port is bound.")
-    var udpGso = false
+    @Flag(inversion: .prefixedNo, help: "Send runs of one flow's copies as one UDP GSO message each, which the kernel cuts into datagrams (--no-gso: every copy a frame of its own). Copies leave by an AF_PACKET socket on the route's interface, or by a raw IP socket where there is no link-layer path; no UDP port is bound either way.")
+    var gso = true
 
     @Option(help: ArgumentHelp("SO_MARK for the agent's sockets, for policy routing of the copies (default: none). The hooks never use marks to recognise the copies; avoid the bits kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00, 0xffff0000) give meanings.", valueName: "mark"))
     var socketMark: String?
@@ -158,7 +158,7 @@ struct RunCommand: AsyncParsableCommand {
         let config = try makeConfig()
         let options = Agent.Options(
             program: .init(ringBytes: ringSize.map { UInt32($0.bytes) } ?? MirrorProgram.Settings.automaticRingBytes()),
-            forwarder: .init(batchSize: batchSize, udpGSO: udpGso),
+            forwarder: .init(batchSize: batchSize, gso: gso),
             hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach),
             socketMark: socketMark.flatMap(Self.parseMark) ?? 0)
         let metrics = try HostPort(parsing: metricsAddress)

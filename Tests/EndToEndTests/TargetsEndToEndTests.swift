@@ -116,7 +116,7 @@ struct TargetsEndToEndTests {
         for _ in 0..<100 where receiver.isRunning { usleep(50_000) }
         #expect(!receiver.isRunning, "receive stopped after --count 200: \(receiver.stderr)")
         let received = try PcapReader(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: pcap)))).frames.map(\.bytes)
-        #expect(received == frames)
+        #expect(received == frames, "\(received.count) of \(frames.count) frames received; the agent said: \(agent.stderr)")
 
         var file = PcapWriter.fileHeader()
         for d in datagrams {

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <netinet/in.h>
+#include <linux/if_packet.h> /* struct sockaddr_ll */
 
 /* struct mmsghdr as the kernel has it; glibc declares it only under
  * _GNU_SOURCE. */
@@ -59,6 +60,37 @@ int CMirrorSys_if_indextoname(int ifindex, char name[16]);
 /* Interface MTU and hardware address by name, through SIOCGIF* ioctls. */
 int CMirrorSys_if_mtu(const char *name);
 int CMirrorSys_if_hwaddr(const char *name, uint8_t mac[6]);
+
+/* The route toward `dst` (4 or 16 bytes, by family), looked up as a
+ * socket with `mark` would (0: none): output interface, next hop when it is
+ * a gateway, route type (RTN_*). */
+int CMirrorSys_route_get(int family, const uint8_t *dst, uint32_t mark, int *oif, uint8_t *gateway,
+			 int *has_gateway, int *type);
+/* The neighbour entry of `addr` on `ifindex`: link-layer address and NUD
+ * state; -ENOENT when there is none or it has no address yet. */
+int CMirrorSys_neigh_get(int ifindex, int family, const uint8_t *addr, uint8_t mac[6], uint16_t *state);
+/* Tells the kernel an existing neighbour entry is in use (NTF_USE), as
+ * traffic through the IP stack would: it is confirmed when stale. It does
+ * not create one (-ENOENT): the first copies, sent through the stack,
+ * resolve the neighbour with the right source address. */
+int CMirrorSys_neigh_use(int ifindex, int family, const uint8_t *addr);
+/* Hardware type (ARPHRD_*) and address of an interface by index. */
+int CMirrorSys_if_hwaddr_index(int ifindex, uint8_t mac[6]);
+
+/* An AF_PACKET socket that sends whole frames on `ifindex`, each behind a
+ * struct CMirrorSys_vnet_hdr (PACKET_VNET_HDR); protocol 0: it never
+ * receives. */
+int CMirrorSys_packet_socket(int ifindex);
+
+/* struct virtio_net_hdr as PACKET_VNET_HDR takes it (native byte order). */
+struct CMirrorSys_vnet_hdr {
+	uint8_t flags;      /* VIRTIO_NET_HDR_F_NEEDS_CSUM = 1 */
+	uint8_t gso_type;   /* VIRTIO_NET_HDR_GSO_NONE = 0, _UDP_L4 = 5 */
+	uint16_t hdr_len;   /* bytes of headers every segment repeats */
+	uint16_t gso_size;  /* payload bytes per segment */
+	uint16_t csum_start;
+	uint16_t csum_offset;
+};
 
 /* Resolves a host name or literal (AF_UNSPEC; IPv4 first when both). */
 int CMirrorSys_resolve(const char *host, struct sockaddr_storage *out, socklen_t *len);

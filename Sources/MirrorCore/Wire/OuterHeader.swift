@@ -19,6 +19,9 @@ public struct OuterHeader: Sendable {
         public var ipv4Sum: UInt64
         /// IPv6: pseudo-header and UDP sum without lengths and source port.
         public var pseudoSum: UInt64
+        /// The pseudo header's addresses and protocol, without the length:
+        /// what a checksum left for the kernel to finish starts from.
+        public var addressSum: UInt64
     }
 
     /// Largest header (IPv6 + UDP).
@@ -49,13 +52,14 @@ public struct OuterHeader: Sendable {
         ip.add(word: UInt16(hopLimit) << 8 | 17)
         ip.add(source)
         ip.add(destination)
-        var pseudo = InternetChecksum()
-        pseudo.add(source)
-        pseudo.add(destination)
-        pseudo.add(word: 17)
+        var addresses = InternetChecksum()
+        addresses.add(source)
+        addresses.add(destination)
+        addresses.add(word: 17)
+        var pseudo = addresses
         pseudo.add(word: destinationPort)
         constants = Constants(family: family, length: family == .ipv4 ? 28 : 48,
-                              ipv4Sum: ip.sum, pseudoSum: pseudo.sum)
+                              ipv4Sum: ip.sum, pseudoSum: pseudo.sum, addressSum: addresses.sum)
     }
 
     /// Writes the constant fields; `finish` completes a copy of them.
@@ -111,6 +115,34 @@ public struct OuterHeader: Sendable {
                               &+ UInt64(sourcePort) &+ payloadSum)
             if check == 0 { check = 0xFFFF }
             out.storeBytes(of: check.bigEndian, toByteOffset: 46, as: UInt16.self)
+        }
+    }
+
+    /// Like `finish`, but the UDP checksum is left for the kernel (or the
+    /// NIC) to finish, as CHECKSUM_PARTIAL: the field holds the folded
+    /// pseudo-header sum. What UDP GSO needs, since every datagram it cuts
+    /// gets its own checksum; the IPv4 header checksum is complete.
+    @inlinable @inline(__always)
+    public static func finishPartial(
+        _ out: UnsafeMutableRawPointer, _ c: Constants, sourcePort: UInt16, payloadLength: Int, identification: UInt16
+    ) {
+        let udpLength = UInt16(truncatingIfNeeded: 8 + payloadLength)
+        let partial = fold(c.addressSum &+ UInt64(udpLength))
+        switch c.family {
+        case .ipv4:
+            let total = udpLength &+ 20
+            let check = ~fold(c.ipv4Sum &+ UInt64(total) &+ UInt64(identification))
+            out.storeBytes(of: total.bigEndian, toByteOffset: 2, as: UInt16.self)
+            out.storeBytes(of: identification.bigEndian, toByteOffset: 4, as: UInt16.self)
+            out.storeBytes(of: check.bigEndian, toByteOffset: 10, as: UInt16.self)
+            out.storeBytes(of: sourcePort.bigEndian, toByteOffset: 20, as: UInt16.self)
+            out.storeBytes(of: udpLength.bigEndian, toByteOffset: 24, as: UInt16.self)
+            out.storeBytes(of: partial.bigEndian, toByteOffset: 26, as: UInt16.self)
+        case .ipv6:
+            out.storeBytes(of: udpLength.bigEndian, toByteOffset: 4, as: UInt16.self)
+            out.storeBytes(of: sourcePort.bigEndian, toByteOffset: 40, as: UInt16.self)
+            out.storeBytes(of: udpLength.bigEndian, toByteOffset: 44, as: UInt16.self)
+            out.storeBytes(of: partial.bigEndian, toByteOffset: 46, as: UInt16.self)
         }
     }
 

@@ -63,6 +63,8 @@ public final class Agent: @unchecked Sendable {
     public let rings: RingSet
     public let forwarder: Forwarder
     public let health: HealthMonitor
+    /// The link-layer path toward each endpoint (AF_PACKET sends).
+    public let paths: LinkPaths
     /// What the hooks know of the agent's own output.
     public let own: OwnOutput
     let logger: Logger
@@ -79,15 +81,6 @@ public final class Agent: @unchecked Sendable {
     public init(options: Options, logger: Logger) throws(OperationalError) {
         self.options = options
         self.logger = logger
-        if options.forwarder.udpGSO {
-            // The emitter keeps a UDP socket per source port it sends GSO
-            // runs from (up to 16384 per family): take the hard limit.
-            var limit = rlimit()
-            if getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 && limit.rlim_cur < limit.rlim_max {
-                limit.rlim_cur = limit.rlim_max
-                _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
-            }
-        }
         program = try MirrorProgram(settings: options.program)
         own = OwnOutput(program: program)
         do {
@@ -105,6 +98,11 @@ public final class Agent: @unchecked Sendable {
             health = try HealthMonitor(mark: options.socketMark, own: own, logger: logger)
         } catch {
             throw OperationalError("cannot open the health-probe sockets: \(error); the agent needs CAP_NET_RAW")
+        }
+        do {
+            paths = try LinkPaths(mark: options.socketMark, logger: logger)
+        } catch {
+            throw OperationalError("cannot start the path monitor: \(error)")
         }
         let f = forwarder
         do {
@@ -266,11 +264,17 @@ public final class Agent: @unchecked Sendable {
         let healthSlots = health.configure(targets)
         let health = health
         change.onFailure { _ = health.configure(previous?.targets ?? []) }
+        // Paths of old and new endpoints until the switch: copies of the old
+        // plan may still be in the rings.
+        let pathSlots = paths.configure(targets + (previous?.targets ?? []))
+        let paths = paths
+        change.onFailure { _ = paths.configure(previous?.targets ?? []) }
         forwarder.install(
             ForwardingTable(targets: targets, sessionNames: plan.sessions.map(\.name),
                             sessionTargets: plan.sessions.map(\.target), packetLengths: plan.sessions.map(\.packetLength),
                             sampleEvery: kernelSessions.map { Int($0.sampleEvery) },
-                            counters: forwarder.counters, health: health.flags, healthSlots: healthSlots),
+                            counters: forwarder.counters, health: health.flags, healthSlots: healthSlots,
+                            paths: paths, pathSlots: pathSlots),
             bank: bank)
 
         // Attach what is missing before switching, so a failed attach leaves
@@ -451,6 +455,7 @@ public final class Agent: @unchecked Sendable {
         forwarder.stop()
         thread.join()
         health.stop()
+        paths.stop()
         state.withLock { s in
             for (_, i) in s.interfaces { program.removeSlot(ifindex: UInt32(i.ifindex)) }
         }

@@ -5,20 +5,23 @@ import MirrorCore
 import Glibc
 #endif
 
-/// Sends the copies the forwarder builds, as cheaply as the kernel allows.
+/// Sends the copies the forwarder builds, as cheaply as the kernel allows,
+/// without binding a port.
 ///
 /// A copy is a descriptor: an endpoint, its flow (hash and the UDP source
 /// port the hash gives) and payload pieces (tunnel header and frame, in the
 /// ring or in scratch). At a flush, copies of one flow to one endpoint with
-/// the same length are joined into runs, in order; a run of two or more
-/// leaves as one UDP GSO
-/// message (UDP_SEGMENT) that the kernel cuts into datagrams, from a UDP
-/// socket bound to that source port; a single copy leaves by the raw socket
-/// of its family, many per sendmmsg. The copies of one flow keep their order;
-/// only copies of different flows may pass each other.
+/// the same length are joined into runs, in order. An endpoint with a
+/// link-layer path (`LinkPaths`) gets whole frames from an AF_PACKET socket
+/// on the path's interface, all of a flush in one sendmmsg: a run of two or
+/// more as one UDP GSO message (a virtio-net header asks the kernel to cut
+/// it into datagrams, each with its UDP checksum), a single copy as one
+/// frame. Other endpoints get their copies from the raw IP socket of their
+/// family, many per sendmmsg. The copies of one flow keep their order; only
+/// copies of different flows may pass each other.
 ///
 /// Owned by the forwarding thread; nothing here allocates after init,
-/// except opening a port's socket the first time that port is used.
+/// except opening the packet socket of an interface the first time.
 final class Emitter {
     struct Descriptor {
         var endpoint: Int32
@@ -54,11 +57,14 @@ final class Emitter {
     /// Copies in one flush, and the scratch each packet may use.
     let capacity: Int
     static let scratchPerPacket = 64 + GSOSegmenter.maxHeaderLength
-    /// Outer headers of single sends, one slot per descriptor.
+    /// Outer headers, one slot per descriptor: Ethernet (14) and IP/UDP
+    /// (at most 48) for a packet-socket frame, IP/UDP for a raw one.
     static let outerSlot = 64
     /// The kernel's limit of segments in one UDP GSO message.
     static let maxSegments = 64
     static let maxGSOBytes = 64_000
+    /// Interfaces toward targets that the agent keeps a packet socket on.
+    static let maxPacketSockets = 32
 
     let counters: ForwarderCounters
     let settings: Forwarder.Settings
@@ -87,11 +93,30 @@ final class Emitter {
     /// Descriptor of each pending single message.
     private let meta4: UnsafeMutablePointer<Int32>
     private let meta6: UnsafeMutablePointer<Int32>
-    private let gsoIov: UnsafeMutablePointer<iovec>
-    private let gsoControl: UnsafeMutableRawPointer
-    /// UDP sockets by source port, per family: -1 not opened, -2 unusable.
-    private let gso4: UnsafeMutablePointer<Int32>
-    private let gso6: UnsafeMutablePointer<Int32>
+
+    /// Packet-socket frames of a flush: message, its packet socket (index
+    /// in `packetSockets`), its first descriptor and how many it carries,
+    /// its virtio-net header; iovecs for all of them.
+    private let frames: UnsafeMutablePointer<CMirrorSys_mmsghdr>
+    private let frameSocket: UnsafeMutablePointer<Int32>
+    private let frameFirst: UnsafeMutablePointer<Int32>
+    private let frameCount: UnsafeMutablePointer<Int32>
+    private let vnet: UnsafeMutablePointer<CMirrorSys_vnet_hdr>
+    private let frameIov: UnsafeMutablePointer<iovec>
+    /// One socket's frames, gathered for its sendmmsg.
+    private let sending: UnsafeMutablePointer<CMirrorSys_mmsghdr>
+    private let sendingFrame: UnsafeMutablePointer<Int32>
+    private var frameTotal = 0
+    private var frameIovUsed = 0
+
+    struct PacketSocket {
+        var ifindex: Int32
+        var fd: Int32
+    }
+    private let packetSockets: UnsafeMutablePointer<PacketSocket>
+    private var packetSocketCount = 0
+    /// sockaddr_ll of each packet socket for IPv4 and IPv6 frames.
+    private let linkAddresses: UnsafeMutablePointer<sockaddr_ll>
 
     private(set) var descriptorCount = 0
     private var piecesUsed = 0
@@ -132,26 +157,34 @@ final class Emitter {
         msgs6.initialize(repeating: CMirrorSys_mmsghdr(), count: capacity)
         meta4 = .allocate(capacity: capacity)
         meta6 = .allocate(capacity: capacity)
-        gsoIov = .allocate(capacity: Self.maxSegments * 3)
-        gsoControl = .allocate(byteCount: 64, alignment: 16)
-        gso4 = .allocate(capacity: 65536)
-        gso4.initialize(repeating: -1, count: 65536)
-        gso6 = .allocate(capacity: 65536)
-        gso6.initialize(repeating: -1, count: 65536)
+        frames = .allocate(capacity: capacity)
+        frames.initialize(repeating: CMirrorSys_mmsghdr(), count: capacity)
+        frameSocket = .allocate(capacity: capacity)
+        frameFirst = .allocate(capacity: capacity)
+        frameCount = .allocate(capacity: capacity)
+        vnet = .allocate(capacity: capacity)
+        frameIov = .allocate(capacity: capacity * 5)
+        sending = .allocate(capacity: capacity)
+        sending.initialize(repeating: CMirrorSys_mmsghdr(), count: capacity)
+        sendingFrame = .allocate(capacity: capacity)
+        packetSockets = .allocate(capacity: Self.maxPacketSockets)
+        linkAddresses = .allocate(capacity: 2 * Self.maxPacketSockets)
     }
 
     deinit {
-        for p in 0..<65536 {
-            for fd in [gso4[p], gso6[p]] where fd >= 0 {
-                own.forget(fd)
-                _ = CMirrorSys_close(fd)
-            }
+        for i in 0..<packetSocketCount where packetSockets[i].fd >= 0 {
+            own.forget(packetSockets[i].fd)
+            _ = CMirrorSys_close(packetSockets[i].fd)
         }
         descriptors.deallocate(); pieces.deallocate(); scratch.deallocate(); outer.deallocate()
         groups.deallocate(); runs.deallocate(); runKeys.deallocate(); runIndex.deallocate(); runGeneration.deallocate()
         msgIov.deallocate(); msgs4.deallocate(); msgs6.deallocate(); meta4.deallocate(); meta6.deallocate()
-        gsoIov.deallocate(); gsoControl.deallocate(); gso4.deallocate(); gso6.deallocate()
+        frames.deallocate(); frameSocket.deallocate(); frameFirst.deallocate(); frameCount.deallocate(); vnet.deallocate()
+        frameIov.deallocate(); sending.deallocate(); sendingFrame.deallocate(); packetSockets.deallocate(); linkAddresses.deallocate()
     }
+
+    /// Packet sockets open now (one per interface toward targets).
+    var packetSocketsOpen: Int { packetSocketCount }
 
     // MARK: building
 
@@ -195,12 +228,10 @@ final class Emitter {
         formRuns()
         for r in 0..<runCount {
             let run = runs[r]
-            let d0 = descriptors[Int(run.first)]
-            if run.count >= 2, settings.udpGSO, let fd = gsoSocket(table, endpoint: Int(d0.endpoint), port: d0.port) {
-                // Copies built before this run may be waiting as singles;
-                // send them first so a flow's order holds.
-                sendSingles(table)
-                sendRun(table, run, fd: fd)
+            let e = Int(descriptors[Int(run.first)].endpoint)
+            if let path = LinkPaths.read(table.paths, Int(table.endpointInfo[e].path)),
+               let socket = packetSocket(path.ifindex) {
+                addFrames(table, run, socket: socket, path: path)
             } else {
                 var d = Int(run.first)
                 while d >= 0 {
@@ -209,6 +240,7 @@ final class Emitter {
                 }
             }
         }
+        sendFrames(table)
         sendSingles(table)
         for i in 0..<packets {
             let grp = groups[i]
@@ -222,6 +254,8 @@ final class Emitter {
         piecesUsed = 0
         packets = 0
         runCount = 0
+        frameTotal = 0
+        frameIovUsed = 0
         generation &+= 1
         if generation == 0 {
             runGeneration.update(repeating: 0, count: tableSize)
@@ -337,63 +371,175 @@ final class Emitter {
         }
     }
 
-    /// One UDP GSO message for a run: the payloads back to back, cut by the
-    /// kernel every `run.length` bytes. A message the kernel refuses as such
-    /// (EIO, EINVAL: a device or path that cannot segment it) goes as single
-    /// copies instead.
-    private func sendRun(_ table: ForwardingTable, _ run: Run, fd: Int32) {
-        var n = 0
-        var d = Int(run.first)
-        while d >= 0 {
-            let desc = descriptors[d]
-            for p in 0..<Int(desc.pieces) {
-                gsoIov[n] = pieces[Int(desc.piecesStart) + p]
-                n += 1
-            }
-            d = Int(desc.next)
-        }
-        let e = Int(descriptors[Int(run.first)].endpoint)
-        let ep = table.endpointInfo[e]
-        var hdr = msghdr()
-        hdr.msg_name = UnsafeMutableRawPointer(table.udpAddresses + e)
-        hdr.msg_namelen = ep.addressLength
-        hdr.msg_iov = gsoIov
-        hdr.msg_iovlen = n
-        // struct cmsghdr { len, level, type } + the u16 segment size.
-        let cmsgLength = MemoryLayout<cmsghdr>.size + 2
-        gsoControl.initializeMemory(as: UInt8.self, repeating: 0, count: 64)
-        gsoControl.storeBytes(of: cmsgLength, as: Int.self)
-        gsoControl.storeBytes(of: Self.SOL_UDP_VALUE, toByteOffset: MemoryLayout<Int>.size, as: Int32.self)
-        gsoControl.storeBytes(of: Self.UDP_SEGMENT_VALUE, toByteOffset: MemoryLayout<Int>.size + 4, as: Int32.self)
-        gsoControl.storeBytes(of: UInt16(run.length), toByteOffset: MemoryLayout<cmsghdr>.size, as: UInt16.self)
-        hdr.msg_control = gsoControl
-        hdr.msg_controllen = (cmsgLength + 7) & ~7
-        while true {
-            let r = CMirrorSys_sendmsg(fd, &hdr, Int32(MSG_DONTWAIT))
-            if r >= 0 {
-                var d = Int(run.first)
-                while d >= 0 { sent(table, d); d = Int(descriptors[d].next) }
-                return
-            }
-            let err = -r
-            if err == EINTR { continue }
-            if (err == EAGAIN || err == ENOBUFS) && waitWritable(fd) { continue }
-            if err == EIO || err == EINVAL {
-                counters.addGSOFallback()
-                var d = Int(run.first)
-                while d >= 0 { addSingle(table, d); d = Int(descriptors[d].next) }
-                sendSingles(table)
-                return
-            }
-            let reason: UserDropReason = err == EAGAIN || err == ENOBUFS ? .backpressure : .sendFailed
-            if reason == .sendFailed {
-                lastSendError = err
-                sendErrorsSinceLog += 1
-            }
-            var d = Int(run.first)
-            while d >= 0 { failed(table, d, reason); d = Int(descriptors[d].next) }
+    // MARK: packet-socket frames
+
+    /// Frames for a run toward an endpoint with a link-layer path: one UDP
+    /// GSO message for a run of two or more (unless GSO is off), else one
+    /// frame per copy.
+    private func addFrames(_ table: ForwardingTable, _ run: Run, socket: Int, path: LinkPaths.Path) {
+        if run.count >= 2 && settings.gso {
+            addFrame(table, first: Int(run.first), count: Int(run.count), segment: Int(run.length), bytes: Int(run.bytes),
+                     socket: socket, path: path)
             return
         }
+        var d = Int(run.first)
+        while d >= 0 {
+            let length = Int(descriptors[d].length)
+            addFrame(table, first: d, count: 1, segment: length, bytes: length, socket: socket, path: path)
+            d = Int(descriptors[d].next)
+        }
+    }
+
+    /// One frame (or GSO message) of `count` copies from descriptor `first`
+    /// on, `bytes` of payload in all, cut every `segment` bytes.
+    @inline(__always)
+    private func addFrame(_ table: ForwardingTable, first: Int, count: Int, segment: Int, bytes: Int, socket: Int,
+                          path: LinkPaths.Path) {
+        let desc = descriptors[first]
+        let e = Int(desc.endpoint)
+        let ep = table.endpointInfo[e]
+        let h = outer + first * Self.outerSlot
+        // Ethernet: destination, source, type.
+        for i in 0..<6 {
+            h.storeBytes(of: UInt8(truncatingIfNeeded: path.destination >> (8 * UInt64(i))), toByteOffset: i, as: UInt8.self)
+            h.storeBytes(of: UInt8(truncatingIfNeeded: path.source >> (8 * UInt64(i))), toByteOffset: 6 + i, as: UInt8.self)
+        }
+        h.storeBytes(of: (ep.ipv6 ? UInt16(0x86DD) : UInt16(0x0800)).bigEndian, toByteOffset: 12, as: UInt16.self)
+        let ip = h + 14
+        ip.copyMemory(from: table.templates + e * 64, byteCount: ep.constants.length)
+        identification &+= 1
+        var v = CMirrorSys_vnet_hdr()
+        if count >= 2 || ep.ipv6 {
+            // The kernel finishes the UDP checksum of every datagram (GSO
+            // needs one; IPv6 always has one).
+            OuterHeader.finishPartial(ip, ep.constants, sourcePort: desc.port, payloadLength: bytes, identification: identification)
+            v.flags = 1 // VIRTIO_NET_HDR_F_NEEDS_CSUM
+            v.csum_start = UInt16(14 + ep.constants.length - 8)
+            v.csum_offset = 6
+            if count >= 2 {
+                v.gso_type = 5 // VIRTIO_NET_HDR_GSO_UDP_L4
+                v.gso_size = UInt16(segment)
+                v.hdr_len = UInt16(14 + ep.constants.length)
+            }
+        } else {
+            OuterHeader.finish(ip, ep.constants, sourcePort: desc.port, payloadLength: bytes, identification: identification)
+        }
+        identification &+= UInt16(truncatingIfNeeded: count - 1)
+        let m = frameTotal
+        vnet[m] = v
+        let iov = frameIov + frameIovUsed
+        iov[0] = iovec(iov_base: UnsafeMutableRawPointer(vnet + m), iov_len: MemoryLayout<CMirrorSys_vnet_hdr>.size)
+        iov[1] = iovec(iov_base: h, iov_len: 14 + ep.constants.length)
+        var n = 2
+        var d = first
+        for _ in 0..<count {
+            let dd = descriptors[d]
+            for p in 0..<Int(dd.pieces) {
+                iov[n] = pieces[Int(dd.piecesStart) + p]
+                n += 1
+            }
+            d = Int(dd.next)
+        }
+        frameIovUsed += n
+        var hdr = msghdr()
+        hdr.msg_name = UnsafeMutableRawPointer(linkAddresses + 2 * socket + (ep.ipv6 ? 1 : 0))
+        hdr.msg_namelen = socklen_t(MemoryLayout<sockaddr_ll>.size)
+        hdr.msg_iov = iov
+        hdr.msg_iovlen = n
+        frames[m] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
+        frameSocket[m] = Int32(socket)
+        frameFirst[m] = Int32(first)
+        frameCount[m] = Int32(count)
+        frameTotal += 1
+    }
+
+    /// Every packet socket's frames, one sendmmsg per socket (resubmitting
+    /// after partial sends). A GSO message the kernel refuses as such (EIO,
+    /// EINVAL) goes again as single copies by the raw socket.
+    private func sendFrames(_ table: ForwardingTable) {
+        guard frameTotal > 0 else { return }
+        for s in 0..<packetSocketCount {
+            var count = 0
+            for m in 0..<frameTotal where frameSocket[m] == Int32(s) {
+                sending[count] = frames[m]
+                sendingFrame[count] = Int32(m)
+                count += 1
+            }
+            guard count > 0 else { continue }
+            let fd = packetSockets[s].fd
+            var i = 0
+            while i < count {
+                let r = CMirrorSys_sendmmsg(fd, sending + i, UInt32(count - i), Int32(MSG_DONTWAIT))
+                if r > 0 {
+                    for j in i..<(i + Int(r)) { frameDone(table, Int(sendingFrame[j]), sent: true, .sendFailed) }
+                    i += Int(r)
+                    continue
+                }
+                let err = -r
+                if err == EINTR { continue }
+                if err == EAGAIN || err == ENOBUFS {
+                    if waitWritable(fd) { continue }
+                    for j in i..<count { frameDone(table, Int(sendingFrame[j]), sent: false, .backpressure) }
+                    break
+                }
+                let m = Int(sendingFrame[i])
+                if (err == EIO || err == EINVAL) && frameCount[m] > 1 {
+                    counters.addGSOFallback()
+                    var d = Int(frameFirst[m])
+                    for _ in 0..<Int(frameCount[m]) {
+                        addSingle(table, d)
+                        d = Int(descriptors[d].next)
+                    }
+                } else {
+                    frameDone(table, m, sent: false, .sendFailed)
+                    lastSendError = err
+                    sendErrorsSinceLog += 1
+                }
+                i += 1
+            }
+        }
+    }
+
+    @inline(__always)
+    private func frameDone(_ table: ForwardingTable, _ m: Int, sent ok: Bool, _ reason: UserDropReason) {
+        var d = Int(frameFirst[m])
+        for _ in 0..<Int(frameCount[m]) {
+            if ok { sent(table, d) } else { failed(table, d, reason) }
+            d = Int(descriptors[d].next)
+        }
+    }
+
+    /// The index of the packet socket on `ifindex`, opened (and registered
+    /// as the agent's own) the first time; nil when it cannot be had, and
+    /// then the copies go by the raw IP socket.
+    @inline(__always)
+    private func packetSocket(_ ifindex: Int32) -> Int? {
+        for i in 0..<packetSocketCount where packetSockets[i].ifindex == ifindex {
+            return packetSockets[i].fd >= 0 ? i : nil
+        }
+        guard packetSocketCount < Self.maxPacketSockets else { return nil }
+        var fd = CMirrorSys_packet_socket(ifindex)
+        if fd >= 0 {
+            if CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_SNDBUFFORCE, 8 << 20) != 0 {
+                _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_SNDBUF, 8 << 20)
+            }
+            if mark != 0 { _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_MARK, Int32(bitPattern: mark)) }
+            if (try? own.register(fd)) == nil {
+                _ = CMirrorSys_close(fd)
+                fd = -1
+            }
+        }
+        let i = packetSocketCount
+        packetSockets[i] = PacketSocket(ifindex: ifindex, fd: fd)
+        for (k, type) in [(0, UInt16(0x0800)), (1, UInt16(0x86DD))] {
+            var sll = sockaddr_ll()
+            sll.sll_family = UInt16(AF_PACKET)
+            sll.sll_protocol = type.bigEndian
+            sll.sll_ifindex = ifindex
+            linkAddresses[2 * i + k] = sll
+        }
+        packetSocketCount += 1
+        return fd >= 0 ? i : nil
     }
 
     /// Waits up to the backpressure budget (from the flush's first wait)
@@ -408,6 +554,7 @@ final class Emitter {
         return true
     }
 
+    /// Copy `d` went: its outer IP packet's bytes count.
     @inline(__always)
     private func sent(_ table: ForwardingTable, _ d: Int) {
         let desc = descriptors[d]
@@ -422,48 +569,5 @@ final class Emitter {
         let desc = descriptors[d]
         groups[Int(desc.group)].failure = reason
         counters.addEndpointError(endpoint: Int(table.endpointInfo[Int(desc.endpoint)].counter))
-    }
-
-    static let SOL_UDP_VALUE: Int32 = 17
-    static let UDP_SEGMENT_VALUE: Int32 = 103
-
-    /// The UDP socket that sends a run from source `port` toward `endpoint`'s
-    /// family, opened the first time; nil when the port cannot be had (an
-    /// application holds it), and then copies go one by one.
-    @inline(__always)
-    private func gsoSocket(_ table: ForwardingTable, endpoint e: Int, port: UInt16) -> Int32? {
-        let v6 = table.endpointInfo[e].ipv6
-        let pool = v6 ? gso6 : gso4
-        let existing = pool[Int(port)]
-        if existing >= 0 { return existing }
-        if existing == -2 { return nil }
-        let fd = openGSOSocket(v6: v6, port: port)
-        pool[Int(port)] = fd >= 0 ? fd : -2
-        return fd >= 0 ? fd : nil
-    }
-
-    private func openGSOSocket(v6: Bool, port: UInt16) -> Int32 {
-        let fd = CMirrorSys_socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        guard fd >= 0 else { return -1 }
-        // Marked like every copy, never fragmented, and never reading.
-        if mark != 0 { _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_MARK, Int32(bitPattern: mark)) }
-        if v6 {
-            _ = CMirrorSys_setsockopt_int(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1)
-            _ = CMirrorSys_setsockopt_int(fd, Int32(IPPROTO_IPV6), 23 /* IPV6_MTU_DISCOVER */, 3 /* IPV6_PMTUDISC_PROBE */)
-        } else {
-            _ = CMirrorSys_setsockopt_int(fd, Int32(IPPROTO_IP), 10 /* IP_MTU_DISCOVER */, 3 /* IP_PMTUDISC_PROBE */)
-        }
-        if CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20) != 0 {
-            _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_SNDBUF, 4 << 20)
-        }
-        _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_RCVBUF, 1)
-        var storage = sockaddr_storage()
-        let len = TargetResolver.fill(&storage, v6 ? .v6([UInt8](repeating: 0, count: 16)) : .v4([0, 0, 0, 0]), port: port)
-        let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { CMirrorSys_bind(fd, $0, len) } }
-        guard rc == 0, (try? own.register(fd)) != nil else {
-            _ = CMirrorSys_close(fd)
-            return -1
-        }
-        return fd
     }
 }

@@ -41,6 +41,8 @@ public final class ForwardingTable: @unchecked Sendable {
         var seed: UInt32
         /// Slot of the endpoint's counters.
         var counter: Int32
+        /// Slot of the endpoint's link-layer path in `paths`, or -1.
+        var path: Int32
     }
 
     public let targets: [ResolvedTarget]
@@ -56,15 +58,19 @@ public final class ForwardingTable: @unchecked Sendable {
     let udpAddresses: UnsafeMutablePointer<sockaddr_storage>
     /// Up (1) or down (0) per health slot, written by the HealthMonitor.
     let health: UnsafeMutablePointer<UInt32>
+    /// The storage of LinkPaths, which keeps it current.
+    let paths: UnsafeMutablePointer<UInt64>
 
     /// `sessionTargets[i]` is the index in `targets` of session i,
     /// `packetLengths[i]` its packet_length; `healthSlots` gives each
     /// probed endpoint's slot by key.
     init(targets: [ResolvedTarget], sessionNames: [String], sessionTargets: [Int], packetLengths: [Int?],
-         sampleEvery: [Int], counters: ForwarderCounters, health: UnsafeMutablePointer<UInt32>, healthSlots: [String: Int]) {
+         sampleEvery: [Int], counters: ForwarderCounters, health: UnsafeMutablePointer<UInt32>, healthSlots: [String: Int],
+         paths: LinkPaths, pathSlots: [String: Int]) {
         self.targets = targets
         self.sessionNames = sessionNames
         self.health = health
+        self.paths = paths.slots
         sessionCount = sessionNames.count
         sessions = .allocate(capacity: max(1, sessionCount))
         for i in 0..<sessionCount {
@@ -99,7 +105,7 @@ public final class ForwardingTable: @unchecked Sendable {
                 (endpointInfo + e).initialize(to: EndpointInfo(
                     constants: ep.header.constants, addressLength: len, ipv6: !ep.address.isIPv4,
                     health: t.probed ? Int32(healthSlots[ep.key] ?? -1) : -1,
-                    seed: Rendezvous.seed(ep.key), counter: Int32(counter)))
+                    seed: Rendezvous.seed(ep.key), counter: Int32(counter), path: Int32(pathSlots[ep.key] ?? -1)))
                 ep.header.writeTemplate(to: templates + e * 64)
                 e += 1
             }
@@ -138,19 +144,19 @@ public final class Forwarder: @unchecked Sendable {
         /// sleep up to this. A backlog of an eighth of a ring wakes the loop
         /// sooner.
         public var idleWaitNanoseconds: UInt64
-        /// Whether runs of one flow's copies leave as UDP GSO messages (from
-        /// UDP sockets bound to the flows' source ports); off (the default),
-        /// every copy leaves by the raw sockets and no port is bound.
-        public var udpGSO: Bool
+        /// Whether runs of one flow's copies toward an endpoint with a
+        /// link-layer path leave as one UDP GSO message of the packet
+        /// socket; off, each copy is a frame of its own.
+        public var gso: Bool
 
         public init(batchSize: Int = 256, backpressureBudgetNanoseconds: UInt64 = 2_000_000,
                     drainIntervalNanoseconds: UInt64 = 1_000_000, idleWaitNanoseconds: UInt64 = 5_000_000,
-                    udpGSO: Bool = false) {
+                    gso: Bool = true) {
             self.batchSize = batchSize
             self.backpressureBudgetNanoseconds = backpressureBudgetNanoseconds
             self.drainIntervalNanoseconds = drainIntervalNanoseconds
             self.idleWaitNanoseconds = idleWaitNanoseconds
-            self.udpGSO = udpGSO
+            self.gso = gso
         }
     }
 

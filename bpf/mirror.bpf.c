@@ -171,8 +171,9 @@ static __always_inline int tm_emit(const struct tm_src *src, const int xdp,
 	__u32 cpu = bpf_get_smp_processor_id();
 	void *ring = bpf_map_lookup_elem(&tm_rings, &cpu);
 
+	/* Rings exist for the CPUs online when the agent started. */
 	if (!ring)
-		return TM_SO_DROP_RING_FULL;
+		return TM_SO_DROP_NO_RING;
 	TM_EMIT_CLASS(72)
 	TM_EMIT_CLASS(200)
 	TM_EMIT_CLASS(456)
@@ -512,6 +513,8 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	if (drop) {
 		if (drop == TM_SO_DROP_RING_FULL)
 			sc->count[TM_SO_DROP_RING_FULL] += taken;
+		else if (drop == TM_SO_DROP_NO_RING)
+			sc->count[TM_SO_DROP_NO_RING] += taken;
 		else
 			sc->count[TM_SO_DROP_CAPTURE_ERROR] += taken;
 		return;

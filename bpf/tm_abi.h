@@ -84,6 +84,7 @@ enum tm_direction {
 	X(DROP_RATE_LIMITED, rate_limited)                                 \
 	X(DROP_CAPTURE_ERROR, capture_error)                               \
 	X(DROP_GSO_UNSEGMENTED, gso_unsegmented)                           \
+	X(DROP_NO_RING, no_ring)                                           \
 	X(TRUNCATED_LENGTH, packet_length)                                 \
 	X(TRUNCATED_MTU, mtu)                                              \
 	X(TRUNCATED_MAX, capture_max)

@@ -126,7 +126,7 @@ public final class MetricsExporter: Sendable {
         }
 
         let soLabels = MirrorProgram.sessionOutcomeLabels
-        let kernelDrops = ["ring_full", "sampled_out", "rate_limited", "capture_error", "gso_unsegmented"]
+        let kernelDrops = ["ring_full", "sampled_out", "rate_limited", "capture_error", "gso_unsegmented", "no_ring"]
         let truncations = ["packet_length", "mtu", "capture_max"]
         let names = Set(s.sessions.keys).union(s.forwarder.drops.keys).sorted()
         for name in names {
@@ -174,7 +174,7 @@ public final class MetricsExporter: Sendable {
         gauge("traffic_mirror_own_sockets", "Sockets the agent sends from (copies, health probes), registered with the hooks so that none of their packets is mirrored.",
               [], Double(s.ownSockets))
         gauge("traffic_mirror_ring_size_bytes", "Bytes of each per-CPU ring buffer.", [], Double(s.ringBytes))
-        for (cpu, b) in s.ringBacklogBytes.enumerated() {
+        for (cpu, b) in zip(s.ringCPUs, s.ringBacklogBytes) {
             gauge("traffic_mirror_ring_backlog_bytes", "Bytes waiting in a CPU's ring buffer.", [("cpu", "\(cpu)")], Double(b))
         }
         for h in s.hooks {

@@ -16,6 +16,9 @@ struct CheckCommand: ParsableCommand {
         let loaded = try loadConfig(path: config)
         print("\(config): valid\n")
         print(PlanDescription.render(loaded))
+        let cpus = (try? String(contentsOfFile: "/sys/devices/system/cpu/online", encoding: .utf8)).flatMap(RingSizing.cpus(list:))?.count
+            ?? ProcessInfo.processInfo.activeProcessorCount
+        print("ring buffers (run's default): \(RingSizing.describe(cpus: cpus))")
     }
 }
 

@@ -16,6 +16,8 @@ extension HookPolicy.TCAttach: ExpressibleByArgument {}
 struct ByteSize: ExpressibleByArgument, CustomStringConvertible {
     var bytes: Int
 
+    init(bytes: Int) { self.bytes = bytes }
+
     var description: String {
         for (suffix, scale) in [("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)] where bytes % scale == 0 {
             return "\(bytes / scale)\(suffix)"
@@ -78,7 +80,10 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("How tc programs are attached: auto (tcx links where the kernel has them, else netlink filters), tcx, or netlink.", valueName: "mode"))
     var tcAttach: HookPolicy.TCAttach = .auto
 
-    @Option(help: ArgumentHelp("Bytes of ring buffer per CPU, a power of two from 4K to 1G, with an optional K/M/G suffix (default: 128M shared by the CPUs, 8M to 64M each).", valueName: "bytes"))
+    @Option(help: ArgumentHelp("Ring-buffer memory in all, shared by the CPUs online at start: each ring is the largest power of two within it per CPU, 1M to 64M (K/M/G suffix).", valueName: "bytes"))
+    var ringMemory = ByteSize(bytes: RingSizing.defaultTotal)
+
+    @Option(help: ArgumentHelp("Bytes of each CPU's ring instead, a power of two from 4K to 1G (K/M/G suffix).", valueName: "bytes"))
     var ringSize: ByteSize?
 
     @Option(help: ArgumentHelp("Records per sendmmsg batch, 1...4096.", valueName: "n"))
@@ -124,6 +129,9 @@ struct RunCommand: AsyncParsableCommand {
         } else {
             problems.append("--metrics-address: \"\(metricsAddress)\" must be HOST:PORT, e.g. 127.0.0.1:9781 or [::1]:9781")
         }
+        if ringMemory.bytes < RingSizing.minimumRing {
+            problems.append("--ring-memory: \(ringMemory) is below one ring of 1M")
+        }
         if let ring = ringSize?.bytes, ring < 4096 || ring & (ring - 1) != 0 || ring > 1 << 30 {
             problems.append("--ring-size: \(ring) must be a power of two from 4K to 1G")
         }
@@ -157,7 +165,7 @@ struct RunCommand: AsyncParsableCommand {
         let logger = logging.bootstrap()
         let config = try makeConfig()
         let options = Agent.Options(
-            program: .init(ringBytes: ringSize.map { UInt32($0.bytes) } ?? MirrorProgram.Settings.automaticRingBytes()),
+            program: .init(ringBytes: ringSize.map { UInt32($0.bytes) } ?? MirrorProgram.Settings.automaticRingBytes(total: ringMemory.bytes)),
             forwarder: .init(batchSize: batchSize, gso: gso),
             hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach),
             socketMark: socketMark.flatMap(Self.parseMark) ?? 0)

@@ -112,6 +112,7 @@ public final class Agent: @unchecked Sendable {
         }
         logger.info("BPF program loaded", metadata: [
             "rings": "\(rings.count)", "ring_bytes": "\(rings.bytesPerRing)",
+            "ring_memory": "\(rings.count * Int(rings.bytesPerRing))",
             "batch": "\(options.forwarder.batchSize)",
         ])
     }
@@ -332,7 +333,7 @@ public final class Agent: @unchecked Sendable {
         // Hooks that started before the switch may still be writing records
         // of the old bank; wait for them so its counters are final and its
         // records are all in the rings.
-        try? program.waitForRunningHooks(ring0: rings.firstRingFD)
+        try? program.waitForRunningHooks(ring0: rings.firstRingFD, cpu: rings.firstRingCPU)
         if let previous {
             for (i, session) in previous.plan.sessions.enumerated() {
                 for d in Direction.allCases {
@@ -396,6 +397,8 @@ public final class Agent: @unchecked Sendable {
         public var hooks: [(interface: String, direction: Direction, kind: HookKind)]
         public var endpointHealth: [HealthMonitor.EndpointState]
         public var ringBacklogBytes: [UInt64]
+        /// The CPU of each ring.
+        public var ringCPUs: [Int]
         public var ringBytes: UInt32
         /// Sockets registered as the agent's own (OwnOutput).
         public var ownSockets: Int
@@ -427,7 +430,7 @@ public final class Agent: @unchecked Sendable {
                 targets: s.applied?.targets ?? [], sessionTargets: sessionTargets,
                 hooks: s.hooks.map { ($0.interface, $0.direction, $0.kind) },
                 endpointHealth: health.endpoints(),
-                ringBacklogBytes: rings.backlog(), ringBytes: rings.bytesPerRing, ownSockets: own.socketCount,
+                ringBacklogBytes: rings.backlog(), ringCPUs: rings.cpus, ringBytes: rings.bytesPerRing, ownSockets: own.socketCount,
                 configsApplied: s.applied_ok, configsFailed: s.applied_failed,
                 lastAppliedNanoseconds: s.lastAppliedNanoseconds,
                 running: !s.stopped && s.applied != nil && forwarder.isRunning)
@@ -451,7 +454,7 @@ public final class Agent: @unchecked Sendable {
         guard var detach = hooks else { return }
         let names = detach.map { "\($0.interface)/\($0.direction.rawValue)" }
         detach.removeAll()
-        try? program.waitForRunningHooks(ring0: rings.firstRingFD)
+        try? program.waitForRunningHooks(ring0: rings.firstRingFD, cpu: rings.firstRingCPU)
         forwarder.stop()
         thread.join()
         health.stop()

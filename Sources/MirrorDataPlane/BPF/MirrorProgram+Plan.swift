@@ -63,8 +63,8 @@ extension MirrorProgram {
     /// finished. Updating a map-in-map entry makes the kernel wait for an
     /// RCU grace period (maybe_wait_bpf_programs), and the hooks run inside
     /// RCU read sections; re-storing ring 0 is a no-op otherwise.
-    public func waitForRunningHooks(ring0: Int32) throws(SystemError) {
-        var k: UInt32 = 0
+    public func waitForRunningHooks(ring0: Int32, cpu: UInt32 = 0) throws(SystemError) {
+        var k = cpu
         var fd = ring0
         try SystemError.check(CMirrorBPF_map_update(ringsMap, &k, &fd, 0), "RCU barrier on tm_rings")
     }

@@ -1,5 +1,6 @@
 import CMirrorBPF
 import MirrorBPFObject
+import MirrorCore
 
 #if canImport(Glibc)
 import Glibc
@@ -20,17 +21,19 @@ public final class MirrorProgram: @unchecked Sendable {
             self.ringBytes = ringBytes
         }
 
-        /// The default ring size: 128 MiB shared by the possible CPUs, from
-        /// 8 MiB to 64 MiB each (a power of two). A ring must hold what
-        /// arrives while the forwarding thread is off the CPU: a wakeup can
-        /// come 10 ms late on a busy or virtual machine, and 10 ms of
-        /// 1400-byte frames at 400 kpps fill 8 MiB (each takes a 2 KiB
-        /// slot); hosts with many CPUs spread the load over as many rings.
-        public static func automaticRingBytes(cpus: Int = Int(CMirrorBPF_num_possible_cpus())) -> UInt32 {
-            var bytes: UInt32 = 64 << 20
-            while bytes > 8 << 20 && Int(bytes) * max(1, cpus) > 128 << 20 { bytes >>= 1 }
-            return bytes
+        /// The default ring size for the CPUs online now (RingSizing).
+        public static func automaticRingBytes(total: Int = RingSizing.defaultTotal) -> UInt32 {
+            UInt32(RingSizing.perRing(cpus: MirrorProgram.onlineCPUs().count, total: total))
         }
+    }
+
+    /// The CPUs online now (/sys/devices/system/cpu/online), else every
+    /// possible one.
+    public static func onlineCPUs() -> [Int] {
+        if let list = try? String(contentsOfProcFile: "/sys/devices/system/cpu/online"), let cpus = RingSizing.cpus(list: list) {
+            return cpus
+        }
+        return Array(0..<max(1, Int(CMirrorBPF_num_possible_cpus())))
     }
 
     private let object: OpaquePointer

@@ -13,6 +13,9 @@ public final class RingSet: @unchecked Sendable {
     // `wake()` writes an eventfd, which is thread-safe.
 
     public let count: Int
+    /// The CPU of each ring: those online at start (a CPU that comes online
+    /// later has no ring; its hooks count `no_ring`).
+    public let cpus: [Int]
     public let bytesPerRing: UInt32
     let rings: UnsafeMutablePointer<CMirrorBPF_ring>
     /// Read position per ring, ahead of the released consumer position.
@@ -23,10 +26,11 @@ public final class RingSet: @unchecked Sendable {
     /// What epoll reports: ring numbers, UInt32.max for the eventfd.
     let tags: UnsafeMutablePointer<UInt32>
 
-    /// Creates one ring per possible CPU and puts it in the program's
-    /// ring array; the hooks may be attached afterwards.
+    /// Creates one ring per online CPU and puts it in the program's ring
+    /// array (indexed by CPU); the hooks may be attached afterwards.
     public init(program: MirrorProgram) throws(SystemError) {
-        count = program.cpuCount
+        cpus = MirrorProgram.onlineCPUs().filter { $0 < program.cpuCount }
+        count = cpus.count
         bytesPerRing = program.settings.ringBytes
         rings = .allocate(capacity: count)
         rings.initialize(repeating: CMirrorBPF_ring(), count: count)
@@ -38,18 +42,18 @@ public final class RingSet: @unchecked Sendable {
             ep = try SystemError.check(CMirrorSys_epoll_create(), "epoll_create1")
             wk = try SystemError.check(CMirrorSys_eventfd(), "eventfd")
             try SystemError.check(CMirrorSys_epoll_add(ep, wk, UInt32.max), "epoll_ctl(eventfd)")
-            for cpu in 0..<count {
+            for (r, cpu) in cpus.enumerated() {
                 let fd = try SystemError.check(CMirrorBPF_ringbuf_create("tm_ring", bytesPerRing), "creating the ring buffer of CPU \(cpu)")
                 fds.append(fd)
                 var key = UInt32(cpu)
                 var value = fd
                 try SystemError.check(CMirrorBPF_map_update(program.ringsMap, &key, &value, 0), "tm_rings[\(cpu)]")
-                try SystemError.check(CMirrorBPF_ring_map(fd, bytesPerRing, rings + cpu), "mmap of ring \(cpu)")
-                cursor[cpu] = rings[cpu].consumer_pos.pointee
-                try SystemError.check(CMirrorSys_epoll_add(ep, fd, UInt32(cpu)), "epoll_ctl(ring \(cpu))")
+                try SystemError.check(CMirrorBPF_ring_map(fd, bytesPerRing, rings + r), "mmap of ring \(cpu)")
+                cursor[r] = rings[r].consumer_pos.pointee
+                try SystemError.check(CMirrorSys_epoll_add(ep, fd, UInt32(r)), "epoll_ctl(ring \(cpu))")
             }
         } catch {
-            for cpu in 0..<count { CMirrorBPF_ring_unmap(rings + cpu) }
+            for r in 0..<count { CMirrorBPF_ring_unmap(rings + r) }
             for fd in fds { _ = CMirrorSys_close(fd) }
             if ep >= 0 { _ = CMirrorSys_close(ep) }
             if wk >= 0 { _ = CMirrorSys_close(wk) }
@@ -73,8 +77,10 @@ public final class RingSet: @unchecked Sendable {
         tags.deallocate()
     }
 
-    /// The fd of ring 0 (for the RCU barrier of `MirrorProgram`).
+    /// The fd of the first ring and its CPU (for the RCU barrier of
+    /// `MirrorProgram`).
     public var firstRingFD: Int32 { fds[0] }
+    public var firstRingCPU: UInt32 { UInt32(cpus[0]) }
 
     /// Appends up to `max` records to `batch` in the order the hooks saw
     /// them: the rings are merged by the timestamp each record carries, so

@@ -113,6 +113,21 @@ struct OuterHeaderTests {
         #expect(Array(b[20..<28]) == [0xC3, 0x50, 0x12, 0xB5, 0, 108, 0, 0])
     }
 
+    @Test("partial: the UDP field holds the folded pseudo-header sum the kernel finishes (hand-computed)")
+    func partial() {
+        let h = OuterHeader(source: [198, 18, 0, 1], destination: [198, 18, 1, 2], destinationPort: 4789)
+        var b = [UInt8](repeating: 0, count: 28)
+        b.withUnsafeMutableBytes { raw in
+            h.writeTemplate(to: raw.baseAddress!)
+            OuterHeader.finish(raw.baseAddress!, h.constants, sourcePort: 50000, payloadLength: 100, identification: 7, partial: true)
+        }
+        // c612 + 0001 + c612 + 0102 + 0011 (UDP) + 006c (length 108), folded.
+        #expect(Array(b[24..<28]) == [0, 108, 0x8D, 0xA5])
+        var c = InternetChecksum()
+        c.add(Array(b[0..<20]))
+        #expect(c.folded == 0xFFFF, "the IPv4 header checksum is complete")
+    }
+
     @Test("IPv6: UDP checksum verifies over pseudo header and payload")
     func ipv6() {
         let src = Frames.ip6(1), dst = Frames.ip6(2)

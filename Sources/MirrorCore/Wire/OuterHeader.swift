@@ -89,13 +89,17 @@ public struct OuterHeader: Sendable {
     /// Completes a template copy at `out` for a UDP payload of
     /// `payloadLength` bytes. For IPv6 `payloadSum` must be the checksum
     /// sum of the payload (UDP checksums are mandatory there); IPv4 sends
-    /// 0, as RFC 7348 recommends.
+    /// 0, as RFC 7348 recommends. `partial` leaves the UDP checksum for the
+    /// kernel (or the NIC) to finish, as CHECKSUM_PARTIAL: the field holds
+    /// the folded pseudo-header sum. UDP GSO needs that, since every
+    /// datagram it cuts gets its own checksum.
     @inlinable @inline(__always)
     public static func finish(
         _ out: UnsafeMutableRawPointer, _ c: Constants, sourcePort: UInt16, payloadLength: Int,
-        identification: UInt16, payloadSum: UInt64 = 0
+        identification: UInt16, payloadSum: UInt64 = 0, partial: Bool = false
     ) {
         let udpLength = UInt16(truncatingIfNeeded: 8 + payloadLength)
+        let partialSum = fold(c.addressSum &+ UInt64(udpLength))
         switch c.family {
         case .ipv4:
             let total = udpLength &+ 20
@@ -105,44 +109,20 @@ public struct OuterHeader: Sendable {
             out.storeBytes(of: check.bigEndian, toByteOffset: 10, as: UInt16.self)
             out.storeBytes(of: sourcePort.bigEndian, toByteOffset: 20, as: UInt16.self)
             out.storeBytes(of: udpLength.bigEndian, toByteOffset: 24, as: UInt16.self)
-            out.storeBytes(of: UInt16(0), toByteOffset: 26, as: UInt16.self)
+            out.storeBytes(of: partial ? partialSum.bigEndian : 0, toByteOffset: 26, as: UInt16.self)
         case .ipv6:
             out.storeBytes(of: udpLength.bigEndian, toByteOffset: 4, as: UInt16.self)
             out.storeBytes(of: sourcePort.bigEndian, toByteOffset: 40, as: UInt16.self)
             out.storeBytes(of: udpLength.bigEndian, toByteOffset: 44, as: UInt16.self)
+            if partial {
+                out.storeBytes(of: partialSum.bigEndian, toByteOffset: 46, as: UInt16.self)
+                return
+            }
             // Pseudo-header length and the UDP length field both count.
             var check = ~fold(c.pseudoSum &+ UInt64(udpLength) &+ UInt64(udpLength)
                               &+ UInt64(sourcePort) &+ payloadSum)
             if check == 0 { check = 0xFFFF }
             out.storeBytes(of: check.bigEndian, toByteOffset: 46, as: UInt16.self)
-        }
-    }
-
-    /// Like `finish`, but the UDP checksum is left for the kernel (or the
-    /// NIC) to finish, as CHECKSUM_PARTIAL: the field holds the folded
-    /// pseudo-header sum. What UDP GSO needs, since every datagram it cuts
-    /// gets its own checksum; the IPv4 header checksum is complete.
-    @inlinable @inline(__always)
-    public static func finishPartial(
-        _ out: UnsafeMutableRawPointer, _ c: Constants, sourcePort: UInt16, payloadLength: Int, identification: UInt16
-    ) {
-        let udpLength = UInt16(truncatingIfNeeded: 8 + payloadLength)
-        let partial = fold(c.addressSum &+ UInt64(udpLength))
-        switch c.family {
-        case .ipv4:
-            let total = udpLength &+ 20
-            let check = ~fold(c.ipv4Sum &+ UInt64(total) &+ UInt64(identification))
-            out.storeBytes(of: total.bigEndian, toByteOffset: 2, as: UInt16.self)
-            out.storeBytes(of: identification.bigEndian, toByteOffset: 4, as: UInt16.self)
-            out.storeBytes(of: check.bigEndian, toByteOffset: 10, as: UInt16.self)
-            out.storeBytes(of: sourcePort.bigEndian, toByteOffset: 20, as: UInt16.self)
-            out.storeBytes(of: udpLength.bigEndian, toByteOffset: 24, as: UInt16.self)
-            out.storeBytes(of: partial.bigEndian, toByteOffset: 26, as: UInt16.self)
-        case .ipv6:
-            out.storeBytes(of: udpLength.bigEndian, toByteOffset: 4, as: UInt16.self)
-            out.storeBytes(of: sourcePort.bigEndian, toByteOffset: 40, as: UInt16.self)
-            out.storeBytes(of: udpLength.bigEndian, toByteOffset: 44, as: UInt16.self)
-            out.storeBytes(of: partial.bigEndian, toByteOffset: 46, as: UInt16.self)
         }
     }
 

@@ -412,7 +412,8 @@ final class Emitter {
         if count >= 2 || ep.ipv6 {
             // The kernel finishes the UDP checksum of every datagram (GSO
             // needs one; IPv6 always has one).
-            OuterHeader.finishPartial(ip, ep.constants, sourcePort: desc.port, payloadLength: bytes, identification: identification)
+            OuterHeader.finish(ip, ep.constants, sourcePort: desc.port, payloadLength: bytes, identification: identification,
+                               partial: true)
             v.flags = 1 // VIRTIO_NET_HDR_F_NEEDS_CSUM
             v.csum_start = UInt16(14 + ep.constants.length - 8)
             v.csum_offset = 6

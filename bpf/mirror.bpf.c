@@ -283,6 +283,174 @@ static __always_inline int tm_segmentable(const struct tm_meta *m, const struct 
 	return p->proto == IPPROTO_UDP && !tm_tunnel_port(p->dport) && !tm_tunnel_port(p->sport);
 }
 
+/* What the summing loop needs on the stack (the rest of its state is in
+ * tm_slice_scratch: the stack of the hooks is nearly full). */
+struct tm_sum_ctx {
+	struct __sk_buff *skb;
+};
+
+/* One bpf_loop step: up to TM_SUM_CHUNK bytes of one segment, never across
+ * two, so every chunk starts at an even offset of its segment and the sums
+ * of its chunks add up to the segment's. */
+static long tm_sum_step(__u32 idx, void *data)
+{
+	struct tm_sum_ctx *x = data;
+	struct tm_slice_scratch *sc;
+	struct tm_sum_loop *c;
+	__u32 zero = 0, n, tail;
+	__s64 sum;
+
+	sc = bpf_map_lookup_elem(&tm_slice_scratch, &zero);
+	if (!sc)
+		return 1;
+	c = &sc->loop;
+	n = c->left < TM_SUM_CHUNK ? c->left : TM_SUM_CHUNK;
+	if (n == 0 || n > TM_SUM_CHUNK)
+		goto fail;
+	/* An odd tail is summed as if padded with zeros, as the checksum is. */
+	tail = n & ~3U;
+	if ((n & 3) && tail <= TM_SUM_CHUNK - 4)
+		*(__u32 *)(sc->chunk + tail) = 0;
+	if (bpf_skb_load_bytes(x->skb, c->off, sc->chunk, n))
+		goto fail;
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)sc->chunk, (n + 3) & ~3U, c->sum);
+	if (sum < 0)
+		goto fail;
+	c->sum = sum;
+	c->off += n;
+	c->left -= n;
+	if (c->left)
+		return 0;
+	sc->sum[c->done & (TM_MAX_SLICES - 1)] = c->sum;
+	c->sum = 0;
+	if (++c->done >= c->count)
+		return 1;
+	c->start += c->stride;
+	c->off = c->start;
+	if (c->start >= c->end)
+		goto fail;
+	c->left = c->end - c->start < c->gso ? c->end - c->start : c->gso;
+	return 0;
+fail:
+	c->err = 1;
+	return 1;
+}
+
+#define TM_NOT_SLICED -1
+#define TM_MAX_SUM_STEPS (TM_MAX_GSO_FRAME / TM_SUM_CHUNK + 2 * TM_MAX_SLICES)
+
+/* A TCP/UDP packet, or the kept segments of a segmentable GSO super-packet
+ * of `gso` payload bytes each, that `limit` cuts: the headers once, the
+ * first bytes of each (kept segment's) payload and each payload's sum go
+ * into the ring (struct tm_slice_trailer), instead of up to 64 KiB for a
+ * super-packet, and so that user space can finish a checksum left for
+ * offload in a copy that holds only part of the payload. 0 when the record
+ * is in the ring, a drop outcome, or TM_NOT_SLICED when it goes the usual
+ * way. tc only. */
+static __noinline int tm_emit_sliced(struct __sk_buff *skb, const struct tm_meta *m,
+				     const struct tm_pkt *p, const struct tm_session *s,
+				     struct tm_slice_scratch *sc)
+{
+	struct tm_src src_ = { .ctx = skb, .len = skb->len }, *src = &src_;
+	struct tm_sum_ctx x = { .skb = skb };
+	__u32 limit = sc->args.limit, first = sc->args.first, segs = sc->args.segs, gso = sc->args.gso;
+	__u32 shift = m->vlan_tags ? 4 : 0, step, hdr, slice, n, count, cap, size, i;
+	struct tm_slice_trailer *t;
+	struct tm_sum_loop *c;
+	__u32 cpu = bpf_get_smp_processor_id();
+	void *ring;
+
+	hdr = tm_segment_headers(src, 0, p);
+	if (gso == 0 || hdr + shift + gso <= limit || hdr + shift >= limit || p->l4_end <= hdr)
+		return TM_NOT_SLICED;
+	step = s->sample_every > 1 && segs > 1 ? s->sample_every : 1;
+	n = (p->l4_end - hdr + gso - 1) / gso;
+	if (n > segs)
+		n = segs;
+	if (first >= n)
+		return TM_NOT_SLICED;
+	count = (n - first + step - 1) / step;
+	slice = limit - hdr - shift;
+	cap = hdr + shift + count * slice;
+	if (count > TM_MAX_SLICES || slice > TM_MAX_SLICED_FRAME || cap > TM_MAX_SLICED_FRAME)
+		return TM_NOT_SLICED;
+
+	c = &sc->loop;
+	c->start = hdr + first * gso;
+	c->off = c->start;
+	c->end = p->l4_end;
+	c->gso = gso;
+	c->left = c->end - c->start < gso ? c->end - c->start : gso;
+	c->stride = step * gso;
+	c->count = count;
+	c->done = 0;
+	c->sum = 0;
+	c->err = 0;
+	bpf_loop(TM_MAX_SUM_STEPS, tm_sum_step, &x, 0);
+	if (c->err || c->done != count)
+		return TM_SO_DROP_CAPTURE_ERROR;
+
+	tm_fill(&sc->rec, m, p, s, sc->args.session, sc->args.bank, sc->args.frame_len, cap,
+		sc->args.flags | TM_REC_SLICED, first);
+	if (tm_copy(src, 0, m, sc->frame, hdr + shift, TM_MAX_SLICED_FRAME))
+		return TM_SO_DROP_CAPTURE_ERROR;
+	size = (cap + 3) & ~3U;
+	tm_barrier_var(size);
+	if (size > TM_MAX_SLICED_FRAME)
+		return TM_SO_DROP_CAPTURE_ERROR;
+	t = (struct tm_slice_trailer *)(sc->frame + size);
+	t->slice_len = slice;
+	t->count = count;
+	for (i = 0; i < TM_MAX_SLICES; i++) {
+		__u32 off = hdr + (first + i * step) * gso, pos, len;
+
+		if (i >= count)
+			break;
+		t->sum[i] = sc->sum[i];
+		len = p->l4_end - off < slice ? p->l4_end - off : slice;
+		pos = hdr + shift + i * slice;
+		tm_barrier_var(pos);
+		tm_barrier_var(len);
+		if (pos > TM_MAX_SLICED_FRAME || len > TM_MAX_SLICED_FRAME)
+			return TM_SO_DROP_CAPTURE_ERROR;
+		if (len && bpf_skb_load_bytes(src->ctx, off, sc->frame + pos, len))
+			return TM_SO_DROP_CAPTURE_ERROR;
+	}
+	size += TM_RECORD_HDR_LEN + 8 + 4 * count;
+	tm_barrier_var(size);
+	if (size > sizeof(sc->rec) + sizeof(sc->frame))
+		return TM_SO_DROP_CAPTURE_ERROR;
+	ring = bpf_map_lookup_elem(&tm_rings, &cpu);
+	if (!ring)
+		return TM_SO_DROP_NO_RING;
+	if (bpf_ringbuf_output(ring, &sc->rec, size, tm_wakeup(ring, size)))
+		return TM_SO_DROP_RING_FULL;
+	return 0;
+}
+
+/* tm_emit_sliced's arguments go through the scratch map: the hooks' stack
+ * has no room for them. */
+static __always_inline int tm_slice(const struct tm_src *src, const struct tm_meta *m,
+				    const struct tm_pkt *p, const struct tm_session *s,
+				    __u32 session, __u32 bank, __u32 frame_len, __u32 limit,
+				    __u32 first, __u32 segs, __u32 gso, __u32 flags)
+{
+	__u32 zero = 0;
+	struct tm_slice_scratch *sc = bpf_map_lookup_elem(&tm_slice_scratch, &zero);
+
+	if (!sc)
+		return TM_SO_DROP_CAPTURE_ERROR;
+	sc->args.session = session;
+	sc->args.bank = bank;
+	sc->args.frame_len = frame_len;
+	sc->args.limit = limit;
+	sc->args.first = first;
+	sc->args.segs = segs;
+	sc->args.gso = gso;
+	sc->args.flags = flags;
+	return tm_emit_sliced(src->ctx, m, p, s, sc);
+}
+
 static __always_inline void tm_dest_of(const struct tm_pkt *p, struct tm_dest_key *k)
 {
 	__builtin_memcpy(k->addr, p->dst, sizeof(k->addr));
@@ -480,36 +648,58 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 		return;
 	}
 
+	/* The tightest limit cuts the copy and names the reason; on a tie
+	 * the one the user asked for (packet_length) wins. */
+	limit = TM_MAX_FRAME;
+	reason = TM_SO_TRUNCATED_MAX;
+	if (s->mtu_limit && s->mtu_limit <= limit) {
+		limit = s->mtu_limit;
+		reason = TM_SO_TRUNCATED_MTU;
+	}
+	if (s->length_limit && s->length_limit <= limit) {
+		limit = s->length_limit;
+		reason = TM_SO_TRUNCATED_LENGTH;
+	}
 	if (segs > 1 && tm_segmentable(m, p)) {
-		/* Whole, for user space to cut; the limits apply per segment. */
+		/* Cut by the limit in the kernel, or whole for user space to
+		 * cut; either way user space applies the limits per segment. */
+		drop = TM_NOT_SLICED;
+		if (!xdp && reason != TM_SO_TRUNCATED_MAX)
+			drop = tm_slice(src, m, p, s, session, bank, frame_len, limit, first, segs,
+					m->gso_size, TM_REC_GSO);
 		flags = TM_REC_GSO;
-		cap = frame_len < TM_MAX_GSO_FRAME ? frame_len : TM_MAX_GSO_FRAME;
 		reason = 0;
+		if (drop != TM_NOT_SLICED)
+			goto emitted;
+		cap = frame_len < TM_MAX_GSO_FRAME ? frame_len : TM_MAX_GSO_FRAME;
 	} else {
-		/* The tightest limit cuts the copy and names the reason; on a
-		 * tie the one the user asked for (packet_length) wins. */
-		limit = TM_MAX_FRAME;
-		reason = TM_SO_TRUNCATED_MAX;
-		if (s->mtu_limit && s->mtu_limit <= limit) {
-			limit = s->mtu_limit;
-			reason = TM_SO_TRUNCATED_MTU;
-		}
-		if (s->length_limit && s->length_limit <= limit) {
-			limit = s->length_limit;
-			reason = TM_SO_TRUNCATED_LENGTH;
-		}
 		cap = frame_len;
 		if (cap > limit) {
 			cap = limit;
 			flags = reason == TM_SO_TRUNCATED_LENGTH ? TM_REC_TRUNC_LENGTH :
 				reason == TM_SO_TRUNCATED_MTU	 ? TM_REC_TRUNC_MTU :
 								   TM_REC_TRUNC_MAX;
+			/* A whole TCP/UDP packet cut short: with its payload's
+			 * sum, for a checksum left for offload. */
+			if (!xdp && reason != TM_SO_TRUNCATED_MAX && segs == 1 &&
+			    (p->flags & TM_PKT_L4_COMPLETE) && !(p->flags & TM_PKT_FRAGMENT) &&
+			    (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)) {
+				__u32 hdr = tm_segment_headers(src, 0, p);
+
+				drop = p->l4_end > hdr ?
+					tm_slice(src, m, p, s, session, bank, frame_len, limit,
+						 0, 1, p->l4_end - hdr, flags) :
+					TM_NOT_SLICED;
+				if (drop != TM_NOT_SLICED)
+					goto emitted;
+			}
 		} else {
 			reason = 0;
 		}
 	}
 
 	drop = tm_emit(src, xdp, m, p, s, session, bank, frame_len, cap, flags, first);
+emitted:
 	if (drop) {
 		if (drop == TM_SO_DROP_RING_FULL)
 			sc->count[TM_SO_DROP_RING_FULL] += taken;

@@ -278,7 +278,30 @@ enum tm_record_flags {
 	TM_REC_GSO = 1 << 6,           /* a whole TCP/UDP GSO super-packet: cut it into
 					* gso_segs segments of gso_size payload bytes;
 					* limits apply per segment, in user space */
+	TM_REC_SLICED = 1 << 7,        /* with TM_REC_GSO: sliced in the kernel, see
+					* struct tm_slice_trailer */
 };
+
+/*
+ * A GSO super-packet whose segments packet_length (or the target MTU) cuts
+ * anyway is not copied whole: the record holds the headers every segment
+ * repeats once, then for each segment sampling kept the first slice_len
+ * bytes of its payload (fewer for a shorter last segment), cap_len bytes in
+ * all; this trailer follows at the next 4-byte boundary. sum[i] is the
+ * one's-complement sum of segment i's whole payload as bpf_csum_diff
+ * returns it (32 bits, unfolded, host byte order), so user space writes the
+ * checksum the segment carries on the wire.
+ */
+#define TM_MAX_SLICES 64
+struct tm_slice_trailer {
+	__u32 slice_len;
+	__u32 count; /* slices in the record */
+	__u32 sum[TM_MAX_SLICES];
+};
+/* Frame bytes a sliced record holds at most (trailer excluded). */
+#define TM_MAX_SLICED_FRAME 8192
+/* Payload bytes summed per helper call (bpf_csum_diff takes at most 512). */
+#define TM_SUM_CHUNK 512
 
 /*
  * One ring record: this header (tunnel header last), then cap_len bytes of
@@ -311,6 +334,7 @@ struct tm_record {
 #define TM_RECORD_HDR_LEN 48 /* sizeof(struct tm_record), tunnel header included */
 
 _Static_assert(sizeof(struct tm_record) == TM_RECORD_HDR_LEN, "tm_record layout");
+_Static_assert(sizeof(struct tm_slice_trailer) == 8 + 4 * TM_MAX_SLICES, "tm_slice_trailer layout");
 _Static_assert(sizeof(struct tm_dest_key) == 20, "tm_dest_key layout");
 _Static_assert(sizeof(struct tm_control) == 24, "tm_control layout");
 

@@ -75,7 +75,7 @@ struct ConfigEndToEndTests {
                 guard case .session(let name) = reference.decide(interface: "m0", direction: d, packet: ParsedPacket(frame: f)) else { continue }
                 let s = parsed.sessions.first { $0.name == name }!
                 let limit = min(s.packetLength ?? Int.max, s.target == "b" ? 1000 - 36 : 9000 - 36)
-                let copy = f.count > limit ? Array(f.prefix(limit)) : MirrorEndToEndTests.onTheWire(f)
+                let copy = f.count > limit ? MirrorEndToEndTests.cutOnTheWire(f, limit) : MirrorEndToEndTests.onTheWire(f)
                 out[s.target, default: []].append(Frames.be32(s.vni) + copy)
             }
             return out

@@ -281,6 +281,9 @@ struct OffloadsEndToEndTests {
         /// The client cuts its segments itself (TSO off on s0) and m0's GRO
         /// merges them again: the ingress hook sees GRO super-packets.
         case gro
+        /// TSO both ways with packet_length 100: the kernel slices each
+        /// super-packet's segments and sends their sums, not 64 KiB.
+        case sliced
 
         var testDescription: String { rawValue }
     }
@@ -297,7 +300,10 @@ struct OffloadsEndToEndTests {
         #expect(offloads.contains("tcp-segmentation-offload: on") && offloads.contains("generic-receive-offload: on")
                 && offloads.contains("tx-checksumming: on"), "m0 runs with offloads on")
 
-        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--vni", "42"])
+        let snap = c == .sliced ? 100 : 0
+        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--vni", "42",
+                                         "--metrics-address", "127.0.0.1:\(MetricsEndToEndTests.port)"]
+                                        + (snap > 0 ? ["--packet-length", "\(snap)"] : []))
         let out = try Capture(lab: lab, ns: topo.src, device: "s0", filter: ["-Q", "out"])
         let into = try Capture(lab: lab, ns: topo.src, device: "s0", filter: ["-Q", "in"])
         let copies = try Capture(lab: lab, ns: topo.tgt, device: "vx0", filter: ["-Q", "in"])
@@ -308,6 +314,7 @@ struct OffloadsEndToEndTests {
         try lab.exec(topo.mon, ["bash", "-c", "for i in $(seq 50); do head -c $((i * 20)) /dev/zero > /dev/udp/198.18.0.1/9; done"])
         try out.settle(quiet: 1.0)
         try copies.settle(quiet: 1.0)
+        let metrics = try MetricsEndToEndTests.scrape(topo)
         #expect(agent.stop() == 0)
 
         let dir = NSTemporaryDirectory() + "\(lab.prefix)-offloads"
@@ -327,8 +334,13 @@ struct OffloadsEndToEndTests {
         let wire = [try save(out.stop(), "out"), try save(into.stop(), "in")]
         let mirrored = try save(copies.stop(), "copies")
         let oracle = LifecycleEndToEndTests.repository.appendingPathComponent("Tests/oracle/wire_segments.py").path
-        let r = try Shell.run(["/usr/bin/python3", oracle] + wire + ["--copies", mirrored, "--min-super", "20"])
+        let r = try Shell.run(["/usr/bin/python3", oracle] + wire + ["--copies", mirrored, "--min-super", "20", "--snap", "\(snap)"])
         #expect(r.status == 0, "the copies are the wire's packets: \(r.stdout) \(r.stderr)")
+        let truncated = metrics.all("traffic_mirror_truncated_packets_total").map(\.1).reduce(0, +)
+        let sent = metrics.all("traffic_mirror_sent_packets_total").map(\.1).reduce(0, +)
+        if c == .sliced {
+            #expect(truncated > 1000 && truncated <= sent, "copies cut by packet_length: \(truncated) of \(sent)")
+        }
         print("offloads \(c.rawValue): \(r.stdout)")
     }
 }

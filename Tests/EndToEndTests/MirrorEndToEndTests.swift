@@ -28,6 +28,18 @@ struct MirrorEndToEndTests {
         return out
     }
 
+    /// A copy cut at `limit` by the tc hook: the first bytes, with an
+    /// unfinished checksum finished when the TCP/UDP header fits and there
+    /// is payload (the kernel then sends the payload's sum).
+    static func cutOnTheWire(_ f: [UInt8], _ limit: Int) -> [UInt8] {
+        let p = ParsedPacket(frame: f)
+        let header = p.proto == 6 && p.l4Offset + 13 <= f.count ? p.l4Offset + Int(f[p.l4Offset + 12] >> 4) * 4 : p.l4Offset + 8
+        guard p.transportComplete, p.proto == 6 || p.proto == 17, header < limit, p.l4End > header else {
+            return Array(f.prefix(limit))
+        }
+        return Array(onTheWire(f).prefix(limit))
+    }
+
     /// Outer IPv4/UDP/VXLAN of a datagram captured on the target's link.
     struct Outer {
         var dontFragment: Bool

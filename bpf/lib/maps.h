@@ -99,6 +99,43 @@ struct {
 	__type(value, __u64);
 } tm_sample_count SEC(".maps");
 
+/* Where a sliced GSO record is built before it goes into the ring in one
+ * copy (its size is known only then), and the payload chunks are summed.
+ * Offsets into `frame` stay below 2 * TM_MAX_SLICED_FRAME for the verifier. */
+/* State of the loop that sums the payload of each kept segment. */
+struct tm_sum_loop {
+	__u32 off;    /* next byte to sum */
+	__u32 left;   /* bytes of the current segment still to sum */
+	__u32 start;  /* first payload byte of the current segment */
+	__u32 stride; /* bytes from one kept segment to the next */
+	__u32 end;    /* end of the payload */
+	__u32 gso;
+	__u32 done;   /* segments summed */
+	__u32 count;  /* segments to sum */
+	__u32 sum;
+	__u32 err;
+};
+
+struct tm_slice_args {
+	__u32 session, bank, frame_len, limit, first, segs, gso, flags;
+};
+
+struct tm_slice_scratch {
+	struct tm_slice_args args;
+	struct tm_sum_loop loop;
+	struct tm_record rec;
+	__u8 frame[2 * TM_MAX_SLICED_FRAME + sizeof(struct tm_slice_trailer)];
+	__u8 chunk[TM_SUM_CHUNK];
+	__u32 sum[TM_MAX_SLICES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tm_slice_scratch);
+} tm_slice_scratch SEC(".maps");
+
 /* Token bucket per session, shared by all CPUs (hence the lock). */
 struct tm_rate_state {
 	struct bpf_spin_lock lock;

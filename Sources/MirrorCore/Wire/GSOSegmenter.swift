@@ -11,7 +11,9 @@
 /// VLAN tags and IPv6 extension headers stay in place.
 ///
 /// Headers are written into caller memory; payload chunks are ranges of the
-/// original frame, so segments can be sent straight from the ring.
+/// original frame, so segments can be sent straight from the ring. A frame
+/// the kernel sliced (`whole: false`) holds the headers and only the first
+/// bytes of each segment: its payload sums come with it.
 public struct GSOSegmenter {
     /// Largest header stack it will rewrite (the forwarder's scratch).
     public static let maxHeaderLength = 256
@@ -27,7 +29,8 @@ public struct GSOSegmenter {
     public let segmentCount: Int
     private let payloadLength: Int
 
-    public init?(frame: UnsafeRawBufferPointer, l3Offset: Int, l4Offset: Int, l4Protocol: UInt8, gsoSize: Int) {
+    public init?(frame: UnsafeRawBufferPointer, l3Offset: Int, l4Offset: Int, l4Protocol: UInt8, gsoSize: Int,
+                 whole: Bool = true) {
         guard gsoSize > 0, l3Offset >= 14, l4Offset > l3Offset, l4Offset + 8 <= frame.count else { return nil }
         self.frame = frame
         self.l3Offset = l3Offset
@@ -49,7 +52,7 @@ public struct GSOSegmenter {
         guard headerLength <= Self.maxHeaderLength, headerLength <= frame.count else { return nil }
         // The IP lengths bound the payload (Ethernet padding is not data).
         let ipEnd = ipv4 ? l3Offset + Int(be16(frame, l3Offset + 2)) : l3Offset + 40 + Int(be16(frame, l3Offset + 4))
-        guard ipEnd <= frame.count, ipEnd > headerLength else { return nil }
+        guard !whole || ipEnd <= frame.count, ipEnd > headerLength else { return nil }
         payloadLength = ipEnd - headerLength
         segmentSize = gsoSize
         segmentCount = (payloadLength + gsoSize - 1) / gsoSize
@@ -61,8 +64,10 @@ public struct GSOSegmenter {
         return start..<min(start + segmentSize, headerLength + payloadLength)
     }
 
-    /// Writes segment `i`'s `headerLength` header bytes to `out`.
-    public func writeHeaders(_ i: Int, to out: UnsafeMutableRawPointer) {
+    /// Writes segment `i`'s `headerLength` header bytes to `out`; the
+    /// transport checksum covers `payloadSum` (the folded one's-complement
+    /// sum of the segment's payload), or the payload in `frame` when nil.
+    public func writeHeaders(_ i: Int, to out: UnsafeMutableRawPointer, payloadSum: UInt16? = nil) {
         out.copyMemory(from: frame.baseAddress!, byteCount: headerLength)
         let payload = payloadRange(i)
         let l4Length = headerLength - l4Offset + payload.count
@@ -108,7 +113,11 @@ public struct GSOSegmenter {
                 protocol: tcp ? 6 : 17, length: l4Length)
         }
         sum.add(UnsafeRawBufferPointer(rebasing: h[l4Offset..<headerLength]))
-        sum.add(UnsafeRawBufferPointer(rebasing: frame[payload]))
+        if let payloadSum {
+            sum.add(word: payloadSum)
+        } else {
+            sum.add(UnsafeRawBufferPointer(rebasing: frame[payload]))
+        }
         var value = sum.value
         if value == 0 && !tcp { value = 0xFFFF }
         put16(out, checkAt, value)

@@ -8,12 +8,18 @@
 /// does not discard it: when the field equals the pseudo-header sum and the
 /// segment does not verify, the copy gets the finished checksum. Anything
 /// else, a checksum that is simply wrong included, is mirrored untouched.
+///
+/// A copy cut short holds only the start of the segment: the kernel then
+/// sends the sum of the transport payload with it (`payloadSum`), and the
+/// frame needs to hold only the headers.
 public enum PartialChecksum {
     /// The finished checksum and where it goes (offset in the frame), or nil
     /// when the frame's checksum is already complete, absent (UDP over IPv4
     /// with 0) or not an unfinished offload value.
+    /// `payloadSum` is the folded sum of the bytes after the TCP/UDP header
+    /// up to the end of the IP payload, for a frame that does not hold them.
     public static func completion(
-        frame: UnsafeRawBufferPointer, l3Offset: Int, l4Offset: Int, l4Protocol: UInt8
+        frame: UnsafeRawBufferPointer, l3Offset: Int, l4Offset: Int, l4Protocol: UInt8, payloadSum: UInt16? = nil
     ) -> (offset: Int, value: UInt16)? {
         let fieldOffset: Int
         switch l4Protocol {
@@ -22,6 +28,10 @@ public enum PartialChecksum {
         default: return nil
         }
         guard l3Offset >= 14, l4Offset > l3Offset, fieldOffset + 2 <= frame.count else { return nil }
+        let headerEnd = l4Protocol == 6 ? l4Offset + Int(frame[l4Offset + 12] >> 4) * 4 : l4Offset + 8
+        // Without the payload in the frame, its sum must come with it.
+        let held = payloadSum == nil ? Int.max : headerEnd
+        guard headerEnd >= fieldOffset + 2, headerEnd <= frame.count else { return nil }
         let version = frame[l3Offset] >> 4
         let stored = be16(frame, fieldOffset)
         // No checksum at all: nothing to finish, and no sum to take.
@@ -30,14 +40,14 @@ public enum PartialChecksum {
         var pseudo: InternetChecksum
         if version == 4 {
             l4End = l3Offset + Int(be16(frame, l3Offset + 2))
-            guard l4End <= frame.count, l4End > l4Offset else { return nil }
+            guard min(l4End, held) <= frame.count, l4End >= headerEnd else { return nil }
             pseudo = PseudoHeader.sumIPv4(
                 source: UnsafeRawBufferPointer(rebasing: frame[(l3Offset + 12)..<(l3Offset + 16)]),
                 destination: UnsafeRawBufferPointer(rebasing: frame[(l3Offset + 16)..<(l3Offset + 20)]),
                 protocol: l4Protocol, length: l4End - l4Offset)
         } else if version == 6 {
             l4End = l3Offset + 40 + Int(be16(frame, l3Offset + 4))
-            guard l4End <= frame.count, l4End > l4Offset else { return nil }
+            guard min(l4End, held) <= frame.count, l4End >= headerEnd else { return nil }
             pseudo = PseudoHeader.sumIPv6(
                 source: UnsafeRawBufferPointer(rebasing: frame[(l3Offset + 8)..<(l3Offset + 24)]),
                 destination: UnsafeRawBufferPointer(rebasing: frame[(l3Offset + 24)..<(l3Offset + 40)]),
@@ -49,7 +59,12 @@ public enum PartialChecksum {
         guard stored == pseudo.folded else { return nil }
         var full = pseudo
         full.add(UnsafeRawBufferPointer(rebasing: frame[l4Offset..<fieldOffset]))
-        full.add(UnsafeRawBufferPointer(rebasing: frame[(fieldOffset + 2)..<l4End]))
+        if let payloadSum {
+            full.add(UnsafeRawBufferPointer(rebasing: frame[(fieldOffset + 2)..<headerEnd]))
+            full.add(word: payloadSum)
+        } else {
+            full.add(UnsafeRawBufferPointer(rebasing: frame[(fieldOffset + 2)..<l4End]))
+        }
         var value = full.value
         if value == 0 && l4Protocol == 17 { value = 0xFFFF } // UDP sends 0 as all ones
         // A finished checksum that happens to equal the pseudo sum verifies.

@@ -31,7 +31,15 @@ public enum RecordLayout {
         public static let l4Complete = Flags(rawValue: 1 << 4)
         public static let fragment = Flags(rawValue: 1 << 5)
         public static let gso = Flags(rawValue: 1 << 6)
+        public static let sliced = Flags(rawValue: 1 << 7)
     }
+
+    /// `struct tm_slice_trailer`: after the frame of a sliced GSO record,
+    /// at the next 4-byte boundary.
+    public static let maxSlices = 64
+    public static let sliceLength = 0
+    public static let sliceCount = 4
+    public static let sliceSums = 8
 }
 
 /// A read-only view of one ring record: header fields, the tunnel header
@@ -78,6 +86,25 @@ public struct RecordView {
     /// outer UDP header, contiguous in the ring.
     @inlinable public var payload: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: base + RecordLayout.tunnelHeader, count: TunnelHeader.length + capturedLength)
+    }
+
+    /// A sliced GSO record's slice length, slice count and the address of
+    /// the payload sums (32-bit, host order, unfolded), or nil when the
+    /// trailer does not fit the record.
+    @inlinable public var slices: (length: Int, count: Int, sums: UnsafeRawPointer)? {
+        let at = RecordLayout.headerLength + (capturedLength + 3) & ~3
+        guard at + RecordLayout.sliceSums <= length else { return nil }
+        let count = Int(u32(at + RecordLayout.sliceCount))
+        guard count <= RecordLayout.maxSlices, at + RecordLayout.sliceSums + 4 * count <= length else { return nil }
+        return (Int(u32(at + RecordLayout.sliceLength)), count, base + at + RecordLayout.sliceSums)
+    }
+
+    /// Slice `j`'s payload sum, folded to the 16-bit value the checksum
+    /// arithmetic adds (bpf_csum_diff sums memory in host order).
+    @inlinable public static func payloadSum(_ sums: UnsafeRawPointer, _ j: Int) -> UInt16 {
+        var s = InternetChecksum()
+        s.add(word32: sums.loadUnaligned(fromByteOffset: 4 * j, as: UInt32.self))
+        return UInt16(bigEndian: s.folded)
     }
 
     /// The captured frame alone.

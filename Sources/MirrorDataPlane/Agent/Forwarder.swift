@@ -381,9 +381,14 @@ public final class Forwarder: @unchecked Sendable {
         let payload = r.payload
         let base = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
         var pieces = 1
-        let fix: (offset: Int, value: UInt16)? = r.flags.contains(.l4Complete)
-            ? PartialChecksum.completion(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol)
-            : nil
+        var fix: (offset: Int, value: UInt16)?
+        if r.flags.contains(.l4Complete) {
+            fix = PartialChecksum.completion(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol)
+        } else if r.flags.contains(.sliced), let sliced = r.slices, sliced.count == 1 {
+            // Cut short in the kernel, which summed the payload it left out.
+            fix = PartialChecksum.completion(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol,
+                                             payloadSum: RecordView.payloadSum(sliced.sums, 0))
+        }
         if let fix {
             // Send around the unfinished field, and the finished value from
             // scratch: the ring itself is read-only.
@@ -402,14 +407,18 @@ public final class Forwarder: @unchecked Sendable {
 
     /// A GSO super-packet becomes the segments the wire carries: rewritten
     /// headers from scratch, payload chunks straight from the ring, the
-    /// session's limits applied to each segment.
+    /// session's limits applied to each segment. A record the kernel sliced
+    /// holds only the first bytes of each kept segment and its payload sum.
     private func forwardSegments(_ r: RecordView, _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo) {
         let expected = r.gsoSegments
         // The segments sampling kept (the kernel counted the others).
         let step = Int(s.sampleEvery)
         let kept = r.sampleFirst < expected ? (expected - r.sampleFirst - 1) / step + 1 : 0
+        let sliced = r.flags.contains(.sliced) ? r.slices : nil
         guard let seg = GSOSegmenter(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset,
-                                     l4Protocol: r.l4Protocol, gsoSize: r.gsoSize) else {
+                                     l4Protocol: r.l4Protocol, gsoSize: r.gsoSize, whole: !r.flags.contains(.sliced)),
+              !r.flags.contains(.sliced) || sliced.map({ seg.headerLength + $0.count * $0.length == r.capturedLength }) == true
+        else {
             // Headers too long to rewrite: the first bytes go as one copy.
             forwardTruncated(r, table, s)
             if kept > 1 { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, kept - 1) }
@@ -425,21 +434,32 @@ public final class Forwarder: @unchecked Sendable {
         let frameBase = UnsafeMutableRawPointer(mutating: r.frame.baseAddress!)
         var sentSegments = 0
         for i in stride(from: r.sampleFirst, to: n, by: step) {
+            let chunk = seg.payloadRange(i)
+            var start = chunk.lowerBound
+            var payloadBytes = chunk.count
+            var payloadSum: UInt16?
+            if let sliced {
+                let j = sentSegments
+                guard j < sliced.count else { break }
+                start = seg.headerLength + j * sliced.length
+                payloadBytes = min(payloadBytes, sliced.length, max(0, r.capturedLength - start))
+                payloadSum = RecordView.payloadSum(sliced.sums, j)
+            }
             sentSegments += 1
             let (h, v) = emitter.beginPacket(copies: copies, table: table)
             let headers = h + Self.segmentHeadersAt
-            seg.writeHeaders(i, to: headers)
-            let chunk = seg.payloadRange(i)
+            seg.writeHeaders(i, to: headers, payloadSum: payloadSum)
             var headerBytes = seg.headerLength
-            var payloadBytes = chunk.count
             if headerBytes + payloadBytes > Int(s.limit) {
                 payloadBytes = max(0, Int(s.limit) - headerBytes)
                 headerBytes = min(headerBytes, Int(s.limit))
+            }
+            if headerBytes + payloadBytes < seg.headerLength + chunk.count {
                 counters.addTruncation(session: Int(s.slot), s.limitIsLength ? .packetLength : .mtu)
             }
             v[0] = iovec(iov_base: tunnel, iov_len: TunnelHeader.length)
             v[1] = iovec(iov_base: headers, iov_len: headerBytes)
-            v[2] = iovec(iov_base: frameBase + chunk.lowerBound, iov_len: payloadBytes)
+            v[2] = iovec(iov_base: frameBase + start, iov_len: payloadBytes)
             emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: 3,
                               length: TunnelHeader.length + headerBytes + payloadBytes, hash: r.flowHash)
         }

@@ -254,6 +254,28 @@ struct GSOSegmenterTests {
                                                  flags: flags, seq: 0xFFFF_F000, id: 0xFFFE)
                         #expect(got == want, "segment \(i) of \(count) (v6 \(v6), tcp \(tcp), \(size) bytes, tags \(vlans.count))")
                     }
+                    // Sliced as the kernel slices it: headers, then 40 bytes of
+                    // each segment, and each payload's sum (summed here by hand).
+                    let slice = 40
+                    var sliced = Array(raw[0..<seg.headerLength])
+                    for i in 0..<count { sliced += Array(raw[seg.payloadRange(i)].prefix(slice)) }
+                    try sliced.withUnsafeBytes { cut in
+                        let s = try #require(GSOSegmenter(frame: cut, l3Offset: p.l3Offset, l4Offset: p.l4Offset,
+                                                          l4Protocol: UInt8(p.proto), gsoSize: mss, whole: false))
+                        #expect(s.segmentCount == count)
+                        for i in 0..<count {
+                            let bytes = Array(raw[seg.payloadRange(i)])
+                            var sum = 0
+                            for j in stride(from: 0, to: bytes.count, by: 2) {
+                                sum += Int(bytes[j]) << 8 | (j + 1 < bytes.count ? Int(bytes[j + 1]) : 0)
+                            }
+                            while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
+                            headers.withUnsafeMutableBytes { s.writeHeaders(i, to: $0.baseAddress!, payloadSum: UInt16(sum)) }
+                            let want = Self.expected(v6: v6, tcp: tcp, vlans: vlans, payload: payload, mss: mss, i: i, count: count,
+                                                     flags: flags, seq: 0xFFFF_F000, id: 0xFFFE)
+                            #expect(headers == Array(want.prefix(seg.headerLength)), "sliced segment \(i) of \(count)")
+                        }
+                    }
                 }
             }
         }

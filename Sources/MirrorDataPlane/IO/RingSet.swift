@@ -25,6 +25,13 @@ public final class RingSet: @unchecked Sendable {
     let wakeFD: Int32
     /// What epoll reports: ring numbers, UInt32.max for the eventfd.
     let tags: UnsafeMutablePointer<UInt32>
+    /// The merge's min-heap of committed heads (stamp, ring) and the rings
+    /// whose head is reserved but not committed; allocated once.
+    let heapTime: UnsafeMutablePointer<UInt64>
+    let heapRing: UnsafeMutablePointer<UInt32>
+    let busy: UnsafeMutablePointer<UInt32>
+    var heapCount = 0
+    var busyCount = 0
 
     /// Creates one ring per online CPU and puts it in the program's ring
     /// array (indexed by CPU); the hooks may be attached afterwards.
@@ -65,6 +72,9 @@ public final class RingSet: @unchecked Sendable {
         epoll = ep
         wakeFD = wk
         tags = .allocate(capacity: 8)
+        heapTime = .allocate(capacity: count)
+        heapRing = .allocate(capacity: count)
+        busy = .allocate(capacity: count)
     }
 
     deinit {
@@ -75,6 +85,9 @@ public final class RingSet: @unchecked Sendable {
         rings.deallocate()
         cursor.deallocate()
         tags.deallocate()
+        heapTime.deallocate()
+        heapRing.deallocate()
+        busy.deallocate()
     }
 
     /// The fd of the first ring and its CPU (for the RCU barrier of
@@ -93,35 +106,97 @@ public final class RingSet: @unchecked Sendable {
     /// next call), and while another ring's head is reserved but not yet
     /// committed, its stamp is unknown, so the merge waits for it (a few
     /// microseconds; at most `commitWaitNanoseconds`).
+    ///
+    /// The heads wait in a min-heap by stamp, so each record costs
+    /// O(log rings) and a call O(rings) once to look at every head.
     @inline(__always)
     public func collect(into batch: inout RecordBatch, max: Int) -> Int {
         if count == 1 { return collectInOrder(ring: 0, into: &batch, max: max) }
         let horizon = CMirrorSys_monotonic_ns()
+        heapCount = 0
+        busyCount = 0
+        for r in 0..<count { offer(r, horizon: horizon) }
         var waitUntil: UInt64 = 0
         var added = 0
-        while added < max {
-            // The ring whose next committed record is the oldest.
-            var best = -1
-            var bestTime = UInt64.max
-            var pending = false
-            for r in 0..<count {
-                guard let head = head(r, busy: &pending) else { continue }
-                let t = head.loadUnaligned(fromByteOffset: Int(CMIRRORBPF_RING_HDR_SIZE) + RecordLayout.tstamp, as: UInt64.self)
-                if t < bestTime {
-                    bestTime = t
-                    best = r
+        while added < max && heapCount > 0 {
+            if busyCount > 0 {
+                // A ring's head is being written: its stamp may be older
+                // than every head in the heap.
+                var i = 0
+                while i < busyCount {
+                    let r = Int(busy[i])
+                    var stillBusy = false
+                    if head(r, busy: &stillBusy) != nil || !stillBusy {
+                        busyCount -= 1
+                        busy[i] = busy[busyCount]
+                        offer(r, horizon: horizon)
+                    } else {
+                        i += 1
+                    }
+                }
+                if busyCount > 0 {
+                    let now = CMirrorSys_monotonic_ns()
+                    if waitUntil == 0 { waitUntil = now + Self.commitWaitNanoseconds }
+                    if now < waitUntil { continue }
+                    busyCount = 0 // order gives way to progress
                 }
             }
-            guard best >= 0, bestTime < horizon else { break }
-            if pending {
-                let now = CMirrorSys_monotonic_ns()
-                if waitUntil == 0 { waitUntil = now + Self.commitWaitNanoseconds }
-                if now < waitUntil { continue }
+            let r = Int(heapRing[0])
+            heapCount -= 1
+            if heapCount > 0 {
+                heapRing[0] = heapRing[heapCount]
+                heapTime[0] = heapTime[heapCount]
+                siftDown(0)
             }
-            take(ring: best, into: &batch)
+            take(ring: r, into: &batch)
             added += 1
+            offer(r, horizon: horizon)
         }
         return added
+    }
+
+    /// Puts ring r's head in the heap when it is committed and stamped
+    /// before `horizon`, or in the busy list when it is being written.
+    @inline(__always)
+    private func offer(_ r: Int, horizon: UInt64) {
+        var pending = false
+        guard let head = head(r, busy: &pending) else {
+            if pending {
+                busy[busyCount] = UInt32(r)
+                busyCount += 1
+            }
+            return
+        }
+        let t = head.loadUnaligned(fromByteOffset: Int(CMIRRORBPF_RING_HDR_SIZE) + RecordLayout.tstamp, as: UInt64.self)
+        guard t < horizon else { return }
+        var i = heapCount
+        heapCount += 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard heapTime[parent] > t else { break }
+            heapTime[i] = heapTime[parent]
+            heapRing[i] = heapRing[parent]
+            i = parent
+        }
+        heapTime[i] = t
+        heapRing[i] = UInt32(r)
+    }
+
+    @inline(__always)
+    private func siftDown(_ start: Int) {
+        var i = start
+        let t = heapTime[i], r = heapRing[i]
+        while true {
+            var child = 2 * i + 1
+            guard child < heapCount else { break }
+            if child + 1 < heapCount && heapTime[child + 1] < heapTime[child] { child += 1 }
+            guard heapTime[child] < t else { break }
+            heapTime[i] = heapTime[child]
+            heapRing[i] = heapRing[child]
+            i = child
+        }
+        heapTime[i] = t
+        heapRing[i] = r
     }
 
     /// How long the merge waits for a record another CPU is writing; past

@@ -278,8 +278,9 @@ enum tm_record_flags {
 	TM_REC_GSO = 1 << 6,           /* a whole TCP/UDP GSO super-packet: cut it into
 					* gso_segs segments of gso_size payload bytes;
 					* limits apply per segment, in user space */
-	TM_REC_SLICED = 1 << 7,        /* with TM_REC_GSO: sliced in the kernel, see
-					* struct tm_slice_trailer */
+	TM_REC_SLICED = 1 << 7,        /* cut in the kernel with payload sums (a GSO
+					* super-packet's kept segments, or one TCP/UDP
+					* packet): see struct tm_slice_trailer */
 };
 
 /*
@@ -287,7 +288,8 @@ enum tm_record_flags {
  * anyway is not copied whole: the record holds the headers every segment
  * repeats once, then for each segment sampling kept the first slice_len
  * bytes of its payload (fewer for a shorter last segment), cap_len bytes in
- * all; this trailer follows at the next 4-byte boundary. sum[i] is the
+ * all; this trailer follows at the next 4-byte boundary. A single TCP/UDP
+ * packet that the tc hook cuts is one slice (count 1), without TM_REC_GSO. sum[i] is the
  * one's-complement sum of segment i's whole payload as bpf_csum_diff
  * returns it (32 bits, unfolded, host byte order), so user space writes the
  * checksum the segment carries on the wire.

@@ -315,6 +315,13 @@ struct OffloadsEndToEndTests {
         try out.settle(quiet: 1.0)
         try copies.settle(quiet: 1.0)
         let metrics = try MetricsEndToEndTests.scrape(topo)
+        // The kernel's own count of super-packets it sliced (per CPU, in the
+        // scratch map; only this test slices GSO packets).
+        let dump = try Shell.run(["bpftool", "-j", "map", "dump", "name", "tm_slice_scratc"])
+        let maps = (try? JSONSerialization.jsonObject(with: Data(dump.stdout.utf8))) as? [[String: Any]] ?? []
+        let slicedGSO = maps.compactMap { $0["formatted"] as? [String: Any] }
+            .flatMap { ($0["values"] as? [[String: Any]]) ?? [] }
+            .compactMap { ($0["value"] as? [String: Any])?["sliced_gso"] as? Int }.reduce(0, +)
         #expect(agent.stop() == 0)
 
         let dir = NSTemporaryDirectory() + "\(lab.prefix)-offloads"
@@ -340,6 +347,7 @@ struct OffloadsEndToEndTests {
         let sent = metrics.all("traffic_mirror_sent_packets_total").map(\.1).reduce(0, +)
         if c == .sliced {
             #expect(truncated > 1000 && truncated <= sent, "copies cut by packet_length: \(truncated) of \(sent)")
+            #expect(slicedGSO >= 20, "super-packets sliced in the kernel, not copied whole: \(slicedGSO)")
         }
         print("offloads \(c.rawValue): \(r.stdout)")
     }

@@ -29,6 +29,15 @@ struct ABILayoutTests {
         #expect(MemoryLayout<R>.offset(of: \.tunnel_hdr) == RecordLayout.tunnelHeader)
     }
 
+    @Test("tm_slice_trailer offsets match RecordLayout")
+    func sliceTrailer() {
+        typealias T = tm_slice_trailer
+        #expect(MemoryLayout<T>.offset(of: \.slice_len) == RecordLayout.sliceLength)
+        #expect(MemoryLayout<T>.offset(of: \.count) == RecordLayout.sliceCount)
+        #expect(MemoryLayout<T>.offset(of: \.sum) == RecordLayout.sliceSums)
+        #expect(Int(TM_MAX_SLICES) == RecordLayout.maxSlices)
+    }
+
     @Test("own-output and owner structs keep their layout")
     func ownOutput() {
         #expect(MemoryLayout<tm_dest_key>.size == 20)
@@ -47,6 +56,7 @@ struct ABILayoutTests {
         #expect(RecordLayout.Flags.l4Complete.rawValue == UInt8(TM_REC_L4_COMPLETE.rawValue))
         #expect(RecordLayout.Flags.fragment.rawValue == UInt8(TM_REC_FRAGMENT.rawValue))
         #expect(RecordLayout.Flags.gso.rawValue == UInt8(TM_REC_GSO.rawValue))
+        #expect(RecordLayout.Flags.sliced.rawValue == UInt8(TM_REC_SLICED.rawValue))
         #expect(PlanLimits.sessionsPerInterface == Int(TM_MAX_SESSIONS_PER_SLOT))
         #expect(PlanLimits.rulesPerFilterDirection == Int(TM_MAX_RULES))
         #expect(PlanLimits.sessions == Int(TM_MAX_SESSIONS))

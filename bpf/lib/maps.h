@@ -121,6 +121,8 @@ struct tm_slice_args {
 };
 
 struct tm_slice_scratch {
+	/* GSO super-packets this CPU sliced, ever (for bpftool map dump). */
+	__u64 sliced_gso;
 	struct tm_slice_args args;
 	struct tm_sum_loop loop;
 	struct tm_record rec;

@@ -34,8 +34,8 @@ public enum RecordLayout {
         public static let sliced = Flags(rawValue: 1 << 7)
     }
 
-    /// `struct tm_slice_trailer`: after the frame of a sliced GSO record,
-    /// at the next 4-byte boundary.
+    /// `struct tm_slice_trailer`: after the frame of a sliced record (GSO
+    /// segments, or one TCP/UDP packet), at the next 4-byte boundary.
     public static let maxSlices = 64
     public static let sliceLength = 0
     public static let sliceCount = 4
@@ -88,7 +88,7 @@ public struct RecordView {
         UnsafeRawBufferPointer(start: base + RecordLayout.tunnelHeader, count: TunnelHeader.length + capturedLength)
     }
 
-    /// A sliced GSO record's slice length, slice count and the address of
+    /// A sliced record's slice length, slice count and the address of
     /// the payload sums (32-bit, host order, unfolded), or nil when the
     /// trailer does not fit the record.
     @inlinable public var slices: (length: Int, count: Int, sums: UnsafeRawPointer)? {

@@ -414,10 +414,11 @@ public final class Forwarder: @unchecked Sendable {
         // The segments sampling kept (the kernel counted the others).
         let step = Int(s.sampleEvery)
         let kept = r.sampleFirst < expected ? (expected - r.sampleFirst - 1) / step + 1 : 0
-        let sliced = r.flags.contains(.sliced) ? r.slices : nil
+        let isSliced = r.flags.contains(.sliced)
+        let sliced = isSliced ? r.slices : nil
         guard let seg = GSOSegmenter(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset,
-                                     l4Protocol: r.l4Protocol, gsoSize: r.gsoSize, whole: !r.flags.contains(.sliced)),
-              !r.flags.contains(.sliced) || sliced.map({ seg.headerLength + $0.count * $0.length == r.capturedLength }) == true
+                                     l4Protocol: r.l4Protocol, gsoSize: r.gsoSize, whole: !isSliced),
+              !isSliced || sliced.map({ seg.headerLength + $0.count * $0.length == r.capturedLength }) == true
         else {
             // Headers too long to rewrite: the first bytes go as one copy.
             forwardTruncated(r, table, s)

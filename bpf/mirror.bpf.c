@@ -339,8 +339,9 @@ fail:
 #define TM_NOT_SLICED -1
 #define TM_MAX_SUM_STEPS (TM_MAX_GSO_FRAME / TM_SUM_CHUNK + 2 * TM_MAX_SLICES)
 
-/* A TCP/UDP packet (`gso` 0), or the kept segments of a segmentable GSO
- * super-packet of `gso` payload bytes each, that `limit` cuts: the headers once, the
+/* A TCP/UDP packet (one segment of `gso` payload bytes), or the kept
+ * segments of a segmentable GSO super-packet of `gso` payload bytes each,
+ * that `limit` cuts: the headers once, the
  * first bytes of each (kept segment's) payload and each payload's sum go
  * into the ring (struct tm_slice_trailer), instead of up to 64 KiB for a
  * super-packet, and so that user space can finish a checksum left for
@@ -361,12 +362,7 @@ static __noinline int tm_emit_sliced(struct __sk_buff *skb, const struct tm_meta
 	void *ring;
 
 	hdr = tm_segment_headers(src, 0, p);
-	if (p->l4_end <= hdr)
-		return TM_NOT_SLICED;
-	/* gso 0: one packet, its whole payload one segment. */
-	if (gso == 0)
-		gso = p->l4_end - hdr;
-	if (hdr + shift + gso <= limit || hdr + shift >= limit)
+	if (gso == 0 || hdr + shift + gso <= limit || hdr + shift >= limit || p->l4_end <= hdr)
 		return TM_NOT_SLICED;
 	step = s->sample_every > 1 && segs > 1 ? s->sample_every : 1;
 	n = (p->l4_end - hdr + gso - 1) / gso;
@@ -691,8 +687,12 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 			if (!xdp && reason != TM_SO_TRUNCATED_MAX && segs == 1 &&
 			    (p->flags & TM_PKT_L4_COMPLETE) && !(p->flags & TM_PKT_FRAGMENT) &&
 			    (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)) {
-				drop = tm_slice(src, m, p, s, session, bank, frame_len, limit,
-						0, 1, 0, flags);
+				__u32 hdr = tm_segment_headers(src, 0, p);
+
+				drop = p->l4_end > hdr ?
+					tm_slice(src, m, p, s, session, bank, frame_len, limit,
+						 0, 1, p->l4_end - hdr, flags) :
+					TM_NOT_SLICED;
 				if (drop != TM_NOT_SLICED)
 					goto emitted;
 			}

@@ -316,12 +316,20 @@ struct OffloadsEndToEndTests {
         try copies.settle(quiet: 1.0)
         let metrics = try MetricsEndToEndTests.scrape(topo)
         // The kernel's own count of super-packets it sliced (per CPU, in the
-        // scratch map; only this test slices GSO packets).
-        let dump = try Shell.run(["bpftool", "-j", "map", "dump", "name", "tm_slice_scratc"])
-        let maps = (try? JSONSerialization.jsonObject(with: Data(dump.stdout.utf8))) as? [[String: Any]] ?? []
-        let slicedGSO = maps.compactMap { $0["formatted"] as? [String: Any] }
-            .flatMap { ($0["values"] as? [[String: Any]]) ?? [] }
-            .compactMap { ($0["value"] as? [String: Any])?["sliced_gso"] as? Int }.reduce(0, +)
+        // scratch map of every agent running now; only this test slices GSO
+        // packets). One dump per map: bpftool prints one document per match.
+        func json(_ args: [String]) throws -> Any? {
+            try JSONSerialization.jsonObject(with: Data(Shell.run(["bpftool", "-j"] + args).stdout.utf8))
+        }
+        let ids = ((try json(["map", "show"])) as? [[String: Any]] ?? [])
+            .filter { $0["name"] as? String == "tm_slice_scratc" }.compactMap { $0["id"] as? Int }
+        var slicedGSO = 0
+        for id in ids {
+            let entries = (try? json(["map", "dump", "id", "\(id)"])) as? [[String: Any]] ?? []
+            slicedGSO += entries.compactMap { $0["formatted"] as? [String: Any] }
+                .flatMap { ($0["values"] as? [[String: Any]]) ?? [] }
+                .compactMap { ($0["value"] as? [String: Any])?["sliced_gso"] as? Int }.reduce(0, +)
+        }
         #expect(agent.stop() == 0)
 
         let dir = NSTemporaryDirectory() + "\(lab.prefix)-offloads"

@@ -267,6 +267,71 @@ struct HostSafetyEndToEndTests {
         #expect(agent.isRunning)
         #expect(agent.stop() == 0)
     }
+
+    /// CPU time (user + system, in clock ticks) of the agent's thread named
+    /// `name`.
+    static func threadTicks(_ pid: Int32, _ name: String) -> Int? {
+        let dir = "/proc/\(pid)/task"
+        for t in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            guard let comm = try? String(contentsOfFile: "\(dir)/\(t)/comm", encoding: .utf8),
+                  comm.trimmingCharacters(in: .whitespacesAndNewlines) == name,
+                  let stat = try? String(contentsOfFile: "\(dir)/\(t)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            // Fields after the command: state is field 3, utime 14, stime 15.
+            let f = stat[stat.index(after: close)...].split(separator: " ")
+            guard f.count > 12, let u = Int(f[11]), let s = Int(f[12]) else { return nil }
+            return u + s
+        }
+        return nil
+    }
+
+    @Test("an ICMP flood at the host neither freezes nor busies the health prober")
+    func icmpFloodAndProber() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let config = """
+        targets:
+          ids:
+            endpoints: [198.18.1.2]
+            health_check: {interval: 200ms, timeout: 150ms, unhealthy_threshold: 2, healthy_threshold: 2}
+        sessions:
+          - {name: s, interfaces: [m1], target: ids, number: 1}
+        """
+        let agent = try topo.startAgent(["--config", try topo.writeConfig(config),
+                                         "--metrics-address", "127.0.0.1:\(MetricsEndToEndTests.port)"])
+        let labels = ["target": "ids", "endpoint": "198.18.1.2:4789"]
+        let before = try MetricsEndToEndTests.scrape(topo)
+        let ticks = try #require(Self.threadTicks(agent.pid, "tm-health"))
+        // Two flooding pingers (replies not awaited beyond a preload of 64)
+        // at the monitored host for 4 s: every echo request and every ICMP
+        // error the host receives reaches a raw ICMP socket unless it is
+        // filtered.
+        let start = Date()
+        let floods = try (0..<2).map { _ in
+            try lab.start(topo.src, ["ping", "-q", "-f", "-l", "64", "-s", "16", "-c", "2000000", "-w", "4", "198.18.0.2"])
+        }
+        for f in floods { _ = f.stop(signal: 0, timeout: 15) }
+        let elapsed = Date().timeIntervalSince(start)
+        let spent = (Self.threadTicks(agent.pid, "tm-health") ?? Int.max) - ticks
+        let after = try MetricsEndToEndTests.scrape(topo)
+        let flood = try lab.exec(topo.mon, ["cat", "/proc/net/snmp"])
+        #expect(agent.stop() == 0)
+
+        let requests = flood.split(separator: "\n").filter { $0.hasPrefix("IcmpMsg:") }
+        let inEchos: Int = {
+            guard requests.count == 2 else { return 0 }
+            let k = requests[0].split(separator: " "), v = requests[1].split(separator: " ")
+            return k.firstIndex(of: "InType8").map { Int(v[$0]) ?? 0 } ?? 0
+        }()
+        #expect(inEchos > 50_000, "the flood reached the host: \(inEchos) echo requests")
+        let probes = (after.value("traffic_mirror_endpoint_probes_total", labels.merging(["result": "sent"]) { a, _ in a }) ?? 0)
+            - (before.value("traffic_mirror_endpoint_probes_total", labels.merging(["result": "sent"]) { a, _ in a }) ?? 0)
+        #expect(probes >= elapsed / 0.2 * 0.7, "probing kept its pace: \(probes) probes in \(elapsed) s")
+        #expect(after.value("traffic_mirror_endpoint_probes_total", labels.merging(["result": "failed"]) { a, _ in a }) == 0)
+        #expect(after.value("traffic_mirror_endpoint_up", labels) == 1)
+        // 100 clock ticks a second: the prober's CPU during the flood.
+        #expect(Double(spent) <= elapsed * 100 * 0.03, "the prober read the flood: \(spent) ticks in \(elapsed) s")
+    }
 }
 
 /// Offloads on, as hosts run: TSO and GSO super-packets at egress, GRO at

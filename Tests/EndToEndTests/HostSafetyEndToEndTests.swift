@@ -268,6 +268,48 @@ struct HostSafetyEndToEndTests {
         #expect(agent.stop() == 0)
     }
 
+    @Test("/metrics and /healthz answer at once while a slow reload attaches 63 interfaces")
+    func scrapesDuringSlowReload() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let n = 64
+        let batch = NSTemporaryDirectory() + "\(lab.prefix)-links.batch"
+        try (0..<n).map { "link add d\($0) type veth peer name e\($0)\nlink set d\($0) up\nlink set e\($0) up\n" }.joined()
+            .write(toFile: batch, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: batch) }
+        try lab.exec(topo.mon, ["ip", "-batch", batch])
+        func config(_ count: Int) -> String {
+            """
+            targets: {t: {address: 198.18.1.2}}
+            sessions:
+              - {name: s, interfaces: [\((0..<count).map { "d\($0)" }.joined(separator: ", "))], target: t, number: 1}
+            """
+        }
+        let path = try topo.writeConfig(config(1))
+        let agent = try topo.startAgent(["--config", path, "--metrics-address", "127.0.0.1:\(MetricsEndToEndTests.port)"])
+        try config(n).write(toFile: path, atomically: true, encoding: .utf8)
+        let start = Date()
+        kill(agent.pid, SIGHUP)
+        var slowest = 0.0, answered = 0
+        while !agent.stderr.contains("reloaded") && Date().timeIntervalSince(start) < 60 {
+            for page in ["/metrics", "/healthz"] {
+                let t = Date()
+                let r = try HTTP.get(lab: lab, ns: topo.mon, port: MetricsEndToEndTests.port, path: page)
+                slowest = max(slowest, Date().timeIntervalSince(t))
+                if r.status == 200 { answered += 1 }
+            }
+            usleep(20_000)
+        }
+        let reload = Date().timeIntervalSince(start)
+        let m = try MetricsEndToEndTests.scrape(topo)
+        #expect(agent.stop() == 0)
+        #expect(agent.stderr.contains("reloaded"), "\(agent.stderr.suffix(500))")
+        #expect(reload > 0.5, "the reload is slow enough to tell: \(reload) s")
+        #expect(answered >= 6, "pages answered during the reload: \(answered)")
+        #expect(slowest < 0.25, "the slowest answer during a \(reload) s reload took \(slowest) s")
+        #expect(m.all("traffic_mirror_hook_info").count == 2 * n, "both directions of every interface hooked")
+    }
+
     /// CPU time (user + system, in clock ticks) of the agent's thread named
     /// `name`.
     static func threadTicks(_ pid: Int32, _ name: String) -> Int? {

@@ -168,6 +168,11 @@ public final class MetricsExporter: Sendable {
         }
         counter("traffic_mirror_send_batches_total", "sendmmsg batches the forwarding thread sent.", [], s.forwarder.batches)
         counter("traffic_mirror_send_backpressure_waits_total", "Times a full socket made the forwarding thread wait (EAGAIN/ENOBUFS).", [], s.forwarder.backpressureWaits)
+        let waited = registry.makeCounter(descriptor: Self.descriptor(
+            "traffic_mirror_send_backpressure_seconds_total",
+            "Time the forwarding thread spent waiting for a full socket: at most the 2 ms budget per batch."), labels: [])
+        waited.reset()
+        waited.increment(by: Double(s.forwarder.backpressureNanoseconds) / 1e9)
 
         counter("traffic_mirror_send_gso_fallbacks_total", "UDP GSO messages the kernel refused as such (EIO, EINVAL) and that went as single copies instead.",
                 [], s.forwarder.gsoFallbacks)

@@ -310,6 +310,39 @@ struct HostSafetyEndToEndTests {
         #expect(m.all("traffic_mirror_hook_info").count == 2 * n, "both directions of every interface hooked")
     }
 
+    @Test("a target slower than the traffic: the forwarder waits at most its 2 ms budget per batch, and counts what cannot go")
+    func slowTargetBoundedWait() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        // The link toward the target carries 4 Mbit/s with a small queue:
+        // the agent's sends find it full.
+        try lab.exec(topo.mon, ["tc", "qdisc", "replace", "dev", "m1", "root", "tbf", "rate", "4mbit", "burst", "8kb", "limit", "16kb"])
+        try lab.exec(topo.mon, ["ping", "-c", "1", "198.18.1.2"])
+        let agent = try topo.startAgent(["--interface", "m0", "--direction", "ingress", "--target", "198.18.1.2",
+                                         "--metrics-address", "127.0.0.1:\(MetricsEndToEndTests.port)"])
+        // 30,000 datagrams of 300 bytes over 256 flows, as fast as one
+        // socket sends them: about 80 Mbit/s of copies.
+        try lab.exec(topo.src, ["python3", "-c", """
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for i in range(30000): s.sendto(b"x" * 300, ("198.18.0.2", 20000 + i % 256))
+            """])
+        sleep(1)
+        let m = try MetricsEndToEndTests.scrape(topo)
+        #expect(agent.stop() == 0)
+        let labels = ["session": "default", "direction": "ingress"]
+        let selected = m.value("traffic_mirror_selected_packets_total", labels) ?? 0
+        let backpressure = m.value("traffic_mirror_dropped_packets_total", ["session": "default", "reason": "backpressure"]) ?? 0
+        let batches = m.value("traffic_mirror_send_batches_total") ?? 0
+        let waited = m.value("traffic_mirror_send_backpressure_seconds_total") ?? -1
+        #expect(selected >= 30000, "every datagram selected: \(selected)")
+        #expect(backpressure > 1000, "what the link cannot take is counted as backpressure: \(backpressure)")
+        #expect((m.value("traffic_mirror_send_backpressure_waits_total") ?? 0) > 0)
+        #expect(waited > 0 && waited <= batches * 0.0025 + 0.02,
+                "waited \(waited) s over \(batches) batches: at most 2 ms each")
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["m0"])
+    }
+
     /// CPU time (user + system, in clock ticks) of the agent's thread named
     /// `name`.
     static func threadTicks(_ pid: Int32, _ name: String) -> Int? {

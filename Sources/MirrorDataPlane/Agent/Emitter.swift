@@ -547,11 +547,14 @@ final class Emitter {
     /// for room.
     @inline(__always)
     private func waitWritable(_ fd: Int32) -> Bool {
-        counters.addBackpressureWait()
         let now = CMirrorSys_monotonic_ns()
         if deadline == 0 { deadline = now + settings.backpressureBudgetNanoseconds }
-        if now >= deadline { return false }
+        if now >= deadline {
+            counters.addBackpressureWait(nanoseconds: 0)
+            return false
+        }
         _ = CMirrorSys_poll1(fd, Int16(POLLOUT), 1)
+        counters.addBackpressureWait(nanoseconds: CMirrorSys_monotonic_ns() - now)
         return true
     }
 

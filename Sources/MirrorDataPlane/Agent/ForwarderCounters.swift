@@ -67,6 +67,8 @@ public final class ForwarderCounters: @unchecked Sendable {
     let endpointCounts: UnsafeMutablePointer<UInt64>
     let batches: UnsafeMutablePointer<UInt64>
     let backpressureWaits: UnsafeMutablePointer<UInt64>
+    /// Nanoseconds spent in those waits.
+    let backpressureNanoseconds: UnsafeMutablePointer<UInt64>
     let gsoFallbacks: UnsafeMutablePointer<UInt64>
 
     private struct Registry {
@@ -109,6 +111,8 @@ public final class ForwarderCounters: @unchecked Sendable {
         batches.initialize(to: 0)
         backpressureWaits = .allocate(capacity: 1)
         backpressureWaits.initialize(to: 0)
+        backpressureNanoseconds = .allocate(capacity: 1)
+        backpressureNanoseconds.initialize(to: 0)
         gsoFallbacks = .allocate(capacity: 1)
         gsoFallbacks.initialize(to: 0)
     }
@@ -121,6 +125,7 @@ public final class ForwarderCounters: @unchecked Sendable {
         endpointCounts.deallocate()
         batches.deallocate()
         backpressureWaits.deallocate()
+        backpressureNanoseconds.deallocate()
         gsoFallbacks.deallocate()
     }
 
@@ -187,7 +192,10 @@ public final class ForwarderCounters: @unchecked Sendable {
     func addBatch() { CMirrorSys_add_relaxed_u64(batches, 1) }
 
     @inline(__always)
-    func addBackpressureWait() { CMirrorSys_add_relaxed_u64(backpressureWaits, 1) }
+    func addBackpressureWait(nanoseconds: UInt64) {
+        CMirrorSys_add_relaxed_u64(backpressureWaits, 1)
+        CMirrorSys_add_relaxed_u64(backpressureNanoseconds, nanoseconds)
+    }
 
     /// A UDP GSO message the kernel refused as such went as single copies.
     @inline(__always)
@@ -210,6 +218,7 @@ public final class ForwarderCounters: @unchecked Sendable {
         public var unattributedDrops: [UserDropReason: UInt64]
         public var batches: UInt64
         public var backpressureWaits: UInt64
+        public var backpressureNanoseconds: UInt64
         public var gsoFallbacks: UInt64
     }
 
@@ -246,6 +255,7 @@ public final class ForwarderCounters: @unchecked Sendable {
                         unattributedSent: CMirrorSys_load_relaxed_u64(sentPackets + Self.unattributedPair),
                         unattributedDrops: unattributed, batches: CMirrorSys_load_relaxed_u64(batches),
                         backpressureWaits: CMirrorSys_load_relaxed_u64(backpressureWaits),
+                        backpressureNanoseconds: CMirrorSys_load_relaxed_u64(backpressureNanoseconds),
                         gsoFallbacks: CMirrorSys_load_relaxed_u64(gsoFallbacks))
     }
 }

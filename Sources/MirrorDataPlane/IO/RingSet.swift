@@ -35,8 +35,15 @@ public final class RingSet: @unchecked Sendable {
 
     /// Creates one ring per online CPU and puts it in the program's ring
     /// array (indexed by CPU); the hooks may be attached afterwards.
-    public init(program: MirrorProgram) throws(SystemError) {
-        cpus = MirrorProgram.onlineCPUs().filter { $0 < program.cpuCount }
+    public convenience init(program: MirrorProgram) throws(SystemError) {
+        try self.init(program: program, cpus: MirrorProgram.onlineCPUs().filter { $0 < program.cpuCount })
+    }
+
+    /// One ring for each of `cpus` (a CPU may repeat: `tm-bench merge`
+    /// simulates a host of many CPUs by giving one CPU many rings, each put
+    /// in the program's array in turn with `point(cpu:ring:)`).
+    public init(program: MirrorProgram, cpus: [Int]) throws(SystemError) {
+        self.cpus = cpus
         count = cpus.count
         bytesPerRing = program.settings.ringBytes
         rings = .allocate(capacity: count)
@@ -88,6 +95,13 @@ public final class RingSet: @unchecked Sendable {
         heapTime.deallocate()
         heapRing.deallocate()
         busy.deallocate()
+    }
+
+    /// Makes `cpu`'s hooks write into ring `r`.
+    public func point(cpu: Int, ring r: Int, program: MirrorProgram) throws(SystemError) {
+        var key = UInt32(cpu)
+        var value = fds[r]
+        try SystemError.check(CMirrorBPF_map_update(program.ringsMap, &key, &value, 0), "tm_rings[\(cpu)]")
     }
 
     /// The fd of the first ring and its CPU (for the RCU barrier of

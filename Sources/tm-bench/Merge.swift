@@ -8,7 +8,9 @@ import MirrorTestSupport
 
 /// What the ring merge costs per record as the rings grow, the way the
 /// forwarding thread pays it: the loaded program writes real records
-/// (BPF_PROG_TEST_RUN, XDP, 64-byte frames) into N rings, in bursts of
+/// (BPF_PROG_TEST_RUN of the tc ingress hook, 64-byte frames;
+/// test runs of XDP programs that alternate swap the XDP dispatcher, an
+/// RCU grace period each) into N rings, in bursts of
 /// `burst` per ring round after round, so their stamps interleave as the
 /// CPUs of a busy host do; then `collect` and `release` drain them in
 /// batches of 256, timed. This machine has 2 CPUs: the N rings are given to
@@ -66,8 +68,10 @@ struct Merge: ParsableCommand {
                 while written < perRing * n {
                     for program in programs[0..<n] {
                         var retval: UInt32 = 0, duration: UInt32 = 0
+                        var skb = __sk_buff()
                         let rc = frame.withUnsafeBytes {
-                            CMirrorBPF_prog_test_run(program.xdpIngress, $0.baseAddress, UInt32($0.count), nil, 0, burst, &retval, &duration)
+                            CMirrorBPF_prog_test_run(program.tcIngress, $0.baseAddress, UInt32($0.count), &skb,
+                                                     UInt32(MemoryLayout<__sk_buff>.size), burst, &retval, &duration)
                         }
                         guard rc == 0 else { throw Failure("BPF_PROG_TEST_RUN: errno \(-rc)") }
                         written += Int(burst)

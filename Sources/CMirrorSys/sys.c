@@ -21,6 +21,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -183,6 +184,63 @@ int CMirrorSys_eventfd_drain(int fd)
 	uint64_t v;
 
 	return ret((int)read(fd, &v, sizeof(v)));
+}
+
+int CMirrorSys_link_events_open(void)
+{
+	struct sockaddr_nl sa = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK };
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);
+
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+
+		close(fd);
+		return -e;
+	}
+	return fd;
+}
+
+int CMirrorSys_link_events_drain(int fd)
+{
+	char buf[16384] __attribute__((aligned(4)));
+	int links = 0;
+
+	for (;;) {
+		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == ENOBUFS) {
+				links++;
+				continue;
+			}
+			return links;
+		}
+		if (n == 0)
+			return links;
+		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n))
+			if (h->nlmsg_type == RTM_NEWLINK || h->nlmsg_type == RTM_DELLINK)
+				links++;
+	}
+}
+
+int CMirrorSys_list_links(char (*names)[16], int *indexes, int max)
+{
+	struct if_nameindex *all = if_nameindex(), *i;
+	int n = 0;
+
+	if (!all)
+		return -errno;
+	for (i = all; i->if_index != 0 && i->if_name && n < max; i++, n++) {
+		strncpy(names[n], i->if_name, 15);
+		names[n][15] = 0;
+		indexes[n] = (int)i->if_index;
+	}
+	if_freenameindex(all);
+	return n;
 }
 
 int CMirrorSys_setns_net(int fd)

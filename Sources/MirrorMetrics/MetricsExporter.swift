@@ -186,6 +186,15 @@ public final class MetricsExporter: Sendable {
             info("traffic_mirror_hook_info", "An attached hook: interface, direction and mechanism (xdp, tcx, netlink).",
                  [("interface", h.interface), ("direction", h.direction.rawValue), ("hook", h.kind.rawValue)])
         }
+        for e in Agent.InterfaceEvent.allCases {
+            counter("traffic_mirror_interface_events_total",
+                    "Interface events: attached (an interface got its hooks), detached (it lost them: it went away or left the plan), waiting (a pattern or name began to match nothing), failed (a change of interfaces could not be put in force).",
+                    [("event", e.rawValue)], UInt64(s.interfaceEvents[e] ?? 0))
+        }
+        for (p, n) in s.patternMatches {
+            gauge("traffic_mirror_interface_pattern_matches", "Interfaces a configured pattern or name matches now; 0 while it waits for one to appear.",
+                  [("pattern", p)], Double(n))
+        }
         let health = Dictionary(s.endpointHealth.map { ("\($0.target)/\($0.endpoint)", $0) }, uniquingKeysWith: { a, _ in a })
         for t in s.targets {
             info("traffic_mirror_target_info", "A target in force: its encapsulation and how it uses its endpoints (balance or replicate).",

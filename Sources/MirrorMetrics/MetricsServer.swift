@@ -4,7 +4,8 @@ import NIOCore
 import ServiceLifecycle
 
 /// Serves `/metrics` (Prometheus text format) and `/healthz` (200 while the
-/// data plane runs, else 503) with Hummingbird; a ServiceLifecycle service.
+/// data plane runs, else 503; 503 too while a change of interfaces failed;
+/// the body lists interface patterns that wait for a match) with Hummingbird; a ServiceLifecycle service.
 public enum MetricsServer {
     public static func make(host: String, port: Int, exporter: MetricsExporter, logger: Logger) -> some Service {
         let router = Router()
@@ -16,11 +17,16 @@ public enum MetricsServer {
                 body: .init(byteBuffer: ByteBuffer(bytes: body)))
         }
         router.get("/healthz") { _, _ -> Response in
-            let up = exporter.agent.agent?.snapshot().running == true
+            let snapshot = exporter.agent.agent?.snapshot()
+            let up = snapshot?.running == true && snapshot?.interfaceFailure == nil
+            var body = snapshot?.running == true ? "" : "data plane not running\n"
+            if let f = snapshot?.interfaceFailure { body += "failed: \(f)\n" }
+            for p in snapshot?.waiting ?? [] { body += "waiting: \(p) matches no interface yet\n" }
+            if up { body = "ok\n" + body }
             return Response(
                 status: up ? .ok : .serviceUnavailable,
                 headers: [.contentType: "text/plain; charset=utf-8"],
-                body: .init(byteBuffer: ByteBuffer(string: up ? "ok\n" : "data plane not running\n")))
+                body: .init(byteBuffer: ByteBuffer(string: body)))
         }
         var quiet = logger
         quiet.logLevel = max(logger.logLevel, .warning)

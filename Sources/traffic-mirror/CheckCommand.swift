@@ -1,11 +1,12 @@
 import ArgumentParser
 import Foundation
 import MirrorCore
+import MirrorDataPlane
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
-        abstract: "Validate a config and print the compiled plan; attaches nothing.",
+        abstract: "Validate a config and print the compiled plan and what its interface patterns match now; attaches nothing.",
         discussion: "Exit 0 when the config is valid, 2 with every problem listed (each with its path in the file) when it is not."
     )
 
@@ -16,6 +17,12 @@ struct CheckCommand: ParsableCommand {
         let loaded = try loadConfig(path: config)
         print("\(config): valid\n")
         print(PlanDescription.render(loaded))
+        let links = LinkMonitor.links().keys
+        print("interfaces in this network namespace now:")
+        for (pattern, names) in loaded.matches(in: links).sorted(by: { $0.key < $1.key }) {
+            print("  \(pattern): " + (names.isEmpty ? "matches nothing yet (run waits and attaches when one appears)" : names.joined(separator: ", ")))
+        }
+        print("")
         let cpus = (try? String(contentsOfFile: "/sys/devices/system/cpu/online", encoding: .utf8)).flatMap(RingSizing.cpus(list:))?.count
             ?? ProcessInfo.processInfo.activeProcessorCount
         print("ring buffers (run's default): \(RingSizing.describe(cpus: cpus))")

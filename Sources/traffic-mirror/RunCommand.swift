@@ -56,7 +56,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("YAML config with targets, filters and sessions (docs/configuration.md); SIGHUP reloads it.", valueName: "file"))
     var config: String?
 
-    @Option(name: .customLong("interface"), help: ArgumentHelp("Source interface to mirror (repeatable).", valueName: "name"))
+    @Option(name: .customLong("interface"), help: ArgumentHelp("Source interface to mirror, a name or a shell-style pattern such as 'veth*' (repeatable); interfaces that appear later are attached as they come.", valueName: "name"))
     var interfaces: [String] = []
 
     @Option(help: ArgumentHelp("Target as HOST[:PORT]: IPv4, [IPv6] in brackets, or a host name; port 4789 by default.", valueName: "host[:port]"))
@@ -110,8 +110,9 @@ struct RunCommand: AsyncParsableCommand {
             if interfaces.isEmpty { problems.append("--interface: at least one source interface is required (or use --config)") }
             if target == nil { problems.append("--target: a target is required (HOST[:PORT]), or use --config") }
         }
-        for name in interfaces where name.isEmpty || name.utf8.count > 15 || name.contains("/") || name.contains(" ") {
-            problems.append("--interface: \"\(name)\" is not an interface name (1 to 15 characters, no '/' or spaces)")
+        for name in interfaces where name.isEmpty || name.utf8.count > (InterfacePattern.isPattern(name) ? 64 : 15)
+            || name.contains("/") || name.contains(":") || name.contains(" ") {
+            problems.append("--interface: \"\(name)\" is not an interface name (1 to 15 characters) or pattern (up to 64, with *, ? or [...]); no '/', ':' or spaces")
         }
         if let t = target {
             do { _ = try HostPort(parsing: t) } catch { problems.append("--target: \(error.message)") }

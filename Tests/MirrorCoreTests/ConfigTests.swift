@@ -124,6 +124,33 @@ struct ConfigTests {
         #expect(p.allSatisfy { $0.contains("(line ") })
     }
 
+    @Test("interface patterns: accepted, matched like fnmatch, resolved per session without repeats")
+    func interfacePatterns() throws {
+        let c = try ConfigLoader.load(yaml: """
+            targets: {t: {address: 198.18.9.9}}
+            sessions:
+              - {name: pods, interfaces: ['veth*', 'cali[0-9]?', eth0], target: t, number: 1}
+              - {name: lone, interfaces: ['lxc*'], target: t, number: 2}
+            """)
+        #expect(c.interfacePatterns == ["veth*", "cali[0-9]?", "eth0", "lxc*"])
+        let links = ["lo", "eth0", "veth1", "vethab", "cali12", "cali1", "calix2", "eth1"]
+        let m = c.matches(in: links)
+        #expect(m["veth*"] == ["veth1", "vethab"])
+        #expect(m["cali[0-9]?"] == ["cali12"])
+        #expect(m["eth0"] == ["eth0"] && m["lxc*"] == [])
+        let r = c.resolvingInterfaces(in: links)
+        #expect(r.sessions[0].interfaces == ["veth1", "vethab", "cali12", "eth0"])
+        #expect(r.sessions[1].interfaces.isEmpty)
+        #expect(MirrorPlan(compiling: r).interfaces == ["veth1", "vethab", "cali12", "eth0"])
+        // A literal name never matches as a pattern would.
+        #expect(c.matches(in: ["eth00"])["eth0"] == [])
+
+        let p = problems("targets: {t: {address: 198.18.9.9}}\nsessions:\n  - {name: s, interfaces: ['veth/*', 'abcdefghijklmnop'], target: t, number: 1}\n")
+        #expect(p.contains { $0.contains("sessions[0].interfaces[0]") && $0.contains("\"veth/*\" is not an interface name") }, "\(p)")
+        #expect(p.contains { $0.contains("sessions[0].interfaces[1]") && $0.contains("(1 to 15 characters)") }, "\(p)")
+        #expect(problems("targets: {t: {address: 198.18.9.9}}\nsessions:\n  - {name: s, interfaces: ['abcdefghijklmnop*'], target: t, number: 1}\n").isEmpty)
+    }
+
     @Test("limits: 32 sessions per interface, 256 rules per filter direction")
     func limits() throws {
         var rng = SplitMix64(seed: 3)

@@ -429,8 +429,9 @@ struct Checker {
             for (j, n) in list.enumerated() {
                 let p = "\(path).interfaces[\(j)]"
                 guard let text = scalar(n, p) else { fail(p, n, "empty interface name"); continue }
-                if text.utf8.count > 15 || text.contains("/") || text.contains(":") || text.contains(where: \.isWhitespace) {
-                    fail(p, n, "\"\(text)\" is not an interface name (1 to 15 characters, no '/', ':' or spaces)")
+                let longest = InterfacePattern.isPattern(text) ? 64 : 15
+                if text.utf8.count > longest || text.contains("/") || text.contains(":") || text.contains(where: \.isWhitespace) {
+                    fail(p, n, "\"\(text)\" is not an interface name (1 to 15 characters) or pattern (up to 64, with *, ? or [...]); no '/', ':' or spaces")
                 } else if interfaces.contains(text) {
                     fail(p, n, "\(text) is listed twice")
                 } else {

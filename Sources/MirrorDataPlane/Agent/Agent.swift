@@ -56,7 +56,37 @@ public final class Agent: @unchecked Sendable {
         var applied_ok = 0
         var applied_failed = 0
         var lastAppliedNanoseconds: UInt64 = 0
+        /// The configuration as given, interface patterns unresolved.
+        var source: MirrorConfig?
+        /// Patterns and names that match no interface now.
+        var waiting: [String] = []
+        /// Each pattern or name and how many interfaces it matches now.
+        var patternMatches: [(pattern: String, count: Int)] = []
+        /// Interface events by kind (InterfaceEvent).
+        var events: [InterfaceEvent: Int] = [:]
+        /// Why the last change of interfaces failed, until one succeeds.
+        var interfaceFailure: String?
+        /// Final counters of interfaces that were detached, by name and
+        /// direction; an interface back under the same name adds to them.
+        var retiredInterfaces: [String: [Direction: [UInt64]]] = [:]
     }
+
+    /// What happens to the interfaces a configuration names.
+    public enum InterfaceEvent: String, Sendable, CaseIterable {
+        /// An interface got its hooks.
+        case attached
+        /// An interface lost its hooks (it went away or left the plan).
+        case detached
+        /// A pattern or name began to match no interface.
+        case waiting
+        /// A change of interfaces could not be put in force.
+        case failed
+    }
+
+    /// At most this many detached interface names keep counters of their
+    /// own; later ones add to `retiredOverflowName` (pods come and go).
+    static let retiredNamesLimit = 4096
+    public static let retiredOverflowName = "(detached)"
 
     public let options: Options
     public let program: MirrorProgram
@@ -75,6 +105,8 @@ public final class Agent: @unchecked Sendable {
     /// rings holds this, never `state`, so scrapes are answered meanwhile.
     private let changeLock = Mutex(())
     public let startedAt = CMirrorSys_realtime_ns()
+    /// Follows links appearing and going; started by the first `apply`.
+    private let linkMonitor = Mutex<LinkMonitor?>(nil)
 
     /// Loads the program, creates the rings and starts the forwarding
     /// thread. Nothing is attached yet: see `apply`.
@@ -139,42 +171,99 @@ public final class Agent: @unchecked Sendable {
     /// error the previous configuration stays in force, untouched, and
     /// nothing new stays attached. Metrics and health are answered from the
     /// previous state while a change runs.
+    ///
+    /// Interface patterns are matched against the links there are now; a
+    /// pattern or name that matches nothing waits, and the link monitor
+    /// puts the configuration in force again whenever links change.
     public func apply(_ config: MirrorConfig) throws(OperationalError) {
-        let plan = MirrorPlan(compiling: config)
+        // Watching first: a link that appears while this change lists the
+        // links is seen by the refresh that follows it.
+        startLinkMonitor()
         var resolved = [ResolvedTarget]()
-        var ifindexes = [String: Int32]()
         do throws(OperationalError) {
             for t in config.targets {
                 resolved.append(try TargetResolver.resolve(t, mark: options.socketMark))
-            }
-            for name in plan.interfaces {
-                let idx = CMirrorSys_if_nametoindex(name)
-                guard idx > 0 else {
-                    throw OperationalError("interface \(name) not found: \(SystemError("if_nametoindex", code: idx)); check 'ip link' in the agent's network namespace")
-                }
-                ifindexes[name] = idx
             }
         } catch {
             noteRejectedConfig()
             throw error
         }
         try changeLock.withLock { _ throws(OperationalError) in
-            // Work on a copy; readers see the old state until it is in force.
-            var s = state.withLock { $0 }
-            guard !s.stopped else { throw OperationalError("the agent is shutting down") }
-            var change = PlanChange()
             do throws(OperationalError) {
-                try apply(config, plan: plan, targets: resolved, ifindexes: ifindexes, state: &s, change: &change)
+                try applyLocked(config, targets: resolved, links: LinkMonitor.links())
             } catch {
-                change.rollBack()
                 state.withLock { $0.applied_failed += 1 }
                 throw error
             }
-            s.applied_ok += 1
-            s.lastAppliedNanoseconds = CMirrorSys_realtime_ns()
-            state.withLock { $0 = s }
-            change.commit()
+            state.withLock { $0.applied_ok += 1 }
         }
+    }
+
+    /// Matches the configuration in force against the links there are now
+    /// and attaches or detaches what changed (the link monitor calls it).
+    /// A failure is counted and logged; the next link event tries again.
+    public func refreshInterfaces() {
+        changeLock.withLock { _ in
+            let (source, targets, current, stopped) = state.withLock {
+                ($0.source, $0.applied?.targets, $0.interfaces.mapValues(\.ifindex), $0.stopped)
+            }
+            guard let source, let targets, !stopped else { return }
+            let links = LinkMonitor.links()
+            let wanted = Set(source.resolvingInterfaces(in: links.keys).sessions.flatMap(\.interfaces))
+            guard wanted.count != current.count || wanted.contains(where: { current[$0] != links[$0] }) else { return }
+            do throws(OperationalError) {
+                try applyLocked(source, targets: targets, links: links)
+            } catch {
+                logger.error("interface change not put in force; the next link event tries again", metadata: ["error": "\(error.message)"])
+                state.withLock {
+                    $0.events[.failed, default: 0] += 1
+                    $0.interfaceFailure = error.message
+                }
+            }
+        }
+    }
+
+    private func startLinkMonitor() {
+        linkMonitor.withLock { m in
+            guard m == nil else { return }
+            do {
+                m = try LinkMonitor { [weak self] in self?.refreshInterfaces() }
+            } catch {
+                logger.error("cannot watch links: interfaces that appear later are not attached", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Puts `source` in force with its patterns matched against `links`.
+    /// The caller holds `changeLock`.
+    private func applyLocked(_ source: MirrorConfig, targets: [ResolvedTarget], links: [String: Int32]) throws(OperationalError) {
+        let config = source.resolvingInterfaces(in: links.keys)
+        let plan = MirrorPlan(compiling: config)
+        var ifindexes = [String: Int32]()
+        for name in plan.interfaces { ifindexes[name] = links[name] }
+        // Work on a copy; readers see the old state until it is in force.
+        var s = state.withLock { $0 }
+        guard !s.stopped else { throw OperationalError("the agent is shutting down") }
+        var change = PlanChange()
+        do throws(OperationalError) {
+            try apply(config, plan: plan, targets: targets, ifindexes: ifindexes, state: &s, change: &change)
+        } catch {
+            change.rollBack()
+            throw error
+        }
+        let matches = source.matches(in: links.keys)
+        let waiting = source.interfacePatterns.filter { matches[$0]?.isEmpty ?? true }
+        for p in waiting where !s.waiting.contains(p) {
+            logger.info("waiting for an interface to match", metadata: ["interface": "\(p)"])
+            s.events[.waiting, default: 0] += 1
+        }
+        s.waiting = waiting
+        s.patternMatches = source.interfacePatterns.map { ($0, matches[$0]?.count ?? 0) }
+        s.source = source
+        s.interfaceFailure = nil
+        s.lastAppliedNanoseconds = CMirrorSys_realtime_ns()
+        state.withLock { $0 = s }
+        change.commit()
     }
 
     /// Counts a configuration that was refused before reaching the agent
@@ -206,10 +295,13 @@ public final class Agent: @unchecked Sendable {
         state s: inout State, change: inout PlanChange
     ) throws(OperationalError) {
         let program = program
-        // Slots for new interfaces (old ones keep theirs and their counters).
+        // Slots for new interfaces (old ones keep theirs and their counters;
+        // one recreated under its name gets a new slot, the old slot's
+        // counters are added to the name's once its hooks are gone).
         var slots = s.interfaces.mapValues(\.slot)
+        var free = s.freeSlots
         for (name, idx) in ifindexes.sorted(by: { $0.key < $1.key }) where s.interfaces[name]?.ifindex != idx {
-            guard let slot = s.interfaces[name]?.slot ?? s.freeSlots.popLast() else {
+            guard let slot = free.popLast() else {
                 throw OperationalError("more than \(PlanLimits.interfaces) interfaces")
             }
             slots[name] = slot
@@ -308,8 +400,10 @@ public final class Agent: @unchecked Sendable {
         for h in change.attached {
             logger.info("attached", metadata: ["interface": "\(h.interface)", "direction": "\(h.direction.rawValue)", "hook": "\(h.kind.rawValue)"])
         }
+        s.events[.attached, default: 0] += Set(change.attached.map(\.ifindex)).count
         s.hooks += change.attached
         change.attached = []
+        s.freeSlots = free
 
         // Past the switch nothing fails: detach hooks the new plan no longer
         // needs, and forget their slots.
@@ -318,22 +412,33 @@ public final class Agent: @unchecked Sendable {
             keep.contains("\(h.interface)/\(h.direction.rawValue)") && ifindexes[h.interface] == h.ifindex
         }
         for h in s.hooks where !kept(h) {
+            h.detach()
             logger.info("detached", metadata: ["interface": "\(h.interface)", "direction": "\(h.direction.rawValue)"])
         }
         s.hooks = s.hooks.filter(kept)
+        var gone = [(name: String, slot: UInt32)]()
         for (name, old) in s.interfaces where ifindexes[name] != old.ifindex {
             program.removeSlot(ifindex: UInt32(old.ifindex))
-            if ifindexes[name] == nil {
-                s.freeSlots.append(old.slot)
-                s.interfaces[name] = nil
-            }
+            gone.append((name, old.slot))
+            s.interfaces[name] = nil
         }
+        s.events[.detached, default: 0] += gone.count
         for (name, idx) in ifindexes { s.interfaces[name] = (idx, slots[name]!) }
         s.applied = Applied(config: config, plan: plan, targets: targets, bank: bank)
         // Hooks that started before the switch may still be writing records
         // of the old bank; wait for them so its counters are final and its
         // records are all in the rings.
         try? program.waitForRunningHooks(ring0: rings.firstRingFD, cpu: rings.firstRingCPU)
+        for g in gone {
+            let key = s.retiredInterfaces[g.name] != nil || s.retiredInterfaces.count < Self.retiredNamesLimit
+                ? g.name : Self.retiredOverflowName
+            for d in Direction.allCases {
+                guard let c = try? program.interfaceCounters(slot: g.slot, direction: d) else { continue }
+                let old = s.retiredInterfaces[key]?[d] ?? [UInt64](repeating: 0, count: c.count)
+                s.retiredInterfaces[key, default: [:]][d] = zip(old, c).map { $0 &+ $1 }
+            }
+            s.freeSlots.append(g.slot)
+        }
         if let previous {
             for (i, session) in previous.plan.sessions.enumerated() {
                 for d in Direction.allCases {
@@ -405,6 +510,13 @@ public final class Agent: @unchecked Sendable {
         public var configsApplied: Int
         public var configsFailed: Int
         public var lastAppliedNanoseconds: UInt64
+        /// Interface patterns and names that match nothing now.
+        public var waiting: [String]
+        /// Each configured pattern or name and how many interfaces it matches.
+        public var patternMatches: [(pattern: String, count: Int)]
+        public var interfaceEvents: [InterfaceEvent: Int]
+        /// Why the last change of interfaces failed, if it did.
+        public var interfaceFailure: String?
         /// The data plane runs: a plan is in force and the thread drains.
         public var running: Bool
     }
@@ -413,12 +525,18 @@ public final class Agent: @unchecked Sendable {
         let sessions = sessionCounters()
         let forwarderSnapshot = forwarder.counters.snapshot()
         return state.withLock { s in
-            var interfaces = [Snapshot.InterfaceCounters]()
-            for (name, i) in s.interfaces.sorted(by: { $0.key < $1.key }) {
+            var counts = s.retiredInterfaces
+            for (name, i) in s.interfaces {
                 for d in Direction.allCases {
-                    if let c = try? program.interfaceCounters(slot: i.slot, direction: d) {
-                        interfaces.append(.init(interface: name, direction: d, counts: c))
-                    }
+                    guard let c = try? program.interfaceCounters(slot: i.slot, direction: d) else { continue }
+                    let old = counts[name]?[d] ?? [UInt64](repeating: 0, count: c.count)
+                    counts[name, default: [:]][d] = zip(old, c).map { $0 &+ $1 }
+                }
+            }
+            var interfaces = [Snapshot.InterfaceCounters]()
+            for (name, byDirection) in counts.sorted(by: { $0.key < $1.key }) {
+                for d in Direction.allCases {
+                    if let c = byDirection[d] { interfaces.append(.init(interface: name, direction: d, counts: c)) }
                 }
             }
             var sessionTargets = [String: String]()
@@ -433,6 +551,9 @@ public final class Agent: @unchecked Sendable {
                 ringBacklogBytes: rings.backlog(), ringCPUs: rings.cpus, ringBytes: rings.bytesPerRing, ownSockets: own.socketCount,
                 configsApplied: s.applied_ok, configsFailed: s.applied_failed,
                 lastAppliedNanoseconds: s.lastAppliedNanoseconds,
+                waiting: s.waiting, patternMatches: s.patternMatches,
+                interfaceEvents: Dictionary(uniqueKeysWithValues: InterfaceEvent.allCases.map { ($0, s.events[$0] ?? 0) }),
+                interfaceFailure: s.interfaceFailure,
                 running: !s.stopped && s.applied != nil && forwarder.isRunning)
         }
     }
@@ -440,6 +561,9 @@ public final class Agent: @unchecked Sendable {
     /// Detaches every hook, waits for hooks still running, lets the
     /// forwarding thread send what the rings hold, and stops it. Idempotent.
     public func shutdown() {
+        // Outside the change lock: the monitor may be waiting for it.
+        let monitor = linkMonitor.withLock { m in defer { m = nil }; return m }
+        monitor?.stop()
         changeLock.withLock { _ in shutdownLocked() }
     }
 

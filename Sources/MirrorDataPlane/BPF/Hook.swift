@@ -59,7 +59,16 @@ public final class Hook: @unchecked Sendable {
         self.programID = programID
     }
 
-    deinit {
+    private var detached = false
+
+    deinit { detach() }
+
+    /// Detaches now (a hook whose interface left the plan, before its
+    /// counters are read for the last time); later calls do nothing.
+    /// Callers hold the agent's change lock.
+    public func detach() {
+        guard !detached else { return }
+        detached = true
         if linkFD >= 0 {
             _ = close(linkFD)
         } else if kind == .netlink {

@@ -87,6 +87,42 @@ struct SourcesEndToEndTests {
         MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["pd0"])
     }
 
+    @Test("a filtered session on a pattern with 16 interfaces attached: one more is attached within 1 s (the plan is rewritten, its tables too)",
+          .disabled("known gap (docs/operations.md#interfaces-that-come-and-go): every scope's classifier tables are rebuilt per change, 1.6-2.3 s here; enable with scope sharing"))
+    func hotPlugFiltered() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let batch = NSTemporaryDirectory() + "\(lab.prefix)-pods.batch"
+        try (0..<16).map { "link add pe\($0) type veth peer name pf\($0)\n" }.joined().write(toFile: batch, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: batch) }
+        try lab.exec(topo.mon, ["ip", "-batch", batch])
+        let path = try topo.writeConfig("""
+            targets: {t: {address: 198.18.1.2}}
+            filters:
+              web:
+                ingress:
+                  - {rule: 10, action: reject, protocol: tcp, destination_ports: 22}
+                  - {rule: 20, action: accept, protocol: tcp, destination: 198.18.0.0/15, destination_ports: 80-443}
+                egress:
+                  - {rule: 10, action: accept, protocol: udp, source_ports: 53}
+            sessions:
+              - {name: pods, interfaces: ['pe*'], target: t, filter: web, number: 1}
+            """)
+        let agent = try topo.startAgent(["--config", path, "--metrics-address", "127.0.0.1:\(MetricsEndToEndTests.port)"])
+        var latencies = [Double]()
+        for i in 0..<5 {
+            let t = Date()
+            try lab.exec(topo.mon, ["ip", "link", "add", "pe9\(i)", "type", "veth", "peer", "name", "pf9\(i)"])
+            while Self.count(agent.stderr, "attached", "pe9\(i)") < 2 && Date().timeIntervalSince(t) < 10 { usleep(1000) }
+            latencies.append(Date().timeIntervalSince(t))
+        }
+        let m = try MetricsEndToEndTests.scrape(topo)
+        #expect(agent.stop() == 0)
+        print("hot-plug with a filter, 16 to 21 interfaces: attach " + latencies.map { String(format: "%.0f ms", $0 * 1000) }.joined(separator: ", "))
+        #expect(latencies.allSatisfy { $0 < 1.0 }, "\(latencies)")
+        #expect(m.all("traffic_mirror_hook_info").count == 2 * 21)
+    }
+
     @Test("a literal interface missing at a reload waits instead of refusing the reload; it is attached when it appears")
     func missingAtReload() throws {
         let topo = try Topology()

@@ -58,9 +58,8 @@ public final class Agent: @unchecked Sendable {
         var lastAppliedNanoseconds: UInt64 = 0
         /// The configuration as given, interface patterns unresolved.
         var source: MirrorConfig?
-        /// Patterns and names that match no interface now.
-        var waiting: [String] = []
-        /// Each pattern or name and how many interfaces it matches now.
+        /// Each pattern or name and how many interfaces it matches now (0:
+        /// it waits).
         var patternMatches: [(pattern: String, count: Int)] = []
         /// Interface events by kind (InterfaceEvent).
         var events: [InterfaceEvent: Int] = [:]
@@ -251,14 +250,14 @@ public final class Agent: @unchecked Sendable {
             change.rollBack()
             throw error
         }
-        let matches = source.matches(in: links.keys)
-        let waiting = source.interfacePatterns.filter { matches[$0]?.isEmpty ?? true }
-        for p in waiting where !s.waiting.contains(p) {
+        let matched = source.matches(in: links.keys)
+        let matches = source.interfacePatterns.map { ($0, matched[$0]?.count ?? 0) }
+        let waitedBefore = Set(s.patternMatches.filter { $0.count == 0 }.map(\.pattern))
+        for (p, n) in matches where n == 0 && !waitedBefore.contains(p) {
             logger.info("waiting for an interface to match", metadata: ["interface": "\(p)"])
             s.events[.waiting, default: 0] += 1
         }
-        s.waiting = waiting
-        s.patternMatches = source.interfacePatterns.map { ($0, matches[$0]?.count ?? 0) }
+        s.patternMatches = matches
         s.source = source
         s.interfaceFailure = nil
         s.lastAppliedNanoseconds = CMirrorSys_realtime_ns()
@@ -510,10 +509,10 @@ public final class Agent: @unchecked Sendable {
         public var configsApplied: Int
         public var configsFailed: Int
         public var lastAppliedNanoseconds: UInt64
-        /// Interface patterns and names that match nothing now.
-        public var waiting: [String]
         /// Each configured pattern or name and how many interfaces it matches.
         public var patternMatches: [(pattern: String, count: Int)]
+        /// Patterns and names that match nothing now.
+        public var waiting: [String] { patternMatches.filter { $0.count == 0 }.map(\.pattern) }
         public var interfaceEvents: [InterfaceEvent: Int]
         /// Why the last change of interfaces failed, if it did.
         public var interfaceFailure: String?
@@ -551,7 +550,7 @@ public final class Agent: @unchecked Sendable {
                 ringBacklogBytes: rings.backlog(), ringCPUs: rings.cpus, ringBytes: rings.bytesPerRing, ownSockets: own.socketCount,
                 configsApplied: s.applied_ok, configsFailed: s.applied_failed,
                 lastAppliedNanoseconds: s.lastAppliedNanoseconds,
-                waiting: s.waiting, patternMatches: s.patternMatches,
+                patternMatches: s.patternMatches,
                 interfaceEvents: Dictionary(uniqueKeysWithValues: InterfaceEvent.allCases.map { ($0, s.events[$0] ?? 0) }),
                 interfaceFailure: s.interfaceFailure,
                 running: !s.stopped && s.applied != nil && forwarder.isRunning)

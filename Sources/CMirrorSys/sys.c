@@ -227,22 +227,6 @@ int CMirrorSys_link_events_drain(int fd)
 	}
 }
 
-int CMirrorSys_list_links(char (*names)[16], int *indexes, int max)
-{
-	struct if_nameindex *all = if_nameindex(), *i;
-	int n = 0;
-
-	if (!all)
-		return -errno;
-	for (i = all; i->if_index != 0 && i->if_name && n < max; i++, n++) {
-		strncpy(names[n], i->if_name, 15);
-		names[n][15] = 0;
-		indexes[n] = (int)i->if_index;
-	}
-	if_freenameindex(all);
-	return n;
-}
-
 int CMirrorSys_setns_net(int fd)
 {
 	return ret(setns(fd, CLONE_NEWNET));

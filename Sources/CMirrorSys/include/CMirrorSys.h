@@ -57,9 +57,6 @@ int CMirrorSys_link_events_open(void);
  * more when the socket overran (ENOBUFS: events were lost, so the caller
  * must look at every link again), 0 when none. */
 int CMirrorSys_link_events_drain(int fd);
-/* Every interface of the calling thread's namespace: up to `max` names of
- * 16 bytes each and their indexes; returns how many, or -errno. */
-int CMirrorSys_list_links(char (*names)[16], int *indexes, int max);
 
 /* Joins the calling thread to the network namespace of `fd` (a file of
  * /run/netns or /proc/PID/ns/net). */

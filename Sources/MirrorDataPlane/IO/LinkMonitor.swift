@@ -51,16 +51,13 @@ public final class LinkMonitor: @unchecked Sendable {
 
     /// Every interface of the calling thread's namespace, name -> ifindex.
     public static func links() -> [String: Int32] {
-        let max = 65536
-        let names = UnsafeMutablePointer<(CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar,
-                                          CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar)>.allocate(capacity: max)
-        let indexes = UnsafeMutablePointer<Int32>.allocate(capacity: max)
-        defer { names.deallocate(); indexes.deallocate() }
-        let n = CMirrorSys_list_links(names, indexes, Int32(max))
+        guard let all = if_nameindex() else { return [:] }
+        defer { if_freenameindex(all) }
         var out = [String: Int32]()
-        for i in 0..<Int(Swift.max(0, n)) {
-            let name = withUnsafeBytes(of: &names[i]) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            out[name] = indexes[i]
+        var i = all
+        while i.pointee.if_index != 0, let name = i.pointee.if_name {
+            out[String(cString: name)] = Int32(bitPattern: i.pointee.if_index)
+            i += 1
         }
         return out
     }

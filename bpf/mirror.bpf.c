@@ -33,7 +33,9 @@ const volatile __u64 tm_wake_bytes = 0;
 
 struct tm_meta {
 	__u64 cookie; /* of the skb's socket, 0 when none (always at XDP) */
-	__u32 ifindex;
+	/* The interface: its namespace's cookie and ifindex, laid out as the
+	 * tm_slots key so the lookup needs no copy on the stack. */
+	struct tm_slot_key where;
 	__u32 dir;
 	__u32 vlan_tags; /* 1 when the skb carries a tag as metadata */
 	__u16 vlan_proto; /* network order */
@@ -111,7 +113,7 @@ static __always_inline void tm_fill(struct tm_record *r, const struct tm_meta *m
 	__u32 shift = m->vlan_tags ? 4 : 0;
 
 	r->tstamp_ns = bpf_ktime_get_ns();
-	r->ifindex = m->ifindex;
+	r->ifindex = m->where.ifindex;
 	r->orig_len = frame_len;
 	r->cap_len = cap;
 	r->flow_hash = tm_flow_hash(p);
@@ -566,11 +568,11 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	struct tm_session_counters *sc;
 	struct tm_control *ctl;
 	struct tm_session *s;
-	__u32 zero = 0, *slotp, slot, key, bank, scope, session, skey;
+	__u32 zero = 0, *slotp, *profile, slot, key, bank, scope, session, skey;
 	__u32 frame_len, cap, limit, reason, flags = 0, segs, taken, first, wire;
 	int sid, drop;
 
-	slotp = bpf_map_lookup_elem(&tm_slots, &m->ifindex);
+	slotp = bpf_map_lookup_elem(&tm_slots, &m->where);
 	if (!slotp)
 		return;
 	slot = *slotp;
@@ -614,7 +616,10 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	if (p->flags & TM_PKT_L4_TRUNCATED)
 		ic->count[TM_IO_L4_TRUNCATED] += segs;
 
-	sid = tm_classify(scope, p);
+	profile = bpf_map_lookup_elem(&tm_scope_profiles, &scope);
+	if (!profile)
+		goto no_match;
+	sid = tm_classify(*profile, p);
 	if (sid == TM_V_REJECTED) {
 		ic->count[TM_IO_REJECTED] += segs;
 		return;
@@ -728,11 +733,54 @@ no_match:
 	ic->count[TM_IO_NO_MATCH] += segs;
 }
 
+/* The namespace of the interface a packet crosses, read from the device:
+ * dev->nd_net.net->net_cookie, the value SO_NETNS_COOKIE gives the agent.
+ * Not bpf_get_netns_cookie(): XDP may not call it, and at tc it answers
+ * with the namespace of the skb's socket (init_net when there is none),
+ * which is not the interface's. The declarations name only the fields
+ * read; libbpf relocates their offsets against the running kernel's BTF
+ * (CO-RE). */
+struct net {
+	__u64 net_cookie;
+} __attribute__((preserve_access_index));
+struct net_device {
+	struct {
+		struct net *net;
+	} nd_net;
+} __attribute__((preserve_access_index));
+struct xdp_rxq_info {
+	struct net_device *dev;
+} __attribute__((preserve_access_index));
+struct xdp_buff {
+	struct xdp_rxq_info *rxq;
+} __attribute__((preserve_access_index));
+struct sk_buff {
+	struct net_device *dev;
+} __attribute__((preserve_access_index));
+extern void *bpf_cast_to_kern_ctx(void *) __ksym;
+
+static __always_inline __u64 tm_xdp_netns(struct xdp_md *ctx)
+{
+	struct xdp_buff *xdp = bpf_cast_to_kern_ctx(ctx);
+
+	return xdp->rxq->dev->nd_net.net->net_cookie;
+}
+
+static __always_inline __u64 tm_skb_netns(struct __sk_buff *ctx)
+{
+	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
+
+	return skb->dev->nd_net.net->net_cookie;
+}
+
 SEC("xdp.frags")
 int tm_xdp_ingress(struct xdp_md *ctx)
 {
 	struct tm_src src = { .ctx = ctx, .len = bpf_xdp_get_buff_len(ctx) };
-	struct tm_meta m = { .ifindex = ctx->ingress_ifindex, .dir = TM_DIR_INGRESS };
+	struct tm_meta m = {
+		.where = { .netns = tm_xdp_netns(ctx), .ifindex = ctx->ingress_ifindex },
+		.dir = TM_DIR_INGRESS,
+	};
 
 	tm_mirror(&src, 1, &m);
 	return XDP_PASS;
@@ -742,7 +790,7 @@ static __always_inline void tm_tc(struct __sk_buff *skb, __u32 dir)
 {
 	struct tm_src src = { .ctx = skb, .len = skb->len };
 	struct tm_meta m = {
-		.ifindex = skb->ifindex,
+		.where = { .netns = tm_skb_netns(skb), .ifindex = skb->ifindex },
 		.cookie = bpf_get_socket_cookie(skb),
 		.dir = dir,
 		.vlan_tags = skb->vlan_present ? 1 : 0,

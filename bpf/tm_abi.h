@@ -15,16 +15,20 @@
 
 /* ---- Limits ------------------------------------------------------------ */
 
-/* Interfaces one agent can hook (slots are stable across reloads). */
-#define TM_MAX_SLOTS 64
+/* Interfaces one agent can hook, in any network namespaces (slots are
+ * stable across reloads). */
+#define TM_MAX_SLOTS 1024
+/* Profiles (see tm_scope_profiles) the two banks can hold together; profile
+ * 0 is the empty one. A plan uses at most TM_MAX_PROFILES / 2 - 1. */
+#define TM_MAX_PROFILES 2048
 /* Sessions in one plan bank, across all interfaces. */
 #define TM_MAX_SESSIONS 256
 /* Sessions evaluated for one interface and direction. */
 #define TM_MAX_SESSIONS_PER_SLOT 32
 /* Rules in one filter direction (AWS allows 10). */
 #define TM_MAX_RULES 256
-/* 64-bit words of a scope's rule bitmap: every rule of every session of one
- * interface and direction has one bit. */
+/* 64-bit words of a profile's rule bitmap: every rule of every session of
+ * one profile has one bit. */
 #define TM_RULE_WORDS (TM_MAX_SESSIONS_PER_SLOT * TM_MAX_RULES / 64)
 /* Words of one filter direction (TM_MAX_RULES bits). */
 #define TM_FILTER_WORDS (TM_MAX_RULES / 64)
@@ -145,42 +149,54 @@ struct tm_session {
 	__u8 tunnel_hdr[TM_TUNNEL_HDR_LEN]; /* ready to send, VNI included */
 };
 
+/* tm_slots key: an interface is its namespace and its index there. */
+struct tm_slot_key {
+	__u64 netns;  /* the interface's namespace: SO_NETNS_COOKIE there */
+	__u32 ifindex;
+	__u32 pad;
+};
+
 /* Plans are banked per interface slot and direction: the "scope". */
 #define TM_SCOPE(bank, slot, dir) \
 	(((bank) * TM_MAX_SLOTS + (slot)) * TM_DIR_COUNT + (dir))
 #define TM_SCOPE_COUNT (TM_BANKS * TM_MAX_SLOTS * TM_DIR_COUNT)
 
 /*
- * tm_slot_plans, key = scope. The sessions of one interface and direction in
- * evaluation order. A filtered session owns rule-bitmap words
- * [word_start[i], word_start[i] + word_count[i]); sessions that share a
- * filter share words.
+ * tm_scope_profiles, key = scope: the profile the scope evaluates. A profile
+ * is a list of sessions with its classifier tables; every interface and
+ * direction that the same sessions mirror shares one, so a thousand
+ * interfaces of one pattern cost one set of tables, and an interface that
+ * appears costs two 4-byte writes. User space never rewrites a profile that
+ * the active bank uses: a changed one gets a free index.
+ *
+ * tm_profiles, key = profile. The sessions in evaluation order. A filtered
+ * session owns rule-bitmap words [word_start[i], word_start[i] +
+ * word_count[i]); sessions that share a filter share words.
  */
-struct tm_slot_plan {
+struct tm_profile {
 	__u32 session_count;
-	__u32 word_total;    /* bitmap words in use in this scope */
+	__u32 word_total;    /* bitmap words in use in this profile */
 	__u32 filtered_mask; /* bit i: session i has a filter */
 	__u32 reserved;
 	__u16 session[TM_MAX_SESSIONS_PER_SLOT];
 	__u16 word_start[TM_MAX_SESSIONS_PER_SLOT];
 	__u8 word_count[TM_MAX_SESSIONS_PER_SLOT];
 	/* Per address field (TM_FIELD_SRC4 + i): its run of tm_addr_bound
-	 * entries in the scope's address table. */
+	 * entries in the profile's address table. */
 	__u32 addr_start[4];
 	__u32 addr_count[4];
-	/* Bit b set: rule b of this scope accepts (else it rejects). */
+	/* Bit b set: rule b of this profile accepts (else it rejects). */
 	__u64 accept[TM_RULE_WORDS];
 };
 
 /*
- * Filters as bitmaps (the bit-vector classifier): every rule of a scope has
+ * Filters as bitmaps (the bit-vector classifier): every rule of a profile has
  * one bit. For each packet field one lookup yields a class: the set of
- * rules that the field's value allows, stored once per scope as a bitmap.
+ * rules that the field's value allows, stored once per profile as a bitmap.
  * The AND over the fields is the set of rules that match, and the lowest
  * set bit of a session's words is its first matching rule.
  *
- * Per scope (bank, interface, direction) with filtered sessions the agent
- * creates three maps and stores them in the outer maps of maps.h:
+ * Per profile with filtered sessions the agent creates three maps and stores them in the outer maps of maps.h:
  *   - value classes: protocol and ports index an array directly (four
  *     16-bit classes per 64-bit element, TM_CLASS_* bases below);
  *   - address bounds: per address field, its value space cut into
@@ -216,7 +232,7 @@ enum tm_class_layout {
 	TM_CLASS_ELEMENTS = (TM_CLASS_VALUES + 3) / 4,
 };
 /* Binary-search steps over one address field's intervals: enough for
- * two per rule of the scope, plus one. */
+ * two per rule of the profile, plus one. */
 #define TM_ADDR_SEARCH_STEPS 15
 
 /* An address interval's lower bound as a 128-bit number (IPv4 in lo), and
@@ -228,7 +244,7 @@ struct tm_addr_bound {
 	__u32 pad;
 };
 
-/* A class's bitmap. Only the first word_total words of a scope count; bit w
+/* A class's bitmap. Only the first word_total words of a profile count; bit w
  * of `nonzero` says whether word w has any bit set, so the AND of five
  * bitmaps' summaries names the only words that can hold a match (the
  * aggregated bit vector of Baboescu and Varghese). */
@@ -339,5 +355,6 @@ _Static_assert(sizeof(struct tm_record) == TM_RECORD_HDR_LEN, "tm_record layout"
 _Static_assert(sizeof(struct tm_slice_trailer) == 8 + 4 * TM_MAX_SLICES, "tm_slice_trailer layout");
 _Static_assert(sizeof(struct tm_dest_key) == 20, "tm_dest_key layout");
 _Static_assert(sizeof(struct tm_control) == 24, "tm_control layout");
+_Static_assert(sizeof(struct tm_slot_key) == 16, "tm_slot_key layout");
 
 #endif /* TM_ABI_H */

@@ -22,6 +22,7 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -235,6 +236,35 @@ int CMirrorSys_setns_net(int fd)
 int CMirrorSys_open_readonly(const char *path)
 {
 	return ret(open(path, O_RDONLY | O_CLOEXEC));
+}
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+int CMirrorSys_netns_cookie(uint64_t *cookie)
+{
+	socklen_t len = sizeof(*cookie);
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), rc;
+
+	if (fd < 0)
+		fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	rc = getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, cookie, &len);
+	rc = rc < 0 ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+int CMirrorSys_file_inode(const char *path, uint64_t *inode)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		return -errno;
+	*inode = st.st_ino;
+	return 0;
 }
 
 int CMirrorSys_if_nametoindex(const char *name)

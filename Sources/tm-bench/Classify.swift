@@ -73,7 +73,7 @@ struct Classify: ParsableCommand {
         let program = try MirrorProgram(settings: .init(ringBytes: 1 << 26))
         let rings = try RingSet(program: program)
         let plan = MirrorPlan(compiling: config)
-        try program.setSlot(ifindex: 1, slot: 0)
+        try program.setSlot(netns: NetworkNamespace.currentCookie(), ifindex: 1, slot: 0)
         let sessions = plan.sessions.map { s in
             KernelSession(lengthLimit: 0, mtuLimit: 0, sampleEvery: 0, rate: 0, burst: 0, rateBits: false,
                           tunnelHeader: TunnelHeader.bytes(.vxlan, vni: s.vni))

@@ -51,7 +51,7 @@ struct Merge: ParsableCommand {
         var programs = [MirrorProgram]()
         for _ in 0..<most {
             let program = try MirrorProgram(settings: .init(ringBytes: bytes))
-            try program.setSlot(ifindex: 1, slot: 0)
+            try program.setSlot(netns: NetworkNamespace.currentCookie(), ifindex: 1, slot: 0)
             try program.install(plan: plan, sessions: sessions, slots: ["lo": 0], bank: 0)
             try program.activate(bank: 0)
             programs.append(program)

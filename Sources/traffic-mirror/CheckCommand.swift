@@ -17,10 +17,16 @@ struct CheckCommand: ParsableCommand {
         let loaded = try loadConfig(path: config)
         print("\(config): valid\n")
         print(PlanDescription.render(loaded))
-        let links = LinkMonitor.links().keys
-        print("interfaces in this network namespace now:")
+        var links = [String]()
+        var unreachable = [String: String]()
+        for ns in Set(loaded.interfacePatterns.map(NetworkNamespace.init(source:))).union([.own]) {
+            do { links += try ns.links().keys } catch { unreachable[ns.description] = error.message }
+        }
+        print("interfaces now:")
         for (pattern, names) in loaded.matches(in: links).sorted(by: { $0.key < $1.key }) {
-            print("  \(pattern): " + (names.isEmpty ? "matches nothing yet (run waits and attaches when one appears)" : names.joined(separator: ", ")))
+            var line = "  \(pattern): " + (names.isEmpty ? "matches nothing yet (run waits and attaches when one appears)" : names.joined(separator: ", "))
+            if let why = unreachable[NetworkNamespace(source: pattern).description] { line += "; \(why)" }
+            print(line)
         }
         print("")
         let cpus = (try? String(contentsOfFile: "/sys/devices/system/cpu/online", encoding: .utf8)).flatMap(RingSizing.cpus(list:))?.count

@@ -110,9 +110,8 @@ struct RunCommand: AsyncParsableCommand {
             if interfaces.isEmpty { problems.append("--interface: at least one source interface is required (or use --config)") }
             if target == nil { problems.append("--target: a target is required (HOST[:PORT]), or use --config") }
         }
-        for name in interfaces where name.isEmpty || name.utf8.count > (InterfacePattern.isPattern(name) ? 64 : 15)
-            || name.contains("/") || name.contains(":") || name.contains(" ") {
-            problems.append("--interface: \"\(name)\" is not an interface name (1 to 15 characters) or pattern (up to 64, with *, ? or [...]); no '/', ':' or spaces")
+        for name in interfaces {
+            if let problem = InterfacePattern.problem(name) { problems.append("--interface: \(problem)") }
         }
         if let t = target {
             do { _ = try HostPort(parsing: t) } catch { problems.append("--target: \(error.message)") }

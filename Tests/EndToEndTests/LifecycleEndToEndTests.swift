@@ -120,8 +120,8 @@ struct LifecycleEndToEndTests {
 
         // A name that matches no interface waits (SourcesEndToEndTests); one
         // that cannot be an interface name is refused.
-        var r = try run(["--interface", "no/such", "--target", "198.18.1.2"])
-        #expect(r.status == 2 && r.stderr.contains("--interface: \"no/such\" is not an interface name"), "\(r.stderr)")
+        var r = try run(["--interface", "no such", "--target", "198.18.1.2"])
+        #expect(r.status == 2 && r.stderr.contains("--interface: \"no such\" is not an interface name"), "\(r.stderr)")
 
         r = try run(["--interface", "m0", "--target", "no-such-host.test"])
         #expect(r.status == 1 && r.stderr.contains("cannot resolve host \"no-such-host.test\""), "\(r.stderr)")

@@ -69,7 +69,8 @@ struct ConfigTests {
         ("repeated session number", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1}\n  - {name: b, interfaces: [e], target: ids, number: 1}", "sessions[1].number: session number 1 is already used by sessions[0]"),
         ("repeated session name", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1}\n  - {name: a, interfaces: [e], target: ids, number: 2}", "sessions[1].name: session name \"a\" is already used by sessions[0]"),
         ("missing interfaces", "sessions:\n  - {name: a, target: ids, number: 1}", "sessions[0].interfaces: required"),
-        ("bad interface", "sessions:\n  - {name: a, interfaces: [eth0/1], target: ids, number: 1}", "sessions[0].interfaces[0]: \"eth0/1\" is not an interface name"),
+        ("bad interface", "sessions:\n  - {name: a, interfaces: ['eth0:1'], target: ids, number: 1}", "sessions[0].interfaces[0]: \"eth0:1\" is not an interface name"),
+        ("bad namespace", "sessions:\n  - {name: a, interfaces: [a/b/c], target: ids, number: 1}", "sessions[0].interfaces[0]: \"a/b/c\": the network namespace before the '/' must be a name under /var/run/netns"),
         ("packet_length", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, packet_length: 10}", "sessions[0].packet_length: 10 is out of range 14...65535"),
         ("bad direction", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, direction: up}", "sessions[0].direction: \"up\" is not one of ingress, egress, both"),
         ("bad address", "targets:\n  ids: {address: 'not an address'}", "targets.ids.address: \"not an address\" is not an IPv4 address, IPv6 address or host name"),
@@ -145,8 +146,8 @@ struct ConfigTests {
         // A literal name never matches as a pattern would.
         #expect(c.matches(in: ["eth00"])["eth0"] == [])
 
-        let p = problems("targets: {t: {address: 198.18.9.9}}\nsessions:\n  - {name: s, interfaces: ['veth/*', 'abcdefghijklmnop'], target: t, number: 1}\n")
-        #expect(p.contains { $0.contains("sessions[0].interfaces[0]") && $0.contains("\"veth/*\" is not an interface name") }, "\(p)")
+        let p = problems("targets: {t: {address: 198.18.9.9}}\nsessions:\n  - {name: s, interfaces: ['veth*/x', 'abcdefghijklmnop'], target: t, number: 1}\n")
+        #expect(p.contains { $0.contains("sessions[0].interfaces[0]") && $0.contains("\"veth*/x\": the network namespace before the '/' must be") }, "\(p)")
         #expect(p.contains { $0.contains("sessions[0].interfaces[1]") && $0.contains("(1 to 15 characters)") }, "\(p)")
         #expect(problems("targets: {t: {address: 198.18.9.9}}\nsessions:\n  - {name: s, interfaces: ['abcdefghijklmnop*'], target: t, number: 1}\n").isEmpty)
     }
@@ -155,7 +156,7 @@ struct ConfigTests {
     func limits() throws {
         var rng = SplitMix64(seed: 3)
         let ok = ConfigGenerator.config(&rng, interfaces: ["eth0"], sessions: 32, maxRules: 3)
-        #expect(MirrorPlan(compiling: ok).scopes.allSatisfy { $0.sessions.count <= 32 })
+        #expect(MirrorPlan(compiling: ok).profiles.allSatisfy { $0.sessions.count <= 32 })
         var yaml = "targets:\n  t: {address: 198.18.9.9}\nfilters:\n  f:\n    ingress:\n"
         for i in 1...257 { yaml += "      - {rule: \(i), action: accept}\n" }
         yaml += "sessions:\n"

@@ -21,7 +21,7 @@ struct PlanTests {
             targets: [TargetConfig(name: "t", address: "198.18.9.9")],
             filters: [FilterConfig(name: "f", ingress: rules, egress: [])],
             sessions: [SessionConfig(name: "s", interfaces: ["lo"], target: "t", filter: "f", number: 1, vni: 1)])
-        let tables = MirrorPlan(compiling: cfg).scopes[0].tables!
+        let tables = MirrorPlan(compiling: cfg).profiles[0].tables!
         let intervals = tables.intervals[.destinationPort]!
         #expect(intervals.first?.lower == 0 && intervals.last?.upper == UInt128(PlanLimits.portValues))
         #expect(zip(intervals, intervals.dropFirst()).allSatisfy { $0.upper + 1 == $1.lower && $0.bitmap != $1.bitmap })

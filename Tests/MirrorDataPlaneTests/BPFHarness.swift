@@ -43,7 +43,7 @@ final class BPFHarness {
         rings = try RingSet(program: program)
         self.config = config
         plan = MirrorPlan(compiling: config)
-        try program.setSlot(ifindex: Self.loopback, slot: 0)
+        try program.setSlot(netns: NetworkNamespace.currentCookie(), ifindex: Self.loopback, slot: 0)
         try program.resetInterfaceCounters(slot: 0)
         let sessions = plan.sessions.map { s in
             KernelSession(

@@ -75,7 +75,7 @@ struct DifferentialTests {
         var rng = SplitMix64(seed: 0xB16)
         let config = ConfigGenerator.largest(&rng, interface: "lo")
         let plan = MirrorPlan(compiling: config)
-        #expect(plan.scopes.allSatisfy { $0.sessions.count == 32 && $0.wordTotal == 128 })
+        #expect(plan.profiles.allSatisfy { $0.sessions.count == 32 && $0.wordTotal == 128 })
         #expect(plan.bitmapCount <= PlanLimits.bitmapsPerPlan, "\(plan.bitmapCount) bitmaps")
         let t = try Self.run(config, frames: 3000, seed: 99)
         #expect(t.sessions > 100 && t.rejected + t.none > 100, "\(t)")

@@ -16,7 +16,7 @@ public struct PlanEvaluator {
 
     public func decide(interface: String, direction: Direction, packet p: ParsedPacket) -> ReferenceClassifier.Decision {
         guard let si = plan.scopes.firstIndex(where: { $0.interface == interface && $0.direction == direction }) else { return .noMatch }
-        let scope = plan.scopes[si]
+        let scope = plan.profile(of: plan.scopes[si])
         var matched: [UInt64]?
         if p.isIP, let t = scope.tables {
             let v4 = p.family == .ipv4

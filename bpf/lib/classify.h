@@ -75,7 +75,7 @@ static __always_inline __u64 tm_be64(const __u32 *w)
 	return ((__u64)bpf_ntohl(w[0]) << 32) | bpf_ntohl(w[1]);
 }
 
-static __always_inline __u32 tm_addr_field_class(void *bounds, const struct tm_slot_plan *plan,
+static __always_inline __u32 tm_addr_field_class(void *bounds, const struct tm_profile *plan,
 						 __u32 field, const __u32 *addr, int v4)
 {
 	__u32 i = (field - TM_FIELD_SRC4) & 3;
@@ -86,14 +86,14 @@ static __always_inline __u32 tm_addr_field_class(void *bounds, const struct tm_s
 			     tm_be64(addr + 2));
 }
 
-/* Fills `out` with the bitmaps of the packet's fields; NULLs when the scope
- * has no tables (then no rule matches). */
-static __always_inline void tm_lookup_fields(__u32 scope, const struct tm_slot_plan *plan,
+/* Fills `out` with the bitmaps of the packet's fields; NULLs when the
+ * profile has no tables (then no rule matches). */
+static __always_inline void tm_lookup_fields(__u32 profile, const struct tm_profile *plan,
 					    const struct tm_pkt *p, struct tm_field_bits *out)
 {
-	void *classes = bpf_map_lookup_elem(&tm_value_classes, &scope);
-	void *bounds = bpf_map_lookup_elem(&tm_addr_bounds, &scope);
-	void *bits = bpf_map_lookup_elem(&tm_class_bits, &scope);
+	void *classes = bpf_map_lookup_elem(&tm_value_classes, &profile);
+	void *bounds = bpf_map_lookup_elem(&tm_addr_bounds, &profile);
+	void *bits = bpf_map_lookup_elem(&tm_class_bits, &profile);
 	__u32 sport = (p->flags & TM_PKT_PORTS) ? p->sport : TM_PORT_NONE;
 	__u32 dport = (p->flags & TM_PKT_PORTS) ? p->dport : TM_PORT_NONE;
 	int v4 = p->family == 4;
@@ -120,9 +120,9 @@ static __always_inline void tm_lookup_fields(__u32 scope, const struct tm_slot_p
  * verifier masks the offset against speculation), indexing plain memory
  * passed as an argument is not.
  */
-__noinline int tm_classify(__u32 scope, const struct tm_pkt *p)
+__noinline int tm_classify(__u32 profile, const struct tm_pkt *p)
 {
-	const struct tm_slot_plan *plan = bpf_map_lookup_elem(&tm_slot_plans, &scope);
+	const struct tm_profile *plan = bpf_map_lookup_elem(&tm_profiles, &profile);
 	struct tm_field_bits f = {};
 	__u64 cand[TM_RULE_WORDS / 64] = {};
 	int verdict = TM_V_NO_MATCH, looked = 0;
@@ -143,7 +143,7 @@ __noinline int tm_classify(__u32 scope, const struct tm_pkt *p)
 		if (!ip)
 			continue;
 		if (!looked) {
-			tm_lookup_fields(scope, plan, p, &f);
+			tm_lookup_fields(profile, plan, p, &f);
 			looked = 1;
 			if (f.proto && f.sport && f.dport && f.src && f.dst) {
 				for (w = 0; w < TM_RULE_WORDS / 64; w++)

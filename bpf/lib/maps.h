@@ -16,21 +16,30 @@ struct {
 	__type(value, struct tm_control);
 } tm_control SEC(".maps");
 
-/* ifindex -> interface slot. Slots outlive reloads so counters stay put. */
+/* (namespace, ifindex) -> interface slot. Slots outlive reloads so counters
+ * stay put. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TM_MAX_SLOTS);
-	__type(key, __u32);
+	__type(key, struct tm_slot_key);
 	__type(value, __u32);
 } tm_slots SEC(".maps");
 
-/* Sessions of each interface and direction, in evaluation order (per bank). */
+/* The profile of each bank, interface and direction (0: mirror nothing). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, TM_SCOPE_COUNT);
 	__type(key, __u32);
-	__type(value, struct tm_slot_plan);
-} tm_slot_plans SEC(".maps");
+	__type(value, __u32);
+} tm_scope_profiles SEC(".maps");
+
+/* Sessions of each profile, in evaluation order. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TM_MAX_PROFILES);
+	__type(key, __u32);
+	__type(value, struct tm_profile);
+} tm_profiles SEC(".maps");
 
 /* Per-session settings: limits, sampling, rate, tunnel header (per bank). */
 struct {
@@ -40,11 +49,11 @@ struct {
 	__type(value, struct tm_session);
 } tm_sessions SEC(".maps");
 
-/* The classifier's tables of each scope (see tm_abi.h), key = scope. User
- * space creates the inner maps for a plan and swaps them in per bank. */
+/* The classifier's tables of each profile (see tm_abi.h), key = profile.
+ * User space creates the inner maps when it writes a profile. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, TM_SCOPE_COUNT);
+	__uint(max_entries, TM_MAX_PROFILES);
 	__type(key, __u32);
 	__array(values, struct {
 		__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -54,14 +63,14 @@ struct {
 	});
 } tm_value_classes SEC(".maps");
 
-/* Per scope, an array sized to the scope's entries (BPF_F_INNER_MAP lets the
+/* Per profile, an array sized to the profile's entries (BPF_F_INNER_MAP lets the
  * inner maps' sizes differ). Inner maps of structs give sizes, not types: the
  * BTF of a struct named only there is a forward declaration libbpf cannot
  * size. */
 #define TM_SCOPE_TABLES(name, value_bytes)                          \
 	struct {                                                    \
 		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);           \
-		__uint(max_entries, TM_SCOPE_COUNT);                \
+		__uint(max_entries, TM_MAX_PROFILES);               \
 		__type(key, __u32);                                 \
 		__array(values, struct {                            \
 			__uint(type, BPF_MAP_TYPE_ARRAY);           \

@@ -413,6 +413,44 @@ struct Checker {
         return nil
     }
 
+    /// One entry of `interfaces`: a name or pattern (NAMESPACE/PATTERN for
+    /// another namespace), or {interface, netns | netns_path}.
+    mutating func source(_ node: Node, _ path: String) -> String? {
+        if case .mapping = node {
+            guard let pairs = mapping(node, path, allowed: ["interface", "netns", "netns_path"], what: "an interface of a network namespace")
+            else { return nil }
+            let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
+            guard let interface = scalar(d["interface"], "\(path).interface") else {
+                fail("\(path).interface", d["interface"] ?? node, "required: the interface name or pattern inside the namespace")
+                return nil
+            }
+            switch (scalar(d["netns"], "\(path).netns"), scalar(d["netns_path"], "\(path).netns_path")) {
+            case (let name?, nil):
+                guard !name.contains("/"), !name.isEmpty else {
+                    fail("\(path).netns", d["netns"], "\"\(name)\" is not a name under /var/run/netns; for a path use netns_path")
+                    return nil
+                }
+                return "\(name)/\(interface)"
+            case (nil, let file?):
+                guard file.hasPrefix("/") else {
+                    fail("\(path).netns_path", d["netns_path"], "\"\(file)\" is not an absolute path (e.g. /proc/PID/ns/net)")
+                    return nil
+                }
+                return "\(file)/\(interface)"
+            case (nil, nil):
+                return interface
+            default:
+                fail(path, node, "give either netns or netns_path, not both")
+                return nil
+            }
+        }
+        guard let text = scalar(node, path) else {
+            fail(path, node, "empty interface name")
+            return nil
+        }
+        return text
+    }
+
     mutating func session(_ i: Int, _ node: Node) -> SessionConfig? {
         let path = "sessions[\(i)]"
         guard let pairs = mapping(node, path, allowed: [
@@ -428,10 +466,9 @@ struct Checker {
         if let list = sequence(d["interfaces"], "\(path).interfaces", what: "interface names") {
             for (j, n) in list.enumerated() {
                 let p = "\(path).interfaces[\(j)]"
-                guard let text = scalar(n, p) else { fail(p, n, "empty interface name"); continue }
-                let longest = InterfacePattern.isPattern(text) ? 64 : 15
-                if text.utf8.count > longest || text.contains("/") || text.contains(":") || text.contains(where: \.isWhitespace) {
-                    fail(p, n, "\"\(text)\" is not an interface name (1 to 15 characters) or pattern (up to 64, with *, ? or [...]); no '/', ':' or spaces")
+                guard let text = source(n, p) else { continue }
+                if let problem = InterfacePattern.problem(text) {
+                    fail(p, n, problem)
                 } else if interfaces.contains(text) {
                     fail(p, n, "\(text) is listed twice")
                 } else {
@@ -492,9 +529,8 @@ struct Checker {
             fail("sessions", sessionsNode, "\(perInterface.count) interfaces; at most \(PlanLimits.interfaces)")
         }
         guard problems.isEmpty else { return }
-        let plan = MirrorPlan(compiling: c)
-        if plan.bitmapCount > PlanLimits.bitmapsPerPlan {
-            fail("filters", nil, "the compiled plan needs \(plan.bitmapCount) rule bitmaps; the kernel holds \(PlanLimits.bitmapsPerPlan): use fewer distinct CIDRs and port ranges, or share filters between sessions")
+        if let problem = MirrorPlan(compiling: c).kernelLimitProblem {
+            fail(problem.path, problem.path == "filters" ? nil : sessionsNode, problem.message)
         }
     }
 }

@@ -3,15 +3,42 @@ import Glibc
 #endif
 
 /// Interface names in a configuration are shell-style patterns (`*`, `?`,
-/// `[...]`, as fnmatch(3) without flags) or literal names.
+/// `[...]`, as fnmatch(3)) or literal names. An interface of another
+/// network namespace is written `NAMESPACE/INTERFACE`, NAMESPACE being a
+/// name under /var/run/netns (as `ip netns` makes) or the absolute path of
+/// a namespace file (`/proc/PID/ns/net`); interface names never hold a
+/// '/', so the last one separates them. The namespace is always literal.
 public enum InterfacePattern {
     /// Whether `text` has a wildcard (otherwise it names one interface).
     public static func isPattern(_ text: String) -> Bool {
         text.contains { $0 == "*" || $0 == "?" || $0 == "[" }
     }
 
+    /// FNM_PATHNAME: a wildcard never crosses the '/' before an interface
+    /// of another namespace.
     public static func matches(_ pattern: String, _ name: String) -> Bool {
-        fnmatch(pattern, name, 0) == 0
+        fnmatch(pattern, name, FNM_PATHNAME) == 0
+    }
+
+    /// The namespace part (nil: the agent's own) and the interface part.
+    public static func split(_ source: String) -> (namespace: String?, interface: String) {
+        guard let slash = source.lastIndex(of: "/") else { return (nil, source) }
+        return (String(source[..<slash]), String(source[source.index(after: slash)...]))
+    }
+
+    /// Why `source` is not a valid interface, pattern or NAMESPACE/INTERFACE.
+    public static func problem(_ source: String) -> String? {
+        let (namespace, interface) = split(source)
+        let longest = isPattern(interface) ? 64 : 15
+        if interface.isEmpty || interface.utf8.count > longest || interface.contains(":") || interface.contains(where: \.isWhitespace) {
+            return "\"\(source)\" is not an interface name (1 to 15 characters) or pattern (up to 64, with *, ? or [...]); no ':' or spaces, and '/' only after a network namespace"
+        }
+        if let ns = namespace {
+            if ns.isEmpty || isPattern(ns) || ns.contains(where: \.isWhitespace) || (!ns.hasPrefix("/") && ns.contains("/")) {
+                return "\"\(source)\": the network namespace before the '/' must be a name under /var/run/netns or an absolute path such as /proc/PID/ns/net, without wildcards"
+            }
+        }
+        return nil
     }
 }
 

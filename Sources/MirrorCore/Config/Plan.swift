@@ -1,7 +1,8 @@
 /// A configuration compiled for the kernel's bit-vector classifier
-/// (bpf/lib/classify.h): per interface and direction ("scope") the sessions
-/// in evaluation order, one bit per rule, and the tables that map each
-/// field value to a class: the bitmap of the rules that value allows.
+/// (bpf/lib/classify.h): per interface and direction ("scope") a profile,
+/// the sessions in evaluation order with one bit per rule and the tables
+/// that map each field value to a class: the bitmap of the rules that value
+/// allows. Scopes that the same sessions mirror share one profile.
 public struct MirrorPlan: Sendable {
     /// Fields the kernel looks up (`enum tm_field`).
     public enum Field: Int, Sendable, CaseIterable {
@@ -22,6 +23,12 @@ public struct MirrorPlan: Sendable {
     public struct Scope: Sendable, Equatable {
         public var interface: String
         public var direction: Direction
+        /// Index into `profiles`.
+        public var profile: Int
+    }
+
+    public struct Profile: Sendable, Hashable {
+        public var direction: Direction
         /// Session indexes in evaluation order.
         public var sessions: [Int]
         /// Bit i: sessions[i] has a filter.
@@ -36,8 +43,8 @@ public struct MirrorPlan: Sendable {
         public var tables: Tables?
     }
 
-    /// The classifier's tables of one scope.
-    public struct Tables: Sendable, Equatable {
+    /// The classifier's tables of one profile.
+    public struct Tables: Sendable, Hashable {
         /// Distinct rule bitmaps, `wordTotal` words each, indexed by class;
         /// class 0 allows no rule.
         public var bitmaps: [[UInt64]]
@@ -47,7 +54,7 @@ public struct MirrorPlan: Sendable {
         public var intervals: [Field: [Interval]]
     }
 
-    public struct Interval: Sendable, Equatable {
+    public struct Interval: Sendable, Hashable {
         public var lower: UInt128
         public var upper: UInt128
         public var bitmap: Int
@@ -56,9 +63,32 @@ public struct MirrorPlan: Sendable {
     public var targets: [TargetConfig]
     public var sessions: [Session]
     public var scopes: [Scope]
+    /// One per distinct (direction, session list), in first-use order.
+    public var profiles: [Profile]
 
-    /// Rule bitmaps of all scopes: what the kernel holds for this plan.
-    public var bitmapCount: Int { scopes.reduce(0) { $0 + ($1.tables?.bitmaps.count ?? 0) } }
+    /// Rule bitmaps of all profiles: what the kernel holds for this plan.
+    public var bitmapCount: Int { profiles.reduce(0) { $0 + ($1.tables?.bitmaps.count ?? 0) } }
+
+    /// Profiles with classifier tables (each holds a 256 KiB value array).
+    public var tableCount: Int { profiles.filter { $0.tables != nil }.count }
+
+    public func profile(of scope: Scope) -> Profile { profiles[scope.profile] }
+
+    /// What of this plan the kernel's maps cannot hold, with the remedy
+    /// (the loader checks a configuration, the agent again once patterns
+    /// have matched interfaces).
+    public var kernelLimitProblem: (path: String, message: String)? {
+        if bitmapCount > PlanLimits.bitmapsPerPlan {
+            return ("filters", "the compiled plan needs \(bitmapCount) rule bitmaps; the kernel holds \(PlanLimits.bitmapsPerPlan): use fewer distinct CIDRs and port ranges, or share filters between sessions")
+        }
+        if profiles.count > PlanLimits.profiles {
+            return ("sessions", "interfaces are mirrored by \(profiles.count) distinct lists of sessions; the kernel holds \(PlanLimits.profiles): give interfaces that are mirrored alike the same sessions")
+        }
+        if tableCount > PlanLimits.tables {
+            return ("sessions", "\(tableCount) distinct lists of filtered sessions; the kernel holds \(PlanLimits.tables): give interfaces that are mirrored alike the same sessions")
+        }
+        return nil
+    }
 
     /// Interfaces in first-mention order.
     public var interfaces: [String] {
@@ -69,7 +99,7 @@ public struct MirrorPlan: Sendable {
 
     /// Directions hooked on an interface (those with at least one session).
     public func directions(of interface: String) -> [Direction] {
-        scopes.filter { $0.interface == interface && !$0.sessions.isEmpty }.map(\.direction)
+        scopes.filter { $0.interface == interface && !profiles[$0.profile].sessions.isEmpty }.map(\.direction)
     }
 }
 
@@ -77,7 +107,12 @@ public enum PlanLimits {
     public static let sessionsPerInterface = 32
     public static let rulesPerFilterDirection = 256
     public static let sessions = 256
-    public static let interfaces = 64
+    public static let interfaces = 1024
+    /// Distinct profiles of one plan (TM_MAX_PROFILES / 2 - 1: the banks
+    /// hold the plan in force and the next one).
+    public static let profiles = 1023
+    /// Profiles with filters: their value arrays take 256 KiB each.
+    public static let tables = 128
     public static let ruleWords = sessionsPerInterface * rulesPerFilterDirection / 64
     /// Rule bitmaps of one plan, over all scopes (1 KiB of kernel memory each).
     public static let bitmapsPerPlan = 32768
@@ -103,24 +138,35 @@ extension MirrorPlan {
         }
         let filters = Dictionary(config.filters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         scopes = []
+        profiles = []
+        // Interfaces mirrored by the same sessions share a profile: compile
+        // each session list once, however many interfaces it covers.
+        let members = ordered.map { Set($0.interfaces) }
+        var known = [[Int]: Int]()
         for interface in interfaceOrder {
             for direction in Direction.allCases {
-                compileScope(interface: interface, direction: direction, ordered: ordered, filters: filters)
+                let list = ordered.indices.filter { members[$0].contains(interface) && ordered[$0].direction.includes(direction) }
+                let key = [direction.index] + list
+                if known[key] == nil {
+                    known[key] = profiles.count
+                    profiles.append(Self.compileProfile(direction: direction, sessions: list, ordered: ordered, filters: filters))
+                }
+                scopes.append(Scope(interface: interface, direction: direction, profile: known[key]!))
             }
         }
     }
 
-    private mutating func compileScope(
-        interface: String, direction: Direction, ordered: [SessionConfig], filters: [String: FilterConfig]
-    ) {
-        var scope = Scope(interface: interface, direction: direction, sessions: [], filteredMask: 0,
-                          wordStart: [], wordCount: [], wordTotal: 0, accept: [])
+    private static func compileProfile(
+        direction: Direction, sessions list: [Int], ordered: [SessionConfig], filters: [String: FilterConfig]
+    ) -> Profile {
+        var scope = Profile(direction: direction, sessions: [], filteredMask: 0,
+                            wordStart: [], wordCount: [], wordTotal: 0, accept: [])
         // Each distinct filter gets its own run of words, shared by the
         // sessions that use it; rule j of the filter is bit start*64 + j.
         var filterWords = [String: (start: Int, count: Int)]()
         var ruleBits = [(bit: Int, rule: RuleConfig)]()
-        for (index, s) in ordered.enumerated()
-        where s.interfaces.contains(interface) && s.direction.includes(direction) {
+        for index in list {
+            let s = ordered[index]
             guard let name = s.filter else {
                 scope.sessions.append(index)
                 scope.wordStart.append(0)
@@ -146,7 +192,7 @@ extension MirrorPlan {
             scope.accept[bit / 64] |= 1 << UInt64(bit % 64)
         }
         if !ruleBits.isEmpty { scope.tables = Self.tables(ruleBits, words: scope.wordTotal) }
-        scopes.append(scope)
+        return scope
     }
 
     /// The intervals of every field, each pointing at the bitmap of the

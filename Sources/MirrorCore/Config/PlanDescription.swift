@@ -18,13 +18,14 @@ public enum PlanDescription {
             out.append(line)
         }
         for scope in plan.scopes {
+            let profile = plan.profile(of: scope)
             out.append("")
             out.append("\(scope.interface) \(scope.direction.rawValue):")
-            if scope.sessions.isEmpty {
+            if profile.sessions.isEmpty {
                 out.append("  not hooked: no session mirrors this direction")
                 continue
             }
-            for index in scope.sessions {
+            for index in profile.sessions {
                 let s = plan.sessions[index]
                 let t = plan.targets[s.target]
                 var line = "  session \(s.number) \(s.name) -> \(t.name), \(t.encapsulation.rawValue) vni \(s.vni)"
@@ -45,9 +46,9 @@ public enum PlanDescription {
             }
             out.append("  otherwise: not mirrored")
         }
-        let words = plan.scopes.map(\.wordTotal).max() ?? 0
+        let words = plan.profiles.map(\.wordTotal).max() ?? 0
         out.append("")
-        out.append("kernel plan: \(plan.scopes.filter { !$0.sessions.isEmpty }.count) hooks, \(plan.sessions.count) sessions, \(plan.bitmapCount) rule bitmaps (the kernel holds \(PlanLimits.bitmapsPerPlan)); per packet 5 table lookups, then an AND of 5 bitmaps over at most \(words) words")
+        out.append("kernel plan: \(plan.scopes.filter { !plan.profile(of: $0).sessions.isEmpty }.count) hooks, \(plan.sessions.count) sessions, \(plan.profiles.count) profiles, \(plan.bitmapCount) rule bitmaps (the kernel holds \(PlanLimits.bitmapsPerPlan)); per packet 5 table lookups, then an AND of 5 bitmaps over at most \(words) words")
         return out.joined(separator: "\n")
     }
 

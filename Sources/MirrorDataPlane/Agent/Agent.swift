@@ -41,8 +41,8 @@ public final class Agent: @unchecked Sendable {
 
     struct State {
         var hooks: [Hook] = []
-        /// Interface name -> (ifindex, slot).
-        var interfaces: [String: (ifindex: Int32, slot: UInt32)] = [:]
+        /// Source name -> (namespace and ifindex, slot).
+        var interfaces: [String: (link: Link, slot: UInt32)] = [:]
         var freeSlots: [UInt32] = (0..<UInt32(PlanLimits.interfaces)).reversed()
         var applied: Applied?
         /// Ring positions behind which the last retired bank's records lie;
@@ -58,6 +58,8 @@ public final class Agent: @unchecked Sendable {
         var lastAppliedNanoseconds: UInt64 = 0
         /// The configuration as given, interface patterns unresolved.
         var source: MirrorConfig?
+        /// Namespaces that sources name but that cannot be entered, and why.
+        var namespaceFailures: [String: String] = [:]
         /// Each pattern or name and how many interfaces it matches now (0:
         /// it waits).
         var patternMatches: [(pattern: String, count: Int)] = []
@@ -156,7 +158,7 @@ public final class Agent: @unchecked Sendable {
     public var applied: Applied? { state.withLock { $0.applied } }
 
     /// Interfaces hooked now, with their slots.
-    public var interfaces: [String: (ifindex: Int32, slot: UInt32)] { state.withLock { $0.interfaces } }
+    public var interfaces: [String: (link: Link, slot: UInt32)] { state.withLock { $0.interfaces } }
 
     /// Attached hooks (interface, direction, kind).
     public var hooks: [(interface: String, direction: Direction, kind: HookKind)] {
@@ -189,7 +191,7 @@ public final class Agent: @unchecked Sendable {
         }
         try changeLock.withLock { _ throws(OperationalError) in
             do throws(OperationalError) {
-                try applyLocked(config, targets: resolved, links: LinkMonitor.links())
+                try applyLocked(config, targets: resolved, links: links(for: config))
             } catch {
                 state.withLock { $0.applied_failed += 1 }
                 throw error
@@ -204,10 +206,10 @@ public final class Agent: @unchecked Sendable {
     public func refreshInterfaces() {
         changeLock.withLock { _ in
             let (source, targets, current, stopped) = state.withLock {
-                ($0.source, $0.applied?.targets, $0.interfaces.mapValues(\.ifindex), $0.stopped)
+                ($0.source, $0.applied?.targets, $0.interfaces.mapValues(\.link), $0.stopped)
             }
             guard let source, let targets, !stopped else { return }
-            let links = LinkMonitor.links()
+            let links = links(for: source)
             let wanted = Set(source.resolvingInterfaces(in: links.keys).sessions.flatMap(\.interfaces))
             guard wanted.count != current.count || wanted.contains(where: { current[$0] != links[$0] }) else { return }
             do throws(OperationalError) {
@@ -233,12 +235,37 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
+    /// The links of every namespace that `source` names (by source name),
+    /// watched from now on. A namespace that cannot be entered has none:
+    /// its sources wait, and the monitor tries it again.
+    private func links(for source: MirrorConfig) -> [String: Link] {
+        let namespaces = Set(source.interfacePatterns.map(NetworkNamespace.init(source:))).union([.own])
+        linkMonitor.withLock { $0?.watch(namespaces) }
+        var out = [String: Link](), failures = [String: String]()
+        for ns in namespaces.sorted(by: { ($0.name ?? "") < ($1.name ?? "") }) {
+            do {
+                out.merge(try ns.links()) { a, _ in a }
+            } catch {
+                failures[ns.description] = error.message
+            }
+        }
+        let changed = state.withLock { s in
+            defer { s.namespaceFailures = failures }
+            return s.namespaceFailures != failures
+        }
+        for (ns, why) in failures.sorted(by: { $0.key < $1.key }) where changed {
+            logger.warning("network namespace cannot be entered; its interfaces wait", metadata: ["netns": "\(ns)", "error": "\(why)"])
+        }
+        return out
+    }
+
     /// Puts `source` in force with its patterns matched against `links`.
     /// The caller holds `changeLock`.
-    private func applyLocked(_ source: MirrorConfig, targets: [ResolvedTarget], links: [String: Int32]) throws(OperationalError) {
+    private func applyLocked(_ source: MirrorConfig, targets: [ResolvedTarget], links: [String: Link]) throws(OperationalError) {
         let config = source.resolvingInterfaces(in: links.keys)
         let plan = MirrorPlan(compiling: config)
-        var ifindexes = [String: Int32]()
+        if let problem = plan.kernelLimitProblem { throw OperationalError("\(problem.path): \(problem.message)") }
+        var ifindexes = [String: Link]()
         for name in plan.interfaces { ifindexes[name] = links[name] }
         // Work on a copy; readers see the old state until it is in force.
         var s = state.withLock { $0 }
@@ -290,7 +317,7 @@ public final class Agent: @unchecked Sendable {
     }
 
     private func apply(
-        _ config: MirrorConfig, plan: MirrorPlan, targets: [ResolvedTarget], ifindexes: [String: Int32],
+        _ config: MirrorConfig, plan: MirrorPlan, targets: [ResolvedTarget], ifindexes: [String: Link],
         state s: inout State, change: inout PlanChange
     ) throws(OperationalError) {
         let program = program
@@ -299,19 +326,20 @@ public final class Agent: @unchecked Sendable {
         // counters are added to the name's once its hooks are gone).
         var slots = s.interfaces.mapValues(\.slot)
         var free = s.freeSlots
-        for (name, idx) in ifindexes.sorted(by: { $0.key < $1.key }) where s.interfaces[name]?.ifindex != idx {
+        for (name, link) in ifindexes.sorted(by: { $0.key < $1.key }) where s.interfaces[name]?.link != link {
             guard let slot = free.popLast() else {
                 throw OperationalError("more than \(PlanLimits.interfaces) interfaces")
             }
             slots[name] = slot
+            let (netns, idx) = (link.netns, UInt32(link.ifindex))
             do {
                 try program.resetInterfaceCounters(slot: slot)
-                try program.setSlot(ifindex: UInt32(idx), slot: slot)
+                try program.setSlot(netns: netns, ifindex: idx, slot: slot)
             } catch {
-                program.removeSlot(ifindex: UInt32(idx))
+                program.removeSlot(netns: netns, ifindex: idx)
                 throw OperationalError("cannot register interface \(name): \(error)")
             }
-            change.onFailure { program.removeSlot(ifindex: UInt32(idx)) }
+            change.onFailure { program.removeSlot(netns: netns, ifindex: idx) }
         }
 
         // Sessions as the kernel needs them.
@@ -373,11 +401,11 @@ public final class Agent: @unchecked Sendable {
         // the old plan in force. Filters a crashed run left are looked for
         // once per interface, before anything of ours is attached to it.
         for name in plan.interfaces {
-            let idx = ifindexes[name]!
+            let idx = ifindexes[name]!.ifindex
             let missing = plan.directions(of: name).filter { d in
                 !s.hooks.contains { $0.interface == name && $0.direction == d && $0.ifindex == idx }
             }
-            if !missing.isEmpty && !s.hooks.contains(where: { $0.ifindex == idx }) {
+            if !missing.isEmpty && !s.hooks.contains(where: { $0.interface == name && $0.ifindex == idx }) {
                 let stale = Hook.removeStaleFilters(interface: name, ifindex: idx)
                 for f in stale.removed {
                     logger.warning("removed a tc filter left by an earlier traffic-mirror run", metadata: ["filter": "\(f)"])
@@ -408,7 +436,7 @@ public final class Agent: @unchecked Sendable {
         // needs, and forget their slots.
         let keep = Set(plan.interfaces.flatMap { n in plan.directions(of: n).map { "\(n)/\($0.rawValue)" } })
         func kept(_ h: Hook) -> Bool {
-            keep.contains("\(h.interface)/\(h.direction.rawValue)") && ifindexes[h.interface] == h.ifindex
+            keep.contains("\(h.interface)/\(h.direction.rawValue)") && ifindexes[h.interface]?.ifindex == h.ifindex
         }
         for h in s.hooks where !kept(h) {
             h.detach()
@@ -416,8 +444,8 @@ public final class Agent: @unchecked Sendable {
         }
         s.hooks = s.hooks.filter(kept)
         var gone = [(name: String, slot: UInt32)]()
-        for (name, old) in s.interfaces where ifindexes[name] != old.ifindex {
-            program.removeSlot(ifindex: UInt32(old.ifindex))
+        for (name, old) in s.interfaces where ifindexes[name] != old.link {
+            program.removeSlot(netns: old.link.netns, ifindex: UInt32(old.link.ifindex))
             gone.append((name, old.slot))
             s.interfaces[name] = nil
         }
@@ -583,7 +611,7 @@ public final class Agent: @unchecked Sendable {
         health.stop()
         paths.stop()
         state.withLock { s in
-            for (_, i) in s.interfaces { program.removeSlot(ifindex: UInt32(i.ifindex)) }
+            for (_, i) in s.interfaces { program.removeSlot(netns: i.link.netns, ifindex: UInt32(i.link.ifindex)) }
         }
         if !names.isEmpty { logger.info("detached", metadata: ["hooks": "\(names.joined(separator: ", "))"]) }
     }

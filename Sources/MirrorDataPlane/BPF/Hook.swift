@@ -44,6 +44,7 @@ public struct HookPolicy: Sendable, Equatable {
 public final class Hook: @unchecked Sendable {
     // @unchecked: immutable after init; deinit runs once.
     public let interface: String
+    public let namespace: NetworkNamespace
     public let ifindex: Int32
     public let direction: Direction
     public let kind: HookKind
@@ -52,6 +53,7 @@ public final class Hook: @unchecked Sendable {
 
     private init(interface: String, ifindex: Int32, direction: Direction, kind: HookKind, linkFD: Int32, programID: UInt32) {
         self.interface = interface
+        self.namespace = NetworkNamespace(source: interface)
         self.ifindex = ifindex
         self.direction = direction
         self.kind = kind
@@ -74,16 +76,31 @@ public final class Hook: @unchecked Sendable {
         } else if kind == .netlink {
             // Delete the filter only if it still runs our program: another
             // agent may have replaced it after a restart of ours.
-            var id: UInt32 = 0
-            if CMirrorBPF_tc_query(ifindex, direction == .egress ? 1 : 0, &id) == 0, id == programID {
-                _ = CMirrorBPF_tc_detach(ifindex, direction == .egress ? 1 : 0)
+            // Netlink speaks to the interface's namespace: go there (a
+            // namespace that is gone took the filter with it).
+            let (ifindex, programID) = (ifindex, programID)
+            let egress: Int32 = direction == .egress ? 1 : 0
+            try? namespace.run { () throws(OperationalError) in
+                var id: UInt32 = 0
+                if CMirrorBPF_tc_query(ifindex, egress, &id) == 0, id == programID {
+                    _ = CMirrorBPF_tc_detach(ifindex, egress)
+                }
             }
         }
     }
 
-    /// Attaches `program`'s hook for `direction` to `interface`.
+    /// Attaches `program`'s hook for `direction` to `interface` (a source
+    /// name: NAMESPACE/NAME for another namespace, entered to attach).
     /// The error is one line naming the cause and the remedy.
     public static func attach(
+        program: MirrorProgram, interface: String, ifindex: Int32, direction: Direction, policy: HookPolicy
+    ) throws(OperationalError) -> Hook {
+        try NetworkNamespace(source: interface).run { () throws(OperationalError) -> Hook in
+            try attachHere(program: program, interface: interface, ifindex: ifindex, direction: direction, policy: policy)
+        }
+    }
+
+    private static func attachHere(
         program: MirrorProgram, interface: String, ifindex: Int32, direction: Direction, policy: HookPolicy
     ) throws(OperationalError) -> Hook {
         if direction == .ingress && policy.ingress == .xdp {
@@ -135,6 +152,13 @@ public final class Hook: @unchecked Sendable {
     /// running. Call once per interface, before attaching to it: a filter of
     /// this process or of another running agent is never removed.
     public static func removeStaleFilters(interface: String, ifindex: Int32) -> StaleFilters {
+        let found = try? NetworkNamespace(source: interface).run { () throws(OperationalError) -> StaleFilters in
+            staleFiltersHere(interface: interface, ifindex: ifindex)
+        }
+        return found ?? StaleFilters()
+    }
+
+    private static func staleFiltersHere(interface: String, ifindex: Int32) -> StaleFilters {
         var found = StaleFilters()
         for direction in Direction.allCases {
             let egress: Int32 = direction == .egress ? 1 : 0

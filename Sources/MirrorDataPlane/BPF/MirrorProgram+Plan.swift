@@ -28,13 +28,14 @@ public struct KernelSession: Sendable, Equatable {
 extension MirrorProgram {
     // MARK: slots
 
-    public func setSlot(ifindex: UInt32, slot: UInt32) throws(SystemError) {
-        var k = ifindex, v = slot
+    /// Registers interface `ifindex` of the namespace with cookie `netns`.
+    public func setSlot(netns: UInt64, ifindex: UInt32, slot: UInt32) throws(SystemError) {
+        var k = tm_slot_key(netns: netns, ifindex: ifindex, pad: 0), v = slot
         try SystemError.check(CMirrorBPF_map_update(slotsMap, &k, &v, 0), "adding interface \(ifindex) to tm_slots")
     }
 
-    public func removeSlot(ifindex: UInt32) {
-        var k = ifindex
+    public func removeSlot(netns: UInt64, ifindex: UInt32) {
+        var k = tm_slot_key(netns: netns, ifindex: ifindex, pad: 0)
         _ = CMirrorBPF_map_delete(slotsMap, &k)
     }
 
@@ -94,33 +95,82 @@ extension MirrorProgram {
         }
         try resetSessionState(bank: bank)
 
-        // Scopes: every slot and direction of the bank, empty unless planned;
-        // each planned scope with rules gets new tables, the others none.
-        var planned = [UInt32: MirrorPlan.Scope]()
-        for scope in plan.scopes {
-            guard let slot = slots[scope.interface] else { continue }
-            planned[Self.scope(bank: bank, slot: slot, direction: scope.direction)] = scope
-        }
-        for slot in 0..<UInt32(TM_MAX_SLOTS) {
-            for d in Direction.allCases {
-                var key = Self.scope(bank: bank, slot: slot, direction: d)
-                if let tables = planned[key]?.tables {
-                    try installTables(tables, scope: key)
-                } else {
-                    for outer in [valueClassesMap, addressBoundsMap, classBitsMap] { _ = CMirrorBPF_map_delete(outer, &key) }
-                }
-                var bytes = Self.slotPlanBytes(planned[key])
-                try SystemError.check(bytes.withUnsafeMutableBytes { CMirrorBPF_map_update(slotPlansMap, &key, $0.baseAddress, 0) },
-                                      "writing tm_slot_plans[\(key)]")
-            }
+        try profiles.withLock { (t: inout ProfileTable) throws(SystemError) in
+            try installProfiles(plan, slots: slots, bank: bank, table: &t)
         }
     }
 
-    /// Creates one scope's three tables, fills them and stores them in the
+    /// Which kernel profile holds which compiled profile, and what each
+    /// bank's scopes point at. A profile that the other bank (the one the
+    /// hooks read) uses is never rewritten.
+    struct ProfileTable {
+        var index: [MirrorPlan.Profile: UInt32] = [:]
+        var content: [UInt32: MirrorPlan.Profile] = [:]
+        var free: [UInt32] = (1..<UInt32(TM_MAX_PROFILES)).reversed()
+        var scopes: [[UInt32]] = Array(repeating: Array(repeating: 0, count: Int(TM_MAX_SLOTS) * Int(TM_DIR_COUNT.rawValue)),
+                                       count: Int(TM_BANKS))
+
+        func used(_ bank: Int) -> Set<UInt32> { Set(scopes[bank]).subtracting([0]) }
+    }
+
+    /// Writes `bank`'s scopes, and the profiles they need that the kernel
+    /// does not hold yet; frees the profiles that neither bank uses any more.
+    private func installProfiles(_ plan: MirrorPlan, slots: [String: UInt32], bank: Int, table t: inout ProfileTable) throws(SystemError) {
+        let wanted = Set(plan.profiles.filter { !$0.sessions.isEmpty })
+        let inUse = t.used(1 - bank)
+        for k in t.used(bank).subtracting(inUse) {
+            guard let p = t.content[k], !wanted.contains(p) else { continue }
+            var key = k
+            for outer in [valueClassesMap, addressBoundsMap, classBitsMap] { _ = CMirrorBPF_map_delete(outer, &key) }
+            t.index[p] = nil
+            t.content[k] = nil
+            t.free.append(k)
+        }
+        var kernel = [UInt32](repeating: 0, count: plan.profiles.count)
+        for (i, p) in plan.profiles.enumerated() where !p.sessions.isEmpty {
+            if let k = t.index[p] {
+                kernel[i] = k
+                continue
+            }
+            guard let k = t.free.popLast() else {
+                throw SystemError("allocating a profile (all \(TM_MAX_PROFILES - 1) of tm_profiles in use)", errno: ENOSPC)
+            }
+            do throws(SystemError) {
+                var key = k
+                if let tables = p.tables {
+                    try installTables(tables, profile: k)
+                } else {
+                    for outer in [valueClassesMap, addressBoundsMap, classBitsMap] { _ = CMirrorBPF_map_delete(outer, &key) }
+                }
+                var bytes = Self.profileBytes(p)
+                try SystemError.check(bytes.withUnsafeMutableBytes { CMirrorBPF_map_update(profilesMap, &key, $0.baseAddress, 0) },
+                                      "writing tm_profiles[\(k)]")
+            } catch {
+                t.free.append(k)
+                throw error
+            }
+            t.index[p] = k
+            t.content[k] = p
+            kernel[i] = k
+        }
+        var desired = [UInt32](repeating: 0, count: t.scopes[bank].count)
+        for scope in plan.scopes {
+            guard let slot = slots[scope.interface] else { continue }
+            desired[Int(slot) * Int(TM_DIR_COUNT.rawValue) + scope.direction.index] = kernel[scope.profile]
+        }
+        for (i, v) in desired.enumerated() where t.scopes[bank][i] != v {
+            var key = UInt32(bank) * UInt32(t.scopes[bank].count) + UInt32(i)
+            var value = v
+            try SystemError.check(CMirrorBPF_map_update(scopeProfilesMap, &key, &value, 0), "writing tm_scope_profiles[\(key)]")
+            t.scopes[bank][i] = v
+        }
+    }
+
+    /// Creates one profile's three tables, fills them and stores them in the
     /// outer maps (which hold them from then on: our descriptors close).
-    func installTables(_ tables: MirrorPlan.Tables, scope: UInt32) throws(SystemError) {
+    func installTables(_ tables: MirrorPlan.Tables, profile: UInt32) throws(SystemError) {
         // Classes are 16 bits wide (the plan's budget keeps them far below).
-        precondition(tables.bitmaps.count <= 1 << 16, "\(tables.bitmaps.count) bitmaps in one scope")
+        precondition(tables.bitmaps.count <= 1 << 16, "\(tables.bitmaps.count) bitmaps in one profile")
         var classes = Self.valueClasses(tables)
         var bits = [UInt8](repeating: 0, count: MemoryLayout<tm_bits>.size * tables.bitmaps.count)
         bits.withUnsafeMutableBytes { raw in
@@ -145,10 +195,10 @@ extension MirrorProgram {
         }
         try SystemError.check(rc, "creating the classifier tables (\(tables.bitmaps.count) rule bitmaps of 1 KiB)")
         defer { for fd in fds { close(fd) } }
-        var key = scope
+        var key = profile
         for (outer, fd) in zip([valueClassesMap, addressBoundsMap, classBitsMap], fds) {
             var inner = fd
-            try SystemError.check(CMirrorBPF_map_update(outer, &key, &inner, 0), "storing the classifier tables of scope \(scope)")
+            try SystemError.check(CMirrorBPF_map_update(outer, &key, &inner, 0), "storing the classifier tables of profile \(profile)")
         }
     }
 
@@ -169,17 +219,12 @@ extension MirrorProgram {
         return out
     }
 
-    /// Address fields in the order of tm_slot_plan.addr_start.
+    /// Address fields in the order of tm_profile.addr_start.
     static let addressFields: [MirrorPlan.Field] = [.source4, .destination4, .source6, .destination6]
 
-    static func scope(bank: Int, slot: UInt32, direction: Direction) -> UInt32 {
-        (UInt32(bank) * UInt32(TM_MAX_SLOTS) + slot) * UInt32(TM_DIR_COUNT.rawValue) + UInt32(direction.index)
-    }
-
-    static func slotPlanBytes(_ scope: MirrorPlan.Scope?) -> [UInt8] {
-        typealias P = tm_slot_plan
+    static func profileBytes(_ s: MirrorPlan.Profile) -> [UInt8] {
+        typealias P = tm_profile
         var b = [UInt8](repeating: 0, count: MemoryLayout<P>.size)
-        guard let s = scope else { return b }
         b.withUnsafeMutableBytes { raw in
             raw.storeBytes(of: UInt32(s.sessions.count), toByteOffset: MemoryLayout<P>.offset(of: \.session_count)!, as: UInt32.self)
             raw.storeBytes(of: UInt32(s.wordTotal), toByteOffset: MemoryLayout<P>.offset(of: \.word_total)!, as: UInt32.self)

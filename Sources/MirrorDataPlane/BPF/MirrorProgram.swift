@@ -1,6 +1,7 @@
 import CMirrorBPF
 import MirrorBPFObject
 import MirrorCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -37,6 +38,8 @@ public final class MirrorProgram: @unchecked Sendable {
     }
 
     private let object: OpaquePointer
+    /// Written by `install` only (the agent's change path, one at a time).
+    let profiles = Mutex(ProfileTable())
     public let settings: Settings
     public let cpuCount: Int
 
@@ -46,9 +49,10 @@ public final class MirrorProgram: @unchecked Sendable {
 
     public let controlMap: Int32
     public let slotsMap: Int32
-    public let slotPlansMap: Int32
+    public let scopeProfilesMap: Int32
+    public let profilesMap: Int32
     public let sessionsMap: Int32
-    /// The classifier's outer maps: per scope, the tables of its plan.
+    /// The classifier's outer maps: per profile, its tables.
     public let valueClassesMap: Int32
     public let addressBoundsMap: Int32
     public let classBitsMap: Int32
@@ -103,7 +107,8 @@ public final class MirrorProgram: @unchecked Sendable {
         tcIngress = prog("tm_tc_ingress")
         controlMap = map("tm_control")
         slotsMap = map("tm_slots")
-        slotPlansMap = map("tm_slot_plans")
+        scopeProfilesMap = map("tm_scope_profiles")
+        profilesMap = map("tm_profiles")
         sessionsMap = map("tm_sessions")
         valueClassesMap = map("tm_value_classes")
         addressBoundsMap = map("tm_addr_bounds")
@@ -116,7 +121,7 @@ public final class MirrorProgram: @unchecked Sendable {
         ownSocketsMap = map("tm_own_sockets")
         ownDestsMap = map("tm_own_dests")
         ownPortsMap = map("tm_own_ports")
-        let fds = [xdpIngress, tcEgress, tcIngress, controlMap, slotsMap, slotPlansMap, sessionsMap,
+        let fds = [xdpIngress, tcEgress, tcIngress, controlMap, slotsMap, scopeProfilesMap, profilesMap, sessionsMap,
                    valueClassesMap, addressBoundsMap, classBitsMap, ifStatsMap, sessionStatsMap, sampleMap, rateMap, ringsMap,
                    ownSocketsMap, ownDestsMap, ownPortsMap]
         guard fds.allSatisfy({ $0 >= 0 }) else {

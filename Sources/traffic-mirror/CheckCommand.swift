@@ -14,7 +14,7 @@ struct CheckCommand: ParsableCommand {
     var config: String
 
     func run() throws {
-        let loaded = try loadConfig(path: config)
+        let loaded = try loadConfig(path: config).config
         print("\(config): valid\n")
         print(PlanDescription.render(loaded))
         var links = [String]()
@@ -37,7 +37,7 @@ struct CheckCommand: ParsableCommand {
 
 /// Reads and validates a config file; on problems prints them all and
 /// exits 2 (SPEC §1).
-func loadConfig(path: String) throws -> MirrorConfig {
+func loadConfig(path: String) throws -> (config: MirrorConfig, text: String) {
     guard let data = FileManager.default.contents(atPath: path) else {
         writeStderr("traffic-mirror: error: \(path): cannot read the config file (missing or not readable)\n")
         throw ExitCode(2)
@@ -47,7 +47,7 @@ func loadConfig(path: String) throws -> MirrorConfig {
         throw ExitCode(2)
     }
     do {
-        return try ConfigLoader.load(yaml: text)
+        return (try ConfigLoader.load(yaml: text), text)
     } catch {
         writeStderr("traffic-mirror: error: \(path): \(error.problems.count) problem\(error.problems.count == 1 ? "" : "s"):\n")
         for p in error.problems { writeStderr("  \(p)\n") }

@@ -53,8 +53,11 @@ struct RunCommand: AsyncParsableCommand {
         """
     )
 
-    @Option(help: ArgumentHelp("YAML config with targets, filters and sessions (docs/configuration.md); SIGHUP reloads it.", valueName: "file"))
+    @Option(help: ArgumentHelp("YAML config with targets, filters and sessions (docs/configuration.md); SIGHUP reloads it, and so does a change of the file (see --watch-config).", valueName: "file"))
     var config: String?
+
+    @Flag(inversion: .prefixedNo, help: "With --config: reload when what the file holds changes (inotify: written in place, renamed over, a symbolic link changed, Kubernetes' ConfigMap ..data swap), as SIGHUP does; a bad config is rejected and the running plan stays.")
+    var watchConfig = true
 
     @Option(name: .customLong("interface"), help: ArgumentHelp("Source interface to mirror, a name or a shell-style pattern such as 'veth*' (repeatable); interfaces that appear later are attached as they come.", valueName: "name"))
     var interfaces: [String] = []
@@ -151,11 +154,12 @@ struct RunCommand: AsyncParsableCommand {
         return v == 0 ? nil : v
     }
 
-    func makeConfig() throws -> MirrorConfig {
+    /// The config and, from a file, the text it was loaded from.
+    func makeConfig() throws -> (config: MirrorConfig, text: String?) {
         if let config { return try loadConfig(path: config) }
         let t = try HostPort(parsing: target!)
-        return MirrorConfig.quick(interfaces: interfaces, target: t, vni: vni ?? 1,
-                                  direction: direction ?? .both, packetLength: packetLength)
+        return (MirrorConfig.quick(interfaces: interfaces, target: t, vni: vni ?? 1,
+                                   direction: direction ?? .both, packetLength: packetLength), nil)
     }
 
     func run() async throws {
@@ -163,7 +167,7 @@ struct RunCommand: AsyncParsableCommand {
         // reload asked for during start-up is carried out once it is done.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let logger = logging.bootstrap()
-        let config = try makeConfig()
+        let (config, text) = try makeConfig()
         let options = Agent.Options(
             program: .init(ringBytes: ringSize.map { UInt32($0.bytes) } ?? MirrorProgram.Settings.automaticRingBytes(total: ringMemory.bytes)),
             forwarder: .init(batchSize: batchSize, gso: gso),
@@ -180,7 +184,8 @@ struct RunCommand: AsyncParsableCommand {
         let group = ServiceGroup(configuration: .init(
             services: [
                 .init(service: MetricsServer.make(host: metrics.host, port: Int(metrics.port!), exporter: exporter, logger: logger)),
-                .init(service: AgentService(options: options, config: config, configPath: self.config, hangups: hangups,
+                .init(service: AgentService(options: options, config: config, configPath: self.config,
+                                            watchedText: watchConfig ? text : nil, hangups: hangups,
                                             reference: reference, logger: logger)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
@@ -204,6 +209,9 @@ struct AgentService: Service {
     let config: MirrorConfig
     /// The file SIGHUP reloads; nil for the quick flags.
     let configPath: String?
+    /// The text the config was loaded from, when changes of the file
+    /// reload it (--watch-config).
+    let watchedText: String?
     /// SIGHUPs since the process started.
     let hangups: UnixSignalsSequence
     let reference: AgentReference
@@ -229,16 +237,34 @@ struct AgentService: Service {
         }
         // A SIGHUP before `run` trapped it (CMirrorSys notes those).
         if CMirrorSys_take_early_hangup() != 0 { reload(agent) }
-        // SIGHUP reloads the file until graceful shutdown begins.
+        let (changes, changed) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(1))
+        var watcher: ConfigWatcher?
+        if let path = configPath, let text = watchedText {
+            do {
+                watcher = try ConfigWatcher(path: path, text: text) { changed.yield($0) }
+                logger.info("watching the config file for changes", metadata: ["config": "\(path)"])
+            } catch {
+                logger.warning("cannot watch the config file; SIGHUP still reloads it", metadata: ["config": "\(path)", "error": "\(error)"])
+            }
+        }
+        // SIGHUP and changes of the file reload it until graceful shutdown
+        // begins; Agent.apply puts one change in force at a time.
         await withDiscardingTaskGroup { group in
             group.addTask {
                 for await _ in hangups.cancelOnGracefulShutdown() {
                     reload(agent)
                 }
             }
+            group.addTask {
+                for await text in changes.cancelOnGracefulShutdown() {
+                    logger.info("the config file changed")
+                    reload(agent, text: text)
+                }
+            }
             try? await gracefulShutdown()
             group.cancelAll()
         }
+        watcher?.stop()
         logger.info("stopping: detaching hooks and draining the rings")
         agent.shutdown()
         let s = agent.forwarder.counters.snapshot()
@@ -247,9 +273,10 @@ struct AgentService: Service {
         logger.info("stopped", metadata: ["sent_packets": "\(sent)", "user_space_drops": "\(dropped)"])
     }
 
-    /// Reads the config file again and puts it in force; on any problem the
-    /// running plan stays, untouched, and the problems are logged.
-    func reload(_ agent: Agent) {
+    /// Reads the config file again (or takes the text the watcher read)
+    /// and puts it in force; on any problem the running plan stays,
+    /// untouched, and the problems are logged.
+    func reload(_ agent: Agent, text given: String? = nil) {
         guard let path = configPath else {
             logger.warning("SIGHUP ignored: the agent runs from flags, not a config file")
             return
@@ -257,7 +284,7 @@ struct AgentService: Service {
         logger.info("reloading", metadata: ["config": "\(path)"])
         let text: String
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            text = try given ?? String(contentsOfFile: path, encoding: .utf8)
         } catch {
             logger.error("reload rejected: cannot read the config; the running plan stays", metadata: ["config": "\(path)", "error": "\(error)"])
             agent.noteRejectedConfig()

@@ -108,7 +108,8 @@ struct ConfigEndToEndTests {
             "targets:\n  a: {address: 198.18.1.2}\nsessions:\n  - {name: all, interfaces: [m0], target: a, number: 1, vni: \(vni), direction: ingress}\n"
         }
         let path = try topo.writeConfig(config(vni: 1))
-        let agent = try topo.startAgent(["--config", path])
+        // SIGHUP alone: the file watcher (configWatch) would reload too.
+        let agent = try topo.startAgent(["--config", path, "--no-watch-config"])
         let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
         let fromSrc = try RawSocket(lab: lab, ns: topo.src, device: "s0")
         let m0 = try lab.mac(topo.mon, "m0"), s0 = try lab.mac(topo.src, "s0")
@@ -151,6 +152,91 @@ struct ConfigEndToEndTests {
         #expect(agent.stderr.components(separatedBy: "reloaded").count - 1 == 3)
         #expect(agent.stderr.contains("reload rejected: the running plan stays"))
     }
+
+    @Test("the config file changed as Kubernetes changes a ConfigMap volume (the ..data symlink swap), and in place: each new plan in force within 1 s, a bad one rejected with the old plan kept, other files ignored")
+    func configWatch() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let fm = FileManager.default
+        // The kubelet's layout: config.yaml -> ..data/config.yaml,
+        // ..data -> ..TIMESTAMP (a directory of the ConfigMap's keys).
+        let dir = NSTemporaryDirectory() + "\(lab.prefix)-configmap"
+        try? fm.removeItem(atPath: dir)
+        try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? fm.removeItem(atPath: dir) }
+        func config(vni: Int) -> String {
+            "targets:\n  a: {address: 198.18.1.2}\nsessions:\n  - {name: all, interfaces: [m0], target: a, number: 1, vni: \(vni), direction: ingress}\n"
+        }
+        var generation = 0
+        func swap(_ text: String) throws {
+            generation += 1
+            let data = "..2026_12_04_00_00_0\(generation)"
+            try fm.createDirectory(atPath: dir + "/" + data, withIntermediateDirectories: false)
+            try text.write(toFile: "\(dir)/\(data)/config.yaml", atomically: false, encoding: .utf8)
+            try fm.createSymbolicLink(atPath: dir + "/..data_tmp", withDestinationPath: data)
+            #expect(rename(dir + "/..data_tmp", dir + "/..data") == 0)
+            if generation > 1 { try fm.removeItem(atPath: "\(dir)/..2026_12_04_00_00_0\(generation - 1)") }
+        }
+        try swap(config(vni: 1))
+        try fm.createSymbolicLink(atPath: dir + "/config.yaml", withDestinationPath: "..data/config.yaml")
+
+        let agent = try topo.startAgent(["--config", dir + "/config.yaml"])
+        #expect(agent.waitForStderr(timeout: 5) { $0.contains("watching the config file") })
+        let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        let fromSrc = try RawSocket(lab: lab, ns: topo.src, device: "s0")
+        let m0 = try lab.mac(topo.mon, "m0"), s0 = try lab.mac(topo.src, "s0")
+        var sent = 0
+        // 20 frames tagged with their phase.
+        func burst(_ phase: UInt8) throws {
+            for _ in 0..<20 {
+                var f = Frames.udp4(sport: 7000, dport: 7001, payload: [phase] + [UInt8](repeating: 0, count: 20))
+                f.replaceSubrange(0..<12, with: m0 + s0)
+                try fromSrc.send(f)
+                sent += 1
+            }
+        }
+        func reloads(_ count: Int, _ what: String = "reloaded") -> Double? {
+            let t = Date()
+            let ok = agent.waitForStderr(timeout: 5) { $0.components(separatedBy: what).count - 1 >= count }
+            return ok ? Date().timeIntervalSince(t) : nil
+        }
+
+        try burst(1)
+        try swap(config(vni: 2))
+        let first = reloads(1)
+        try burst(2)
+        try swap("sessions: [")
+        #expect(reloads(1, "reload rejected") != nil)
+        try burst(3)
+        // Edited in place through the links (as `kubectl edit` never does,
+        // but an operator on a host does).
+        try config(vni: 4).write(toFile: dir + "/config.yaml", atomically: false, encoding: .utf8)
+        let third = reloads(2)
+        try burst(4)
+        // A file of the directory that is not the config, and a touch.
+        try "x".write(toFile: dir + "/unrelated", atomically: true, encoding: .utf8)
+        #expect(utimes(dir + "/config.yaml", nil) == 0)
+        usleep(500_000)
+        try burst(5)
+
+        _ = try wire.waitFor(count: sent, timeout: 20)
+        #expect(agent.stop() == 0)
+        try wire.settle()
+        var vnis = [UInt8: Set<UInt32>](), count = 0
+        for o in try wire.stop().compactMap({ MirrorEndToEndTests.outer($0.bytes) }) {
+            let p = ParsedPacket(frame: o.inner)
+            guard p.isIP, p.destinationPort == 7001 else { continue }
+            vnis[o.inner[p.l4Offset + 8], default: []].insert(o.vni)
+            count += 1
+        }
+        print("config watch: new plan in force \(first.map { String(format: "%.0f ms", $0 * 1000) } ?? "never") after a ..data swap, \(third.map { String(format: "%.0f ms", $0 * 1000) } ?? "never") after an edit in place")
+        #expect(count == sent, "every frame mirrored once")
+        #expect(vnis == [1: [1], 2: [2], 3: [2], 4: [4], 5: [4]], "VNIs by phase: \(vnis)")
+        #expect((first ?? 9) < 1 && (third ?? 9) < 1)
+        let log = agent.stderr
+        #expect(log.components(separatedBy: "reloaded").count - 1 == 2, "the unrelated file and the touch reload nothing")
+        #expect(log.contains("reload rejected: the running plan stays"))
+    }
 }
 
 @Suite("Config commands", .serialized)
@@ -162,7 +248,7 @@ struct ConfigCommandTests {
             "targets:\n  a: {address: 198.18.1.2}\nsessions:\n  - {name: s, interfaces: [\(interfaces)], target: a, number: 1}\n"
         }
         let path = try topo.writeConfig(config("m0"))
-        let agent = try topo.startAgent(["--config", path])
+        let agent = try topo.startAgent(["--config", path, "--no-watch-config"])
         #expect(try topo.attachments(topo.mon, "m1").none)
         try config("m0, m1").write(toFile: path, atomically: true, encoding: .utf8)
         kill(agent.pid, SIGHUP)

@@ -1,5 +1,6 @@
 import Foundation
 import MirrorCore
+import MirrorFixtures
 import MirrorTestSupport
 import Testing
 
@@ -126,6 +127,106 @@ struct SourcesEndToEndTests {
         print("hot-plug with a filter, 16 to 21 interfaces: attach " + latencies.map { String(format: "%.0f ms", $0 * 1000) }.joined(separator: ", "))
         #expect(latencies.allSatisfy { $0 < 1.0 }, "\(latencies)")
         #expect(m.all("traffic_mirror_hook_info").count == 2 * 21)
+    }
+
+    @Test("sources in other network namespaces (netns, netns_path, NS/IF): traffic inside each mirrored exactly, copies from the agent's namespace, one ifindex in two namespaces kept apart; a namespace that goes is detached, one that comes later attached")
+    func namespaces() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let port = MetricsEndToEndTests.port
+        // A pod: eth0 with its peer in another namespace. Its ifindex is one
+        // an interface of the agent's own namespace (hx) has too.
+        let pod = try lab.namespace("pod"), peer = try lab.namespace("peer"), proc = try lab.namespace("proc")
+        try Shell.check(["ip", "-n", pod, "link", "add", "eth0", "index", "4242", "type", "veth", "peer", "name", "eth0", "netns", peer])
+        try Shell.check(["ip", "-n", topo.mon, "link", "add", "hx", "index", "4242", "type", "veth", "peer", "name", "hy"])
+        try Shell.check(["ip", "-n", proc, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1", "netns", peer])
+        for (ns, dev, addr) in [(pod, "eth0", "198.18.6.1/30"), (peer, "eth0", "198.18.6.2/30"),
+                                (proc, "eth0", "198.18.6.5/30"), (peer, "eth1", "198.18.6.6/30")] {
+            try lab.ip(ns, "addr", "add", addr, "dev", dev)
+            try lab.ip(ns, "link", "set", dev, "up")
+        }
+        for dev in ["hx", "hy"] { try lab.ip(topo.mon, "link", "set", dev, "up") }
+        // A container's process; its namespace by /proc/PID/ns/net.
+        let sleeper = try lab.start(proc, ["sleep", "120"])
+        let procPath = "/proc/\(sleeper.pid)/ns/net"
+        let late = lab.prefix + "-late"
+        let path = try topo.writeConfig("""
+            targets: {a: {address: 198.18.1.2}}
+            sessions:
+              - {name: pod, interfaces: [{interface: eth0, netns: \(pod)}], target: a, number: 1, vni: 10, direction: egress}
+              - {name: host, interfaces: [hx], target: a, number: 2, vni: 20, direction: ingress}
+              - {name: proc, interfaces: [{interface: eth0, netns_path: \(procPath)}], target: a, number: 3, vni: 30, direction: egress}
+              - {name: late, interfaces: ['\(late)/eth*'], target: a, number: 4, vni: 40, direction: egress}
+            """)
+        let agent = try topo.startAgent(["--config", path, "--metrics-address", "127.0.0.1:\(port)"])
+        #expect(agent.waitForStderr(timeout: 10) { $0.contains("waiting for an interface to match interface=\(late)/eth*") }, "\(agent.stderr)")
+        #expect(Self.count(agent.stderr, "attached", "\(pod)/eth0") == 1 && Self.count(agent.stderr, "attached", "\(procPath)/eth0") == 1
+                && Self.count(agent.stderr, "attached", "hx") == 1, "\(agent.stderr)")
+
+        let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        func udp(_ ns: String, to address: String, count: Int) throws {
+            try lab.exec(ns, ["python3", "-c", """
+                import socket
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                for i in range(\(count)): s.sendto(b"n" * 64, ("\(address)", 7001))
+                """])
+        }
+        try udp(pod, to: "198.18.6.2", count: 50)
+        try udp(proc, to: "198.18.6.6", count: 40)
+        let hy = try RawSocket(lab: lab, ns: topo.mon, device: "hy")
+        let hx = try lab.mac(topo.mon, "hx")
+        for _ in 0..<30 {
+            var f = Frames.udp4(sport: 7000, dport: 7001, payload: [UInt8](repeating: 0x68, count: 64))
+            f.replaceSubrange(0..<6, with: hx)
+            try hy.send(f)
+        }
+        // The namespace that comes later, and its interface.
+        let t = Date()
+        try lab.namespace("late")
+        try Shell.check(["ip", "-n", late, "link", "add", "eth0", "type", "veth", "peer", "name", "eth2", "netns", peer])
+        try lab.ip(late, "addr", "add", "198.18.6.9/30", "dev", "eth0")
+        try lab.ip(late, "link", "set", "eth0", "up")
+        try lab.ip(peer, "addr", "add", "198.18.6.10/30", "dev", "eth2")
+        try lab.ip(peer, "link", "set", "eth2", "up")
+        #expect(agent.waitForStderr(timeout: 5) { Self.count($0, "attached", "\(late)/eth0") == 1 }, "\(agent.stderr)")
+        let lateAttach = Date().timeIntervalSince(t)
+        try udp(late, to: "198.18.6.10", count: 20)
+
+        _ = try wire.waitFor(count: 140, timeout: 20)
+        try wire.settle()
+        var m = try MetricsEndToEndTests.scrape(topo)
+        #expect(Set(m.all("traffic_mirror_hook_info").compactMap { $0.0["interface"] }) == ["\(pod)/eth0", "hx", "\(procPath)/eth0", "\(late)/eth0"])
+        for (interface, direction, n) in [("\(pod)/eth0", "egress", 50.0), ("hx", "ingress", 30), ("\(procPath)/eth0", "egress", 40), ("\(late)/eth0", "egress", 20)] {
+            #expect((m.value("traffic_mirror_source_selected_packets_total", ["interface": interface, "direction": direction]) ?? 0) >= n, "\(interface)")
+        }
+
+        // The pod's namespace deleted, the container's process gone.
+        try Shell.check(["ip", "netns", "del", pod])
+        kill(sleeper.pid, SIGKILL)
+        #expect(agent.waitForStderr(timeout: 5) {
+            Self.count($0, "detached", "\(pod)/eth0") == 1 && Self.count($0, "detached", "\(procPath)/eth0") == 1
+        }, "\(agent.stderr)")
+        for _ in 0..<100 where m.all("traffic_mirror_hook_info").count != 2 {
+            usleep(20_000)
+            m = try MetricsEndToEndTests.scrape(topo)
+        }
+        #expect(Set(m.all("traffic_mirror_hook_info").compactMap { $0.0["interface"] }) == ["hx", "\(late)/eth0"])
+        #expect(agent.stop() == 0)
+
+        // Every copy left from the agent's namespace (nothing else has a
+        // route to the target), each exactly once, from its own source.
+        var byVNI = [UInt32: [String: Int]]()
+        for o in try wire.stop().compactMap({ MirrorEndToEndTests.outer($0.bytes) }) {
+            // Ethernet and IPv4 without options, as every frame here is.
+            let f = o.inner
+            guard f.count >= 38, f[12] == 0x08, f[13] == 0x00, f[23] == 17, Int(f[36]) << 8 | Int(f[37]) == 7001 else { continue }
+            byVNI[o.vni, default: [:]][f[26..<30].map(String.init).joined(separator: "."), default: 0] += 1
+        }
+        print("network namespace sources: one created later attached in \(String(format: "%.0f ms", lateAttach * 1000))")
+        #expect(byVNI == [10: ["198.18.6.1": 50], 20: ["198.18.0.1": 30], 30: ["198.18.6.5": 40], 40: ["198.18.6.9": 20]], "\(byVNI)")
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["pod", "host", "proc", "late"], interfaces: ["\(pod)/eth0", "hx", "\(procPath)/eth0", "\(late)/eth0"])
+        #expect(try topo.attachments(topo.mon, "hx").none)
+        #expect(try topo.attachments(late, "eth0").none)
     }
 
     @Test("a literal interface missing at a reload waits instead of refusing the reload; it is attached when it appears")

@@ -88,7 +88,8 @@ public struct Topology: Sendable {
     /// Starts the agent in the monitored namespace and waits until it mirrors.
     public func startAgent(_ arguments: [String]) throws -> Background {
         let agent = try lab.start(mon, [try trafficMirrorBinary(), "run"] + arguments)
-        guard agent.waitForStderr(timeout: 60, { $0.contains("mirroring") || $0.contains("error") }),
+        // waitForStderr returns early when the agent exits (a start-up error).
+        guard agent.waitForStderr(timeout: 60, { $0.contains("mirroring") }),
               agent.stderr.contains("mirroring") else {
             agent.stop()
             throw Failure("the agent did not start: \(agent.stderr)")

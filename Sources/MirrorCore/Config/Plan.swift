@@ -97,9 +97,12 @@ public struct MirrorPlan: Sendable {
         return out
     }
 
-    /// Directions hooked on an interface (those with at least one session).
-    public func directions(of interface: String) -> [Direction] {
-        scopes.filter { $0.interface == interface && !profiles[$0.profile].sessions.isEmpty }.map(\.direction)
+    /// The directions hooked on each interface (those with at least one
+    /// session), in one pass over the scopes.
+    public var hookedDirections: [String: [Direction]] {
+        var out = [String: [Direction]]()
+        for s in scopes where !profiles[s.profile].sessions.isEmpty { out[s.interface, default: []].append(s.direction) }
+        return out
     }
 }
 

@@ -400,12 +400,17 @@ public final class Agent: @unchecked Sendable {
         // Attach what is missing before switching, so a failed attach leaves
         // the old plan in force. Filters a crashed run left are looked for
         // once per interface, before anything of ours is attached to it.
+        let hooked = plan.hookedDirections
+        struct Hooked: Hashable { var interface: String, ifindex: Int32, direction: Direction? }
+        var present = Set<Hooked>()
+        for h in s.hooks {
+            present.insert(Hooked(interface: h.interface, ifindex: h.ifindex, direction: h.direction))
+            present.insert(Hooked(interface: h.interface, ifindex: h.ifindex, direction: nil))
+        }
         for name in plan.interfaces {
             let idx = ifindexes[name]!.ifindex
-            let missing = plan.directions(of: name).filter { d in
-                !s.hooks.contains { $0.interface == name && $0.direction == d && $0.ifindex == idx }
-            }
-            if !missing.isEmpty && !s.hooks.contains(where: { $0.interface == name && $0.ifindex == idx }) {
+            let missing = (hooked[name] ?? []).filter { !present.contains(Hooked(interface: name, ifindex: idx, direction: $0)) }
+            if !missing.isEmpty && !present.contains(Hooked(interface: name, ifindex: idx, direction: nil)) {
                 let stale = Hook.removeStaleFilters(interface: name, ifindex: idx)
                 for f in stale.removed {
                     logger.warning("removed a tc filter left by an earlier traffic-mirror run", metadata: ["filter": "\(f)"])
@@ -434,9 +439,8 @@ public final class Agent: @unchecked Sendable {
 
         // Past the switch nothing fails: detach hooks the new plan no longer
         // needs, and forget their slots.
-        let keep = Set(plan.interfaces.flatMap { n in plan.directions(of: n).map { "\(n)/\($0.rawValue)" } })
         func kept(_ h: Hook) -> Bool {
-            keep.contains("\(h.interface)/\(h.direction.rawValue)") && ifindexes[h.interface]?.ifindex == h.ifindex
+            hooked[h.interface]?.contains(h.direction) == true && ifindexes[h.interface]?.ifindex == h.ifindex
         }
         for h in s.hooks where !kept(h) {
             h.detach()
@@ -613,6 +617,9 @@ public final class Agent: @unchecked Sendable {
         state.withLock { s in
             for (_, i) in s.interfaces { program.removeSlot(netns: i.link.netns, ifindex: UInt32(i.link.ifindex)) }
         }
-        if !names.isEmpty { logger.info("detached", metadata: ["hooks": "\(names.joined(separator: ", "))"]) }
+        // A node with hundreds of pods: the count, and the names while few.
+        if !names.isEmpty {
+            logger.info("detached", metadata: names.count <= 16 ? ["hooks": "\(names.joined(separator: ", "))"] : ["hooks": "\(names.count)"])
+        }
     }
 }

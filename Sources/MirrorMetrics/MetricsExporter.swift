@@ -71,12 +71,16 @@ public final class MetricsExporter: Sendable {
             func gauge(_ name: String, _ help: String, _ labels: [(String, String)] = [], _ value: Double) {
                 registry.makeGauge(descriptor: Self.descriptor(name, help), labels: labels).set(to: value)
             }
-            func info(_ name: String, _ help: String, _ labels: [(String, String)]) {
+            // A gauge whose series exists only while rendered: one that is
+            // not rendered again is unregistered below (a hook detached, a
+            // pattern no longer configured).
+            func current(_ name: String, _ help: String, _ labels: [(String, String)], _ value: Double) {
                 let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
                 let g = registry.makeGauge(descriptor: Self.descriptor(name, help), labels: labels)
-                g.set(to: 1)
+                g.set(to: value)
                 infos[key] = g
             }
+            func info(_ name: String, _ help: String, _ labels: [(String, String)]) { current(name, help, labels, 1) }
 
             info("traffic_mirror_build_info", "Version of traffic-mirror, of libbpf, and hash of the embedded BPF object.",
                  [("version", build.version), ("libbpf", build.libbpf), ("bpf_object_sha256", build.bpfObjectSHA256)])
@@ -87,7 +91,7 @@ public final class MetricsExporter: Sendable {
             gauge("traffic_mirror_data_plane_up", "1 while a plan is in force and the forwarding thread drains the rings.",
                   [], snap?.running == true ? 1 : 0)
             if let snap {
-                render(snap, counter: counter, gauge: gauge, info: info)
+                render(snap, counter: counter, gauge: gauge, current: current, info: info)
             }
             for (key, g) in state.infos where infos[key] == nil { registry.unregisterGauge(g) }
             state.infos = infos
@@ -99,6 +103,7 @@ public final class MetricsExporter: Sendable {
         _ s: Agent.Snapshot,
         counter: (String, String, [(String, String)], UInt64) -> Void,
         gauge: (String, String, [(String, String)], Double) -> Void,
+        current: (String, String, [(String, String)], Double) -> Void,
         info: (String, String, [(String, String)]) -> Void
     ) {
         let ifLabels = MirrorProgram.interfaceOutcomeLabels
@@ -192,7 +197,7 @@ public final class MetricsExporter: Sendable {
                     [("event", e.rawValue)], UInt64(s.interfaceEvents[e] ?? 0))
         }
         for (p, n) in s.patternMatches {
-            gauge("traffic_mirror_interface_pattern_matches", "Interfaces a configured pattern or name matches now; 0 while it waits for one to appear.",
+            current("traffic_mirror_interface_pattern_matches", "Interfaces a configured pattern or name matches now; 0 while it waits for one to appear.",
                   [("pattern", p)], Double(n))
         }
         let health = Dictionary(s.endpointHealth.map { ("\($0.target)/\($0.endpoint)", $0) }, uniquingKeysWith: { a, _ in a })

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import CMirrorSys
 import Logging
 import MirrorCore
@@ -59,7 +60,7 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "With --config: reload when what the file holds changes (inotify: written in place, renamed over, a symbolic link changed, Kubernetes' ConfigMap ..data swap), as SIGHUP does; a bad config is rejected and the running plan stays.")
     var watchConfig = true
 
-    @Option(name: .customLong("interface"), help: ArgumentHelp("Source interface to mirror, a name or a shell-style pattern such as 'veth*' (repeatable); interfaces that appear later are attached as they come.", valueName: "name"))
+    @Option(name: .customLong("interface"), help: ArgumentHelp("Source interface to mirror, a name or a shell-style pattern such as 'veth*' (repeatable); interfaces that appear later are attached as they come. NETNS/NAME is one of another network namespace: NETNS under /var/run/netns or a path such as /proc/PID/ns/net.", valueName: "name"))
     var interfaces: [String] = []
 
     @Option(help: ArgumentHelp("Target as HOST[:PORT]: IPv4, [IPv6] in brackets, or a host name; port 4789 by default.", valueName: "host[:port]"))
@@ -215,6 +216,11 @@ struct AgentService: Service {
     /// SIGHUPs since the process started.
     let hangups: UnixSignalsSequence
     let reference: AgentReference
+    /// The text the last reload read (the start's at first). Used on the
+    /// reload queue only: a change the watcher reports that a SIGHUP has
+    /// already read is not reloaded twice.
+    final class LastRead: @unchecked Sendable { var text: String? }
+    let lastRead = LastRead()
     let logger: Logger
 
     func run() async throws {
@@ -236,6 +242,7 @@ struct AgentService: Service {
             }
         }
         // A SIGHUP before `run` trapped it (CMirrorSys notes those).
+        lastRead.text = watchedText
         if CMirrorSys_take_early_hangup() != 0 { reload(agent) }
         let (changes, changed) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(1))
         var watcher: ConfigWatcher?
@@ -248,17 +255,29 @@ struct AgentService: Service {
             }
         }
         // SIGHUP and changes of the file reload it until graceful shutdown
-        // begins; Agent.apply puts one change in force at a time.
+        // begins, one reload at a time on a queue of their own: a reload
+        // waits in the kernel (attaching hooks) for as long as it takes, and
+        // must not hold a thread of the concurrency pool, which the metrics
+        // endpoint's handlers run on.
+        let reloads = DispatchQueue(label: "traffic-mirror.reload")
+        func reloadOffPool(_ text: String?) async {
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                reloads.async {
+                    if text == nil || text != lastRead.text { reload(agent, text: text) }
+                    done.resume()
+                }
+            }
+        }
         await withDiscardingTaskGroup { group in
             group.addTask {
                 for await _ in hangups.cancelOnGracefulShutdown() {
-                    reload(agent)
+                    await reloadOffPool(nil)
                 }
             }
             group.addTask {
                 for await text in changes.cancelOnGracefulShutdown() {
                     logger.info("the config file changed")
-                    reload(agent, text: text)
+                    await reloadOffPool(text)
                 }
             }
             try? await gracefulShutdown()
@@ -285,6 +304,7 @@ struct AgentService: Service {
         let text: String
         do {
             text = try given ?? String(contentsOfFile: path, encoding: .utf8)
+            lastRead.text = text
         } catch {
             logger.error("reload rejected: cannot read the config; the running plan stays", metadata: ["config": "\(path)", "error": "\(error)"])
             agent.noteRejectedConfig()

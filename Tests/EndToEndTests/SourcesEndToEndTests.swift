@@ -229,6 +229,61 @@ struct SourcesEndToEndTests {
         #expect(try topo.attachments(late, "eth0").none)
     }
 
+    @Test("1,024 interfaces under one pattern: all attached, the last one's traffic mirrored exactly; a 1,025th is refused with the reason and the 1,024 stay; nothing left attached after stop")
+    func thousandInterfaces() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let port = MetricsEndToEndTests.port
+        let n = 1024
+        let batch = NSTemporaryDirectory() + "\(lab.prefix)-many.batch"
+        try (0..<n).map { "link add pa\($0) type veth peer name pb\($0) netns \(topo.src)\n" }.joined()
+            .write(toFile: batch, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: batch) }
+        try lab.exec(topo.mon, ["ip", "-batch", batch])
+        try lab.ip(topo.mon, "addr", "add", "198.18.5.1/30", "dev", "pa\(n - 1)")
+        try lab.ip(topo.mon, "link", "set", "pa\(n - 1)", "up")
+        try lab.ip(topo.src, "addr", "add", "198.18.5.2/30", "dev", "pb\(n - 1)")
+        try lab.ip(topo.src, "link", "set", "pb\(n - 1)", "up")
+        // Ingress only: one tcx hook per interface (each waits for an RCU
+        // grace period in the kernel; docs/benchmarks.md#many-interfaces).
+        let t = Date()
+        let agent = try topo.startAgent(["--interface", "pa*", "--direction", "ingress", "--target", "198.18.1.2",
+                                         "--metrics-address", "127.0.0.1:\(port)"])
+        let started = Date().timeIntervalSince(t)
+        #expect(agent.stderr.components(separatedBy: " INFO attached ").count - 1 == n)
+
+        let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        try lab.exec(topo.src, ["python3", "-c", """
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for i in range(100): s.sendto(b"m" * 64, ("198.18.5.1", 7777))
+            """])
+        _ = try wire.waitFor(count: 100, timeout: 20)
+        try wire.settle()
+        let copies = try wire.stop().compactMap { MirrorEndToEndTests.outer($0.bytes) }.filter {
+            $0.inner.count >= 38 && $0.inner[23] == 17 && Int($0.inner[36]) << 8 | Int($0.inner[37]) == 7777
+        }
+        #expect(copies.count == 100)
+
+        // One more matching interface: the change is refused as a whole.
+        try lab.exec(topo.mon, ["ip", "link", "add", "pa\(n)", "type", "veth", "peer", "name", "pb\(n)"])
+        #expect(agent.waitForStderr(timeout: 10) { $0.contains("the kernel holds \(n)") }, "\(agent.stderr.suffix(2000))")
+        let health = try HTTP.get(lab: lab, ns: topo.mon, port: port, path: "/healthz")
+        #expect(health.status == 503 && health.body.contains("the kernel holds \(n)"), "\(health.body)")
+        let m = try MetricsEndToEndTests.scrape(topo)
+        #expect(m.all("traffic_mirror_hook_info").count == n)
+        #expect(m.value("traffic_mirror_interface_events_total", ["event": "failed"]) == 1)
+        // The datagrams, and the ARP exchange before them.
+        #expect((m.value("traffic_mirror_source_selected_packets_total", ["interface": "pa\(n - 1)", "direction": "ingress"]) ?? 0) >= 100)
+
+        let s = Date()
+        #expect(agent.stop(timeout: 120) == 0)
+        let stopped = Date().timeIntervalSince(s)
+        print(String(format: "%d interfaces: started in %.1f s, stopped in %.1f s", n, started, stopped))
+        let left = try lab.exec(topo.mon, ["bpftool", "net", "show"])
+        #expect(!left.contains("tm_tc_ingress"), "nothing attached after stop")
+    }
+
     @Test("a literal interface missing at a reload waits instead of refusing the reload; it is attached when it appears")
     func missingAtReload() throws {
         let topo = try Topology()
@@ -255,6 +310,14 @@ struct SourcesEndToEndTests {
         } while m.all("traffic_mirror_hook_info").count < 2 && Date() < deadline
         #expect(Set(m.all("traffic_mirror_hook_info").compactMap { $0.0["interface"] }) == ["m0", "late0"])
         #expect(m.value("traffic_mirror_interface_pattern_matches", ["pattern": "late0"]) == 1)
+        // A name no longer configured has no series any more.
+        try config("late0").write(toFile: path, atomically: true, encoding: .utf8)
+        kill(agent.pid, SIGHUP)
+        #expect(agent.waitForStderr(timeout: 5) { Self.count($0, "detached", "m0") == 1 }, "\(agent.stderr)")
+        repeat {
+            m = try MetricsEndToEndTests.scrape(topo)
+        } while m.all("traffic_mirror_hook_info").count > 1 && Date() < deadline.addingTimeInterval(5)
+        #expect(m.all("traffic_mirror_interface_pattern_matches").map { $0.0["pattern"] } == ["late0"])
         #expect(agent.stop() == 0)
     }
 

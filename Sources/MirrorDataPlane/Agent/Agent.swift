@@ -328,7 +328,7 @@ public final class Agent: @unchecked Sendable {
         var free = s.freeSlots
         for (name, link) in ifindexes.sorted(by: { $0.key < $1.key }) where s.interfaces[name]?.link != link {
             guard let slot = free.popLast() else {
-                throw OperationalError("more than \(PlanLimits.interfaces) interfaces")
+                throw OperationalError("\(name) would be interface \(ifindexes.count) of a plan; the kernel holds \(PlanLimits.interfaces): narrow the patterns or namespaces the sessions name")
             }
             slots[name] = slot
             let (netns, idx) = (link.netns, UInt32(link.ifindex))

@@ -36,6 +36,31 @@ struct SourcesEndToEndTests {
         let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
         let rounds = 100, trafficEvery = 10, datagrams = 50
         var attach = [Double](), detach = [Double]()
+        func address(_ mon: String, _ src: String) throws {
+            try lab.exec(topo.mon, ["ip", "addr", "add", "198.18.5.1/30", "dev", mon])
+            try lab.exec(topo.mon, ["ip", "link", "set", mon, "up"])
+            try lab.exec(topo.src, ["ip", "addr", "add", "198.18.5.2/30", "dev", src])
+            try lab.exec(topo.src, ["ip", "link", "set", src, "up"])
+        }
+        // `count` datagrams to `port`, each with its sequence number.
+        func send(_ port: Int, _ count: Int, from first: Int = 0) throws {
+            try lab.exec(topo.src, ["python3", "-c", """
+                import socket, struct, time
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                for i in range(\(first), \(first + count)): s.sendto(struct.pack("!I", i) + b"h" * 96, ("198.18.5.1", \(port)))
+                time.sleep(0.2)
+                """])
+        }
+        // The agent's descriptors and resident memory, to see them not grow.
+        func usage() -> (fds: Int, rss: Int) {
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(agent.pid)/fd").count) ?? -1
+            let status = (try? String(contentsOfFile: "/proc/\(agent.pid)/status", encoding: .utf8)) ?? ""
+            let rss = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+                .flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? -1
+            return (fds, rss)
+        }
+        var early = (fds: 0, rss: 0)
+        var inFlightSent = 0
         for i in 0..<rounds {
             // pd0 in the monitored namespace, its peer in the source one.
             var t = Date()
@@ -43,28 +68,60 @@ struct SourcesEndToEndTests {
             while Self.count(agent.stderr, "attached", "pd0") <= i && Date().timeIntervalSince(t) < 5 { usleep(1000) }
             attach.append(Date().timeIntervalSince(t))
             if i % trafficEvery == 0 {
-                try lab.exec(topo.mon, ["ip", "addr", "add", "198.18.5.1/30", "dev", "pd0"])
-                try lab.exec(topo.mon, ["ip", "link", "set", "pd0", "up"])
-                try lab.exec(topo.src, ["ip", "addr", "add", "198.18.5.2/30", "dev", "pq0"])
-                try lab.exec(topo.src, ["ip", "link", "set", "pq0", "up"])
-                try lab.exec(topo.src, ["python3", "-c", """
-                    import socket, time
+                try address("pd0", "pq0")
+                try send(7777, datagrams)
+            }
+            var sender: Background?
+            if i % trafficEvery == 5 {
+                // Deleted with copies in flight: a sender that keeps going
+                // (bounded) while the interface goes.
+                try address("pd0", "pq0")
+                sender = try lab.start(topo.src, ["python3", "-c", """
+                    import socket, struct, time
                     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    for i in range(\(datagrams)): s.sendto(b"h" * 100, ("198.18.5.1", 7777))
-                    time.sleep(0.2)
+                    end = time.time() + 0.5
+                    for i in range(\(i * 100_000), \(i * 100_000 + 20_000)):
+                        if time.time() > end: break
+                        try: s.sendto(struct.pack("!I", i) + b"f" * 96, ("198.18.5.1", 7778))
+                        except OSError: break
                     """])
+                usleep(100_000)
             }
             t = Date()
             try lab.exec(topo.mon, ["ip", "link", "del", "pd0"])
             while Self.count(agent.stderr, "detached", "pd0") <= i && Date().timeIntervalSince(t) < 5 { usleep(1000) }
             detach.append(Date().timeIntervalSince(t))
+            if let sender { _ = sender.stop(timeout: 5); inFlightSent += 1 }
+            if i == 10 { early = usage() }
         }
+        let late = usage()
+
+        // Not matching, then renamed into the pattern: what crossed it
+        // before is not mirrored, what crosses it after is. Then moved to
+        // another namespace: detached.
+        try lab.exec(topo.mon, ["ip", "link", "add", "px0", "type", "veth", "peer", "name", "pq0", "netns", topo.src])
+        try address("px0", "pq0")
+        try send(7779, 20)
+        try lab.exec(topo.mon, ["ip", "link", "set", "px0", "down"])
+        try lab.exec(topo.mon, ["ip", "link", "set", "px0", "name", "pd0"])
+        try lab.exec(topo.mon, ["ip", "link", "set", "pd0", "up"])
+        #expect(agent.waitForStderr(timeout: 5) { Self.count($0, "attached", "pd0") == rounds + 1 }, "renamed into the pattern")
+        try send(7780, 20)
+        try lab.exec(topo.mon, ["ip", "link", "set", "pd0", "netns", topo.tgt])
+        #expect(agent.waitForStderr(timeout: 5) { Self.count($0, "detached", "pd0") == rounds + 1 }, "moved away")
+        try lab.exec(topo.tgt, ["ip", "link", "del", "pd0"])
+
+        _ = try wire.waitFor(count: rounds / trafficEvery * datagrams + 20, timeout: 20)
         try wire.settle()
-        let copies = try wire.frames().filter { f in
+        var byPort = [Int: [UInt32]]()
+        for f in try wire.frames() {
             // Outer Ethernet, IPv4, UDP, VXLAN (50 bytes); inner Ethernet,
-            // IPv4 (protocol at 73), UDP (destination port at 86).
-            f.bytes.count >= 88 && f.bytes[73] == 17 && Int(f.bytes[86]) << 8 | Int(f.bytes[87]) == 7777
-        }.count
+            // IPv4 (protocol at 73), UDP (destination port at 86, payload
+            // and its sequence number at 92).
+            let b = f.bytes
+            guard b.count >= 96, b[73] == 17 else { continue }
+            byPort[Int(b[86]) << 8 | Int(b[87]), default: []].append(UInt32(b[92]) << 24 | UInt32(b[93]) << 16 | UInt32(b[94]) << 8 | UInt32(b[95]))
+        }
         m = try MetricsEndToEndTests.scrape(topo)
         let log = agent.stderr
         #expect(agent.stop() == 0)
@@ -72,19 +129,28 @@ struct SourcesEndToEndTests {
         let a = attach.sorted(), d = detach.sorted()
         let p50 = a[rounds / 2], p99 = a[rounds * 99 / 100]
         print("hot-plug: attach p50 \(String(format: "%.1f", p50 * 1000)) ms, p99 \(String(format: "%.1f", p99 * 1000)) ms, max \(String(format: "%.1f", a.last! * 1000)) ms; detach p50 \(String(format: "%.1f", d[rounds / 2] * 1000)) ms, p99 \(String(format: "%.1f", d[rounds * 99 / 100] * 1000)) ms")
+        print("hot-plug: agent after round 10 \(early.fds) fds, \(early.rss) KiB RSS; after round \(rounds) \(late.fds) fds, \(late.rss) KiB RSS; \(byPort[7778]?.count ?? 0) copies of datagrams in flight at \(inFlightSent) deletions")
         #expect(p99 < 1.0, "attach p99 \(p99) s")
         #expect(d[rounds * 99 / 100] < 2.0, "detach p99 \(d[rounds * 99 / 100]) s")
-        #expect(Self.count(log, "attached", "pd0") == rounds && Self.count(log, "detached", "pd0") == rounds, "\(log.suffix(2000))")
-        #expect(m.value("traffic_mirror_interface_events_total", ["event": "attached"]) == Double(rounds))
-        #expect(m.value("traffic_mirror_interface_events_total", ["event": "detached"]) == Double(rounds))
+        #expect(late.fds == early.fds, "no descriptor growth: \(early.fds) → \(late.fds)")
+        #expect(late.rss - early.rss < 16 * 1024, "no memory growth beyond noise: \(early.rss) → \(late.rss) KiB")
+        #expect(Self.count(log, "attached", "pd0") == rounds + 1 && Self.count(log, "detached", "pd0") == rounds + 1, "\(log.suffix(2000))")
+        #expect(m.value("traffic_mirror_interface_events_total", ["event": "attached"]) == Double(rounds + 1))
+        #expect(m.value("traffic_mirror_interface_events_total", ["event": "detached"]) == Double(rounds + 1))
         #expect(m.value("traffic_mirror_interface_events_total", ["event": "failed"]) == 0)
         #expect(m.all("traffic_mirror_hook_info").isEmpty, "pd0 is gone: no hook listed")
-        // Every datagram of every incarnation of pd0 was mirrored once, and
-        // pd0's counters add up over its incarnations.
+        // Every datagram of every incarnation of pd0 was mirrored once;
+        // those in flight at a deletion at most once; none from before the
+        // rename; pd0's counters add up over its incarnations.
         let expected = rounds / trafficEvery * datagrams
-        #expect(copies == expected, "copies of the test datagrams at the target: \(copies), sent \(expected)")
+        #expect(byPort[7777]?.count == expected && Set(byPort[7777] ?? []).count == datagrams,
+                "copies of the test datagrams at the target: \(byPort[7777]?.count ?? 0), sent \(expected)")
+        let inFlight = byPort[7778] ?? []
+        #expect(!inFlight.isEmpty && Set(inFlight).count == inFlight.count, "in flight: \(inFlight.count) copies, \(Set(inFlight).count) distinct")
+        #expect(byPort[7779] == nil, "nothing from before the rename")
+        #expect(byPort[7780]?.count == 20)
         let selected = m.value("traffic_mirror_source_selected_packets_total", ["interface": "pd0", "direction": "ingress"]) ?? -1
-        #expect(selected >= Double(expected), "pd0 ingress selected \(selected) over its incarnations")
+        #expect(selected >= Double(expected + inFlight.count + 20), "pd0 ingress selected \(selected) over its incarnations")
         MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["pd0"])
     }
 

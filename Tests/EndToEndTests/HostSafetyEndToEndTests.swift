@@ -343,6 +343,45 @@ struct HostSafetyEndToEndTests {
         MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["m0"])
     }
 
+    @Test("a UDP GSO message the kernel refuses (EIO) goes again as single copies: every copy arrives, each refusal counted as a fallback")
+    func gsoRefusedFallsBack() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        // Tests/faults/refuse_gso.c, preloaded: the first 20 GSO messages
+        // the agent's packet sockets send fail with EIO.
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("faults/refuse_gso.c").path
+        let library = NSTemporaryDirectory() + "\(lab.prefix)-refuse_gso.so", log = NSTemporaryDirectory() + "\(lab.prefix)-refused.log"
+        defer { for f in [library, log] { try? FileManager.default.removeItem(atPath: f) } }
+        try Shell.check(["clang", "-shared", "-fPIC", "-O2", "-Wall", "-o", library, source, "-ldl"])
+        try lab.exec(topo.mon, ["ping", "-c", "1", "198.18.1.2"])
+        let agent = try lab.start(topo.mon, ["env", "LD_PRELOAD=\(library)", "TM_REFUSE_GSO=20", "TM_REFUSE_GSO_LOG=\(log)",
+                                             try trafficMirrorBinary(), "run", "--interface", "m0", "--direction", "ingress",
+                                             "--target", "198.18.1.2", "--metrics-address", "127.0.0.1:\(MetricsEndToEndTests.port)"])
+        #expect(agent.waitForStderr(timeout: 60) { $0.contains("mirroring") }, "\(agent.stderr)")
+        let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        // One flow, back to back: runs of its copies go as GSO messages.
+        let total = 3000
+        try lab.exec(topo.src, ["python3", "-c", """
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for i in range(\(total)): s.sendto(b"g" * 200, ("198.18.0.2", 7001))
+            """])
+        _ = try wire.waitFor(count: total, timeout: 20)
+        try wire.settle()
+        let copies = try wire.stop().compactMap { MirrorEndToEndTests.outer($0.bytes) }.filter {
+            $0.inner.count >= 38 && $0.inner[23] == 17 && Int($0.inner[36]) << 8 | Int($0.inner[37]) == 7001
+        }
+        let m = try MetricsEndToEndTests.scrape(topo)
+        #expect(agent.stop() == 0)
+        let refused = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").count
+        #expect(refused > 0, "the preloaded sendmmsg refused GSO messages")
+        #expect(m.value("traffic_mirror_send_gso_fallbacks_total") == Double(refused), "each refusal counted once")
+        #expect(copies.count == total, "every copy arrived, the refused runs as single copies: \(copies.count) of \(total)")
+        #expect((m.value("traffic_mirror_dropped_packets_total", ["session": "default", "reason": "send_failed"]) ?? 0) == 0)
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["m0"])
+    }
+
     /// CPU time (user + system, in clock ticks) of the agent's thread named
     /// `name`.
     static func threadTicks(_ pid: Int32, _ name: String) -> Int? {

@@ -76,7 +76,7 @@ struct Allocations: ParsableCommand {
             offset += f.count
         }
         let count = set.count
-        let rings = agent.rings
+        let rings = agent.forwarding
 
         func round() throws {
             for i in 0..<count {
@@ -89,7 +89,7 @@ struct Allocations: ParsableCommand {
         // Warm up: the first use of a source port opens its GSO socket.
         for _ in 0..<20 { try round() }
         usleep(100_000)
-        let counters = agent.forwarder.counters
+        let counters = agent.forwarding.counters
         let batchesBefore = counters.batchCount
         let sentBefore = counters.snapshot().sent.values.reduce(0) { $0 + $1.packets }
         MallocInterposerSwift.initialize()

@@ -27,6 +27,7 @@ struct Merge: ParsableCommand {
     @Option(help: "Records per measurement.") var records = 131_072
     @Option(help: "Records each ring receives in a row before the next ring's turn.") var burst: UInt32 = 8
     @Option(help: "Measurements per ring count; the median is reported.") var runs = 5
+    @Option(help: "Rings per forwarding thread (--rings-per-thread): the rings are merged in groups of this many, one group after another here (side by side in the agent, one thread each). 0: one group.") var group = 0
 
     func run() throws {
         try requireRoot("tm-bench merge")
@@ -59,8 +60,12 @@ struct Merge: ParsableCommand {
         var baseline = 0.0
         for n in counts {
             let perRing = (records + n - 1) / n
-            let set = try RingSet(program: programs[0], cpus: Array(repeating: 0, count: n))
-            for r in 0..<n { try set.point(cpu: 0, ring: r, program: programs[r]) }
+            let size = group > 0 ? min(group, n) : n
+            let sets = try stride(from: 0, to: n, by: size).map { first in
+                let set = try RingSet(program: programs[0], cpus: Array(repeating: 0, count: min(size, n - first)))
+                for r in 0..<set.count { try set.point(cpu: 0, ring: r, program: programs[first + r]) }
+                return set
+            }
             var batch = RecordBatch(capacity: 256)
             var ns = [Double]()
             for _ in 0..<runs {
@@ -79,12 +84,14 @@ struct Merge: ParsableCommand {
                 }
                 let start = CMirrorSys_monotonic_ns()
                 var taken = 0
-                while true {
-                    batch.removeAll()
-                    let got = set.collect(into: &batch, max: batch.capacity)
-                    if got == 0 { break }
-                    taken += got
-                    set.release()
+                for set in sets {
+                    while true {
+                        batch.removeAll()
+                        let got = set.collect(into: &batch, max: batch.capacity)
+                        if got == 0 { break }
+                        taken += got
+                        set.release()
+                    }
                 }
                 let elapsed = CMirrorSys_monotonic_ns() - start
                 guard taken == written else { throw Failure("\(n) rings: wrote \(written) records, merged \(taken)") }

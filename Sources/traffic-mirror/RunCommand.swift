@@ -93,6 +93,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Records per sendmmsg batch, 1...4096.", valueName: "n"))
     var batchSize: Int = 256
 
+    @Option(help: ArgumentHelp("CPUs (rings) per forwarding thread, 1...1024: a host with more CPUs gets one thread per group of this many consecutive CPUs. A connection's copies keep their order when its packets are hooked on CPUs of one group.", valueName: "n"))
+    var ringsPerThread: Int = Agent.defaultRingsPerThread
+
     @Flag(inversion: .prefixedNo, help: "Send runs of one flow's copies as one UDP GSO message each, which the kernel cuts into datagrams (--no-gso: every copy a frame of its own). Copies leave by an AF_PACKET socket on the route's interface, or by a raw IP socket where there is no link-layer path; no UDP port is bound either way.")
     var gso = true
 
@@ -145,6 +148,9 @@ struct RunCommand: AsyncParsableCommand {
         if !(1...4096).contains(batchSize) {
             problems.append("--batch-size: \(batchSize) is out of range 1...4096")
         }
+        if !(1...1024).contains(ringsPerThread) {
+            problems.append("--rings-per-thread: \(ringsPerThread) is out of range 1...1024")
+        }
         if !problems.isEmpty {
             throw ValidationError(problems.joined(separator: "\n"))
         }
@@ -173,7 +179,8 @@ struct RunCommand: AsyncParsableCommand {
             program: .init(ringBytes: ringSize.map { UInt32($0.bytes) } ?? MirrorProgram.Settings.automaticRingBytes(total: ringMemory.bytes)),
             forwarder: .init(batchSize: batchSize, gso: gso),
             hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach),
-            socketMark: socketMark.flatMap(Self.parseMark) ?? 0)
+            socketMark: socketMark.flatMap(Self.parseMark) ?? 0,
+            ringsPerThread: ringsPerThread)
         let metrics = try HostPort(parsing: metricsAddress)
         let reference = AgentReference()
         let exporter = MetricsExporter(agent: reference, build: BuildInfo(
@@ -286,7 +293,7 @@ struct AgentService: Service {
         watcher?.stop()
         logger.info("stopping: detaching hooks and draining the rings")
         agent.shutdown()
-        let s = agent.forwarder.counters.snapshot()
+        let s = agent.forwarding.counters.snapshot()
         let sent = s.sent.values.reduce(0) { $0 + $1.packets }
         let dropped = s.drops.values.reduce(0) { $0 + $1.values.reduce(0, +) }
         logger.info("stopped", metadata: ["sent_packets": "\(sent)", "user_space_drops": "\(dropped)"])

@@ -261,6 +261,53 @@ struct MirrorEndToEndTests {
         }
     }
 
+    @Test("one forwarding thread per CPU (--rings-per-thread 1): traffic hooked on both CPUs, every frame mirrored once, each flow's copies in order, invariants exact")
+    func forwardingThreads() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let cpus = ProcessInfo.processInfo.activeProcessorCount
+        try lab.exec(topo.mon, ["ping", "-c", "1", "198.18.1.2"])
+        let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        let agent = try topo.startAgent(["--interface", "m0", "--direction", "ingress", "--target", "198.18.1.2",
+                                         "--rings-per-thread", "1", "--metrics-address", "127.0.0.1:\(MetricsEndToEndTests.port)"])
+        #expect(agent.stderr.contains("forwarding_threads=\(cpus)"), "\(agent.stderr)")
+        let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(agent.pid)/task"))?.compactMap {
+            try? String(contentsOfFile: "/proc/\(agent.pid)/task/\($0)/comm", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        } ?? []
+        #expect(Set(threads.filter { $0.hasPrefix("tm-forward") }) == Set((0..<cpus).map { "tm-forward-\($0)" }), "\(threads)")
+
+        // One sender per CPU: a veth's receive side runs on the sending CPU,
+        // so each CPU's hook (and ring, and thread) takes one flow.
+        let per = 30000
+        let senders = try (0..<cpus).map { cpu in
+            try lab.start(topo.src, ["taskset", "-c", "\(cpu)", "python3", "-c", """
+                import socket, struct
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                for i in range(\(per)): s.sendto(struct.pack("!I", i) + b"t" * 60, ("198.18.0.2", \(7100 + cpu)))
+                """])
+        }
+        // waitForStderr returns when the process exits.
+        for s in senders { _ = s.waitForStderr(timeout: 30) { _ in false } }
+        _ = try wire.waitFor(count: per * cpus, timeout: 20)
+        try wire.settle()
+        var byPort = [Int: [UInt32]]()
+        for o in try wire.stop().compactMap({ Self.outer($0.bytes) }) {
+            let f = o.inner
+            guard f.count >= 46, f[23] == 17 else { continue }
+            let port = Int(f[36]) << 8 | Int(f[37])
+            byPort[port, default: []].append(UInt32(f[42]) << 24 | UInt32(f[43]) << 16 | UInt32(f[44]) << 8 | UInt32(f[45]))
+        }
+        let m = try MetricsEndToEndTests.scrape(topo)
+        // Each thread forwarded (its CPU time, in clock ticks of 10 ms).
+        let ticks = (0..<cpus).map { HostSafetyEndToEndTests.threadTicks(agent.pid, "tm-forward-\($0)") ?? 0 }
+        #expect(ticks.allSatisfy { $0 > 0 }, "CPU ticks per forwarding thread: \(ticks)")
+        #expect(agent.stop() == 0)
+        for cpu in 0..<cpus {
+            #expect(byPort[7100 + cpu] == (0..<UInt32(per)).map { $0 }, "flow of CPU \(cpu): \(byPort[7100 + cpu]?.count ?? 0) copies, in order and once each")
+        }
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["m0"])
+    }
+
     /// tshark decodes our datagrams as VXLAN with the right VNI.
     func checkWithTshark(datagrams: [[UInt8]], vni: UInt32) throws {
         var file = PcapWriter.fileHeader()

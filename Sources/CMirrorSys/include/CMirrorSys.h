@@ -158,6 +158,12 @@ static inline void CMirrorSys_add_relaxed_u64(uint64_t *p, uint64_t v)
 	__atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
 }
 
+/* The same for a counter more than one thread adds to. */
+static inline void CMirrorSys_add_shared_u64(uint64_t *p, uint64_t v)
+{
+	__atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
 static inline uint32_t CMirrorSys_load_relaxed_u32(const uint32_t *p)
 {
 	return __atomic_load_n(p, __ATOMIC_RELAXED);

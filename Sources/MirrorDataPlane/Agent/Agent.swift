@@ -21,15 +21,22 @@ public final class Agent: @unchecked Sendable {
         /// SO_MARK of every socket the agent sends from, for policy routing
         /// only (0: none, the default). The hooks never look at marks.
         public var socketMark: UInt32
+        /// Rings (CPUs) per forwarding thread (ForwardingGroups).
+        public var ringsPerThread: Int
 
         public init(program: MirrorProgram.Settings = .init(), forwarder: Forwarder.Settings = .init(), hooks: HookPolicy = .init(),
-                    socketMark: UInt32 = 0) {
+                    socketMark: UInt32 = 0, ringsPerThread: Int = Agent.defaultRingsPerThread) {
             self.program = program
             self.forwarder = forwarder
             self.hooks = hooks
             self.socketMark = socketMark
+            self.ringsPerThread = ringsPerThread
         }
     }
+
+    /// One forwarding thread for up to 16 CPUs: the ring merge costs the
+    /// same per record up to 16 rings (docs/benchmarks.md).
+    public static let defaultRingsPerThread = 16
 
     /// What one applied configuration consists of.
     public struct Applied: Sendable {
@@ -91,15 +98,14 @@ public final class Agent: @unchecked Sendable {
 
     public let options: Options
     public let program: MirrorProgram
-    public let rings: RingSet
-    public let forwarder: Forwarder
+    /// The rings and the forwarding threads that drain them.
+    public let forwarding: ForwardingGroups
     public let health: HealthMonitor
     /// The link-layer path toward each endpoint (AF_PACKET sends).
     public let paths: LinkPaths
     /// What the hooks know of the agent's own output.
     public let own: OwnOutput
     let logger: Logger
-    private let thread = DedicatedThread()
     /// What readers (metrics, health) see; held only briefly.
     private let state = Mutex(State())
     /// Serialises plan changes and shutdown; a reload that waits for the
@@ -116,17 +122,8 @@ public final class Agent: @unchecked Sendable {
         self.logger = logger
         program = try MirrorProgram(settings: options.program)
         own = OwnOutput(program: program)
-        do {
-            rings = try RingSet(program: program)
-        } catch {
-            throw OperationalError("cannot create the ring buffers: \(error); raise the memlock limit or lower --ring-size")
-        }
-        do {
-            forwarder = try Forwarder(rings: rings, counters: ForwarderCounters(), mark: options.socketMark, own: own,
-                                      settings: options.forwarder, logger: logger)
-        } catch {
-            throw OperationalError("cannot open the sending sockets: \(error); the agent needs CAP_NET_RAW")
-        }
+        forwarding = try ForwardingGroups(program: program, ringsPerThread: options.ringsPerThread, mark: options.socketMark,
+                                          own: own, settings: options.forwarder, logger: logger)
         do {
             health = try HealthMonitor(mark: options.socketMark, own: own, logger: logger)
         } catch {
@@ -137,16 +134,10 @@ public final class Agent: @unchecked Sendable {
         } catch {
             throw OperationalError("cannot start the path monitor: \(error)")
         }
-        let f = forwarder
-        do {
-            try thread.start { f.run() }
-        } catch {
-            throw OperationalError("cannot start the forwarding thread: \(error)")
-        }
         logger.info("BPF program loaded", metadata: [
-            "rings": "\(rings.count)", "ring_bytes": "\(rings.bytesPerRing)",
-            "ring_memory": "\(rings.count * Int(rings.bytesPerRing))",
-            "batch": "\(options.forwarder.batchSize)",
+            "rings": "\(forwarding.count)", "ring_bytes": "\(forwarding.bytesPerRing)",
+            "ring_memory": "\(forwarding.count * Int(forwarding.bytesPerRing))",
+            "batch": "\(options.forwarder.batchSize)", "forwarding_threads": "\(forwarding.forwarders.count)",
         ])
     }
 
@@ -389,11 +380,11 @@ public final class Agent: @unchecked Sendable {
         let pathSlots = paths.configure(targets + (previous?.targets ?? []))
         let paths = paths
         change.onFailure { _ = paths.configure(previous?.targets ?? []) }
-        forwarder.install(
+        forwarding.install(
             ForwardingTable(targets: targets, sessionNames: plan.sessions.map(\.name),
                             sessionTargets: plan.sessions.map(\.target), packetLengths: plan.sessions.map(\.packetLength),
                             sampleEvery: kernelSessions.map { Int($0.sampleEvery) },
-                            counters: forwarder.counters, health: health.flags, healthSlots: healthSlots,
+                            counters: forwarding.counters, health: health.flags, healthSlots: healthSlots,
                             paths: paths, pathSlots: pathSlots),
             bank: bank)
 
@@ -459,7 +450,7 @@ public final class Agent: @unchecked Sendable {
         // Hooks that started before the switch may still be writing records
         // of the old bank; wait for them so its counters are final and its
         // records are all in the rings.
-        try? program.waitForRunningHooks(ring0: rings.firstRingFD, cpu: rings.firstRingCPU)
+        try? program.waitForRunningHooks(ring0: forwarding.firstRingFD, cpu: forwarding.firstRingCPU)
         for g in gone {
             let key = s.retiredInterfaces[g.name] != nil || s.retiredInterfaces.count < Self.retiredNamesLimit
                 ? g.name : Self.retiredOverflowName
@@ -478,7 +469,7 @@ public final class Agent: @unchecked Sendable {
                     s.retired[session.name, default: [:]][d] = zip(old, c).map { $0 &+ $1 }
                 }
             }
-            let barrier = rings.producerPositions()
+            let barrier = forwarding.producerPositions()
             if !waitReleased(barrier, seconds: 2) { s.retiredBankBarrier = barrier }
         }
         // Copies to targets that are gone may still be in the rings; they
@@ -488,11 +479,11 @@ public final class Agent: @unchecked Sendable {
 
     private func waitReleased(_ positions: [UInt64], seconds: Int) -> Bool {
         for _ in 0..<(seconds * 500) {
-            if rings.released(upTo: positions) { return true }
-            rings.wake()
+            if forwarding.released(upTo: positions) { return true }
+            forwarding.wake()
             usleep(2000)
         }
-        return rings.released(upTo: positions)
+        return forwarding.released(upTo: positions)
     }
 
     /// Kernel counters per session name and direction, labelled by
@@ -554,7 +545,7 @@ public final class Agent: @unchecked Sendable {
 
     public func snapshot() -> Snapshot {
         let sessions = sessionCounters()
-        let forwarderSnapshot = forwarder.counters.snapshot()
+        let forwarderSnapshot = forwarding.counters.snapshot()
         return state.withLock { s in
             var counts = s.retiredInterfaces
             for (name, i) in s.interfaces {
@@ -579,13 +570,13 @@ public final class Agent: @unchecked Sendable {
                 targets: s.applied?.targets ?? [], sessionTargets: sessionTargets,
                 hooks: s.hooks.map { ($0.interface, $0.direction, $0.kind) },
                 endpointHealth: health.endpoints(),
-                ringBacklogBytes: rings.backlog(), ringCPUs: rings.cpus, ringBytes: rings.bytesPerRing, ownSockets: own.socketCount,
+                ringBacklogBytes: forwarding.backlog(), ringCPUs: forwarding.cpus, ringBytes: forwarding.bytesPerRing, ownSockets: own.socketCount,
                 configsApplied: s.applied_ok, configsFailed: s.applied_failed,
                 lastAppliedNanoseconds: s.lastAppliedNanoseconds,
                 patternMatches: s.patternMatches,
                 interfaceEvents: Dictionary(uniqueKeysWithValues: InterfaceEvent.allCases.map { ($0, s.events[$0] ?? 0) }),
                 interfaceFailure: s.interfaceFailure,
-                running: !s.stopped && s.applied != nil && forwarder.isRunning)
+                running: !s.stopped && s.applied != nil && forwarding.isRunning)
         }
     }
 
@@ -609,9 +600,8 @@ public final class Agent: @unchecked Sendable {
         guard var detach = hooks else { return }
         let names = detach.map { "\($0.interface)/\($0.direction.rawValue)" }
         detach.removeAll()
-        try? program.waitForRunningHooks(ring0: rings.firstRingFD, cpu: rings.firstRingCPU)
-        forwarder.stop()
-        thread.join()
+        try? program.waitForRunningHooks(ring0: forwarding.firstRingFD, cpu: forwarding.firstRingCPU)
+        forwarding.stop()
         health.stop()
         paths.stop()
         state.withLock { s in

@@ -270,8 +270,8 @@ public final class Forwarder: @unchecked Sendable {
     // MARK: forwarding thread
 
     /// The loop. Returns after `stop()`, with the rings empty.
-    public func run() {
-        CMirrorSys_set_thread_name("tm-forward")
+    public func run(name: String = "tm-forward") {
+        CMirrorSys_set_thread_name(name)
         // Sleeps of a fraction of the drain interval should end on time.
         _ = CMirrorSys_set_timer_slack(settings.drainIntervalNanoseconds / 20)
         running.store(true, ordering: .relaxed)

@@ -94,7 +94,17 @@ public final class ForwarderCounters: @unchecked Sendable {
 
     private let registry = Mutex(Registry())
 
-    public init() {
+    /// Added to by more than one forwarding thread (atomic adds), or by one
+    /// (plain stores of the sum: cheaper, and still read safely).
+    let shared: Bool
+
+    @inline(__always)
+    private func bump(_ p: UnsafeMutablePointer<UInt64>, _ v: UInt64) {
+        if shared { CMirrorSys_add_shared_u64(p, v) } else { CMirrorSys_add_relaxed_u64(p, v) }
+    }
+
+    public init(shared: Bool = false) {
+        self.shared = shared
         sentPackets = .allocate(capacity: Self.maxPairs + 1)
         sentPackets.initialize(repeating: 0, count: Self.maxPairs + 1)
         sentBytes = .allocate(capacity: Self.maxPairs + 1)
@@ -157,49 +167,49 @@ public final class ForwarderCounters: @unchecked Sendable {
     /// A mirrored packet went (at least one copy).
     @inline(__always)
     func addSentPacket(pair: Int) {
-        CMirrorSys_add_relaxed_u64(sentPackets + pair, 1)
+        bump(sentPackets + pair, 1)
     }
 
     /// One copy went to one endpoint.
     @inline(__always)
     func addSentBytes(pair: Int, endpoint: Int, bytes: Int) {
-        CMirrorSys_add_relaxed_u64(sentBytes + pair, UInt64(bytes))
-        CMirrorSys_add_relaxed_u64(endpointCounts + 3 * endpoint, 1)
-        CMirrorSys_add_relaxed_u64(endpointCounts + 3 * endpoint + 1, UInt64(bytes))
+        bump(sentBytes + pair, UInt64(bytes))
+        bump(endpointCounts + 3 * endpoint, 1)
+        bump(endpointCounts + 3 * endpoint + 1, UInt64(bytes))
     }
 
     @inline(__always)
     func addEndpointError(endpoint: Int) {
-        CMirrorSys_add_relaxed_u64(endpointCounts + 3 * endpoint + 2, 1)
+        bump(endpointCounts + 3 * endpoint + 2, 1)
     }
 
     @inline(__always)
     func addDrop(session: Int, _ reason: UserDropReason) {
-        CMirrorSys_add_relaxed_u64(drops + session * UserDropReason.allCases.count + reason.rawValue, 1)
+        bump(drops + session * UserDropReason.allCases.count + reason.rawValue, 1)
     }
 
     @inline(__always)
     func addDrops(session: Int, _ reason: UserDropReason, _ n: Int) {
-        CMirrorSys_add_relaxed_u64(drops + session * UserDropReason.allCases.count + reason.rawValue, UInt64(n))
+        bump(drops + session * UserDropReason.allCases.count + reason.rawValue, UInt64(n))
     }
 
     @inline(__always)
     func addTruncation(session: Int, _ reason: UserTruncation) {
-        CMirrorSys_add_relaxed_u64(truncations + session * UserTruncation.allCases.count + reason.rawValue, 1)
+        bump(truncations + session * UserTruncation.allCases.count + reason.rawValue, 1)
     }
 
     @inline(__always)
-    func addBatch() { CMirrorSys_add_relaxed_u64(batches, 1) }
+    func addBatch() { bump(batches, 1) }
 
     @inline(__always)
     func addBackpressureWait(nanoseconds: UInt64) {
-        CMirrorSys_add_relaxed_u64(backpressureWaits, 1)
-        CMirrorSys_add_relaxed_u64(backpressureNanoseconds, nanoseconds)
+        bump(backpressureWaits, 1)
+        bump(backpressureNanoseconds, nanoseconds)
     }
 
     /// A UDP GSO message the kernel refused as such went as single copies.
     @inline(__always)
-    func addGSOFallback() { CMirrorSys_add_relaxed_u64(gsoFallbacks, 1) }
+    func addGSOFallback() { bump(gsoFallbacks, 1) }
 
     // MARK: readers
 

@@ -22,6 +22,9 @@ public enum MetricsServer {
             var body = snapshot?.running == true ? "" : "data plane not running\n"
             if let f = snapshot?.interfaceFailure { body += "failed: \(f)\n" }
             for p in snapshot?.waiting ?? [] { body += "waiting: \(p) matches no interface yet\n" }
+            for (ns, why) in (snapshot?.namespaceFailures ?? [:]).sorted(by: { $0.key < $1.key }) {
+                body += "waiting: network namespace \(ns) cannot be entered: \(why)\n"
+            }
             if up { body = "ok\n" + body }
             return Response(
                 status: up ? .ok : .serviceUnavailable,

@@ -226,6 +226,8 @@ struct SourcesEndToEndTests {
             """)
         let agent = try topo.startAgent(["--config", path, "--metrics-address", "127.0.0.1:\(port)"])
         #expect(agent.waitForStderr(timeout: 10) { $0.contains("waiting for an interface to match interface=\(late)/eth*") }, "\(agent.stderr)")
+        let health = try HTTP.get(lab: lab, ns: topo.mon, port: port, path: "/healthz")
+        #expect(health.status == 200 && health.body.contains("waiting: network namespace \(late) cannot be entered"), "\(health.body)")
         #expect(Self.count(agent.stderr, "attached", "\(pod)/eth0") == 1 && Self.count(agent.stderr, "attached", "\(procPath)/eth0") == 1
                 && Self.count(agent.stderr, "attached", "hx") == 1, "\(agent.stderr)")
 
@@ -262,6 +264,8 @@ struct SourcesEndToEndTests {
         try wire.settle()
         var m = try MetricsEndToEndTests.scrape(topo)
         #expect(Set(m.all("traffic_mirror_hook_info").compactMap { $0.0["interface"] }) == ["\(pod)/eth0", "hx", "\(procPath)/eth0", "\(late)/eth0"])
+        let healthy = try HTTP.get(lab: lab, ns: topo.mon, port: port, path: "/healthz")
+        #expect(healthy.status == 200 && !healthy.body.contains("waiting"), "\(healthy.body)")
         for (interface, direction, n) in [("\(pod)/eth0", "egress", 50.0), ("hx", "ingress", 30), ("\(procPath)/eth0", "egress", 40), ("\(late)/eth0", "egress", 20)] {
             #expect((m.value("traffic_mirror_source_selected_packets_total", ["interface": interface, "direction": direction]) ?? 0) >= n, "\(interface)")
         }

@@ -539,6 +539,9 @@ public final class Agent: @unchecked Sendable {
         public var interfaceEvents: [InterfaceEvent: Int]
         /// Why the last change of interfaces failed, if it did.
         public var interfaceFailure: String?
+        /// Namespaces that sources name but that cannot be entered, and why
+        /// (their sources wait).
+        public var namespaceFailures: [String: String]
         /// The data plane runs: a plan is in force and the thread drains.
         public var running: Bool
     }
@@ -576,6 +579,7 @@ public final class Agent: @unchecked Sendable {
                 patternMatches: s.patternMatches,
                 interfaceEvents: Dictionary(uniqueKeysWithValues: InterfaceEvent.allCases.map { ($0, s.events[$0] ?? 0) }),
                 interfaceFailure: s.interfaceFailure,
+                namespaceFailures: s.namespaceFailures,
                 running: !s.stopped && s.applied != nil && forwarding.isRunning)
         }
     }

@@ -17,13 +17,9 @@ struct CheckCommand: ParsableCommand {
         let loaded = try loadConfig(path: config).config
         print("\(config): valid\n")
         print(PlanDescription.render(loaded))
-        var links = [String]()
-        var unreachable = [String: String]()
-        for ns in Set(loaded.interfacePatterns.map(NetworkNamespace.init(source:))).union([.own]) {
-            do { links += try ns.links().keys } catch { unreachable[ns.description] = error.message }
-        }
+        let (links, unreachable) = loaded.links()
         print("interfaces now:")
-        for (pattern, names) in loaded.matches(in: links).sorted(by: { $0.key < $1.key }) {
+        for (pattern, names) in loaded.matches(in: links.keys).sorted(by: { $0.key < $1.key }) {
             var line = "  \(pattern): " + (names.isEmpty ? "matches nothing yet (run waits and attaches when one appears)" : names.joined(separator: ", "))
             if let why = unreachable[NetworkNamespace(source: pattern).description] { line += "; \(why)" }
             print(line)

@@ -270,7 +270,14 @@ struct AgentService: Service {
         func reloadOffPool(_ text: String?) async {
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 reloads.async {
-                    if text == nil || text != lastRead.text { reload(agent, text: text) }
+                    if let text {
+                        if text != lastRead.text {
+                            logger.info("the config file changed")
+                            reload(agent, text: text)
+                        }
+                    } else {
+                        reload(agent)
+                    }
                     done.resume()
                 }
             }
@@ -283,7 +290,6 @@ struct AgentService: Service {
             }
             group.addTask {
                 for await text in changes.cancelOnGracefulShutdown() {
-                    logger.info("the config file changed")
                     await reloadOffPool(text)
                 }
             }

@@ -230,16 +230,8 @@ public final class Agent: @unchecked Sendable {
     /// watched from now on. A namespace that cannot be entered has none:
     /// its sources wait, and the monitor tries it again.
     private func links(for source: MirrorConfig) -> [String: Link] {
-        let namespaces = Set(source.interfacePatterns.map(NetworkNamespace.init(source:))).union([.own])
-        linkMonitor.withLock { $0?.watch(namespaces) }
-        var out = [String: Link](), failures = [String: String]()
-        for ns in namespaces.sorted(by: { ($0.name ?? "") < ($1.name ?? "") }) {
-            do {
-                out.merge(try ns.links()) { a, _ in a }
-            } catch {
-                failures[ns.description] = error.message
-            }
-        }
+        linkMonitor.withLock { $0?.watch(source.namespaces) }
+        let (out, failures) = source.links()
         let changed = state.withLock { s in
             defer { s.namespaceFailures = failures }
             return s.namespaceFailures != failures

@@ -98,6 +98,27 @@ public struct NetworkNamespace: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+extension MirrorConfig {
+    /// The namespaces the sessions name, the agent's own among them.
+    public var namespaces: Set<NetworkNamespace> {
+        Set(interfacePatterns.map(NetworkNamespace.init(source:))).union([.own])
+    }
+
+    /// The links of every namespace the sessions name, by source name, and
+    /// why each namespace that cannot be entered could not be.
+    public func links() -> (links: [String: Link], unreachable: [String: String]) {
+        var links = [String: Link](), unreachable = [String: String]()
+        for ns in namespaces.sorted(by: { ($0.name ?? "") < ($1.name ?? "") }) {
+            do {
+                links.merge(try ns.links()) { a, _ in a }
+            } catch {
+                unreachable[ns.description] = error.message
+            }
+        }
+        return (links, unreachable)
+    }
+}
+
 /// One interface as the kernel knows it: its namespace and index there.
 public struct Link: Sendable, Hashable {
     public var namespace: NetworkNamespace

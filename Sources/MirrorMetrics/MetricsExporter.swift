@@ -224,9 +224,9 @@ public final class MetricsExporter: Sendable {
         for (name, target) in s.sessionTargets.sorted(by: { $0.key < $1.key }) {
             info("traffic_mirror_session_info", "A session in force and its target.", [("session", name), ("target", target)])
         }
-        counter("traffic_mirror_config_applies_total", "Configurations put in force (at start and on SIGHUP), and attempts that failed.",
+        counter("traffic_mirror_config_applies_total", "Configurations put in force (at start, on SIGHUP and when the config file changes), and attempts that failed.",
                 [("result", "success")], UInt64(s.configsApplied))
-        counter("traffic_mirror_config_applies_total", "Configurations put in force (at start and on SIGHUP), and attempts that failed.",
+        counter("traffic_mirror_config_applies_total", "Configurations put in force (at start, on SIGHUP and when the config file changes), and attempts that failed.",
                 [("result", "failure")], UInt64(s.configsFailed))
         gauge("traffic_mirror_config_last_success_timestamp_seconds", "When a configuration was last put in force.", [],
               Double(s.lastAppliedNanoseconds) / 1e9)

@@ -360,7 +360,10 @@ struct HostSafetyEndToEndTests {
                                              "--target", "198.18.1.2", "--metrics-address", "127.0.0.1:\(MetricsEndToEndTests.port)"])
         #expect(agent.waitForStderr(timeout: 60) { $0.contains("mirroring") }, "\(agent.stderr)")
         let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
-        // One flow, back to back: runs of its copies go as GSO messages.
+        // One flow, back to back: runs of its copies go as GSO messages. The
+        // source's neighbour resolved first (datagrams sent while ARP runs
+        // may be dropped before any hook).
+        try lab.exec(topo.src, ["ping", "-c", "1", "198.18.0.2"])
         let total = 3000
         try lab.exec(topo.src, ["python3", "-c", """
             import socket

@@ -276,6 +276,9 @@ struct MirrorEndToEndTests {
         } ?? []
         #expect(Set(threads.filter { $0.hasPrefix("tm-forward") }) == Set((0..<cpus).map { "tm-forward-\($0)" }), "\(threads)")
 
+        // The source's neighbour resolved first: datagrams sent while ARP
+        // runs may be dropped before the wire, where no hook sees them.
+        try lab.exec(topo.src, ["ping", "-c", "1", "198.18.0.2"])
         // One sender per CPU: a veth's receive side runs on the sending CPU,
         // so each CPU's hook (and ring, and thread) takes one flow.
         let per = 30000

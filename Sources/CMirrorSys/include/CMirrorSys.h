@@ -62,8 +62,8 @@ int CMirrorSys_link_events_drain(int fd);
  * /run/netns or /proc/PID/ns/net). */
 int CMirrorSys_setns_net(int fd);
 int CMirrorSys_open_readonly(const char *path);
-/* The cookie of the calling thread's network namespace (SO_NETNS_COOKIE,
- * what bpf_get_netns_cookie returns for its devices). */
+/* The cookie of the calling thread's network namespace (SO_NETNS_COOKIE):
+ * the net_cookie the hooks read from the devices of that namespace. */
 int CMirrorSys_netns_cookie(uint64_t *cookie);
 /* The inode number of the file at `path` (stat(2)). */
 int CMirrorSys_file_inode(const char *path, uint64_t *inode);

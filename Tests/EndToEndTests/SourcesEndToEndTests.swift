@@ -106,6 +106,9 @@ struct SourcesEndToEndTests {
         try lab.exec(topo.mon, ["ip", "link", "set", "px0", "name", "pd0"])
         try lab.exec(topo.mon, ["ip", "link", "set", "pd0", "up"])
         #expect(agent.waitForStderr(timeout: 5) { Self.count($0, "attached", "pd0") == rounds + 1 }, "renamed into the pattern")
+        // The link back up (carrier) before the datagrams: a veth drops
+        // what it is given while its peer is down, before any hook.
+        try lab.exec(topo.src, ["ping", "-c", "1", "-w", "5", "198.18.5.1"])
         try send(7780, 20)
         try lab.exec(topo.mon, ["ip", "link", "set", "pd0", "netns", topo.tgt])
         #expect(agent.waitForStderr(timeout: 5) { Self.count($0, "detached", "pd0") == rounds + 1 }, "moved away")

@@ -13,8 +13,8 @@ struct TargetsEndToEndTests {
         let p = ParsedPacket(frame: f)
         guard p.isIP, p.proto == 17, p.hasPorts else { return nil }
         let payload = Array(f[(p.l4Offset + 8)...])
-        guard let d = payload.withUnsafeBytes({ TunnelHeader.decode($0) }) else { return nil }
-        return (d.vni, d.encapsulation, p.sourcePort, Array(payload[d.headerLength...]))
+        guard let d = payload.withUnsafeBytes({ DecodedTunnel.udp($0) }) else { return nil }
+        return (d.id, d.encapsulation, p.sourcePort, Array(payload[d.headerLength...]))
     }
 
     static func send(_ lab: Lab, _ socket: RawSocket, _ frames: [[UInt8]]) throws {

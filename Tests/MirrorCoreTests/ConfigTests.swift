@@ -74,7 +74,15 @@ struct ConfigTests {
         ("packet_length", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, packet_length: 10}", "sessions[0].packet_length: 10 is out of range 14...65535"),
         ("bad direction", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, direction: up}", "sessions[0].direction: \"up\" is not one of ingress, egress, both"),
         ("bad address", "targets:\n  ids: {address: 'not an address'}", "targets.ids.address: \"not an address\" is not an IPv4 address, IPv6 address or host name"),
-        ("bad encapsulation", "targets:\n  ids: {address: 198.18.2.2, encapsulation: gre}", "targets.ids.encapsulation: \"gre\" is not one of vxlan, geneve"),
+        ("bad encapsulation", "targets:\n  ids: {address: 198.18.2.2, encapsulation: gre}", "targets.ids.encapsulation: \"gre\" is not one of vxlan, geneve, erspan2, erspan3"),
+        ("erspan port", "targets:\n  ids: {address: 198.18.2.2, encapsulation: erspan2, port: 4789}", "targets.ids.port: erspan2 runs over GRE (IP protocol 47), which has no port; remove port"),
+        ("erspan endpoint port", "targets:\n  ids: {endpoints: ['198.18.2.2:9'], encapsulation: erspan3}", "targets.ids.endpoints: 198.18.2.2:9: erspan3 runs over GRE, which has no port"),
+        ("hardware_id range", "targets:\n  ids: {address: 198.18.2.2, encapsulation: erspan3, hardware_id: 64}", "targets.ids.hardware_id: 64 is out of range 0...63"),
+        ("hardware_id not erspan3", "targets:\n  ids: {address: 198.18.2.2, encapsulation: erspan2, hardware_id: 1}", "targets.ids.hardware_id: only ERSPAN Type III carries a hardware ID"),
+        ("origin not geneve", "targets:\n  ids: {address: 198.18.2.2, geneve_origin: true}", "targets.ids.geneve_origin: the origin option is a GENEVE option"),
+        ("origin not boolean", "targets:\n  ids: {address: 198.18.2.2, encapsulation: geneve, geneve_origin: maybe}", "targets.ids.geneve_origin: expected true or false, got \"maybe\""),
+        ("host_id without origin", "targets:\n  ids: {address: 198.18.2.2, encapsulation: geneve, host_id: 7}", "targets.ids.host_id: host_id is carried by the GENEVE origin option"),
+        ("erspan session id on vxlan", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, erspan_session_id: 3}", "sessions[0].erspan_session_id: target ids is vxlan, not ERSPAN"),
         ("wrong shape", "sessions: {name: a}", "sessions: expected a list of sessions"),
         ("address and endpoints", "targets:\n  ids: {address: 198.18.2.2, endpoints: [198.18.2.3]}", "targets.ids.endpoints: give either address (one endpoint) or endpoints (a group), not both"),
         ("address with port", "targets:\n  ids: {address: '198.18.2.2:4789'}", "targets.ids.address: \"198.18.2.2:4789\": an address takes no port; set port: instead"),
@@ -104,6 +112,26 @@ struct ConfigTests {
             #expect(p.contains { $0.contains(c.message) }, "\(c.name): expected \"\(c.message)\" in \(p)")
         }
         #expect(problems([Self.targets, Self.filters, Self.sessions].joined(separator: "\n")).isEmpty)
+    }
+
+    @Test("ERSPAN session IDs: 0...1023, defaulting to the VNI, which must then fit")
+    func erspanSessionIDs() throws {
+        let target = "targets:\n  ids: {address: 198.18.2.2, encapsulation: erspan3}\n"
+        #expect(problems(target + "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, erspan_session_id: 1024}\n")
+            .contains { $0.contains("sessions[0].erspan_session_id: 1024 is out of range 0...1023") })
+        #expect(problems(target + "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, vni: 5000}\n")
+            .contains { $0.contains("sessions[0].erspan_session_id: required: target ids is erspan3, whose session ID (0...1023) defaults to the VNI, and vni 5000 is larger; set erspan_session_id") })
+        let c = try ConfigLoader.load(yaml: target + """
+        sessions:
+          - {name: a, interfaces: [e], target: ids, number: 1, vni: 5000, erspan_session_id: 9}
+          - {name: b, interfaces: [e], target: ids, number: 2, vni: 700}
+        """)
+        #expect(c.sessions.map(\.effectiveERSPANSessionID) == [9, 700])
+        #expect(MirrorPlan(compiling: c).sessions.map(\.erspanSessionID) == [9, 700])
+        let g = try ConfigLoader.load(yaml: "targets:\n  g: {address: 198.18.2.2, encapsulation: geneve, geneve_origin: true}\n"
+                                      + "sessions:\n  - {name: a, interfaces: [e], target: g, number: 1}\n")
+        #expect(g.targets[0].tunnel(hostName: "node-1") == Tunnel(.geneve, origin: .init(hostID: Tunnel.GeneveOrigin.hostID(hostName: "node-1"))))
+        #expect(Tunnel.GeneveOrigin.hostID(hostName: "a") == 0xE40C_292C) // FNV-1a 32 of "a"
     }
 
     @Test("every problem is reported at once")

@@ -18,19 +18,153 @@ struct TunnelHeaderTests {
 
     @Test("decode inverts write and rejects what is not ours")
     func decode() {
-        for enc in Encapsulation.allCases {
+        for enc in [Encapsulation.vxlan, .geneve] {
             for vni: UInt32 in [0, 1, 4096, TunnelHeader.maxVNI] {
                 let b = TunnelHeader.bytes(enc, vni: vni)
-                let d = b.withUnsafeBytes { TunnelHeader.decode($0, as: enc) }
-                #expect(d == .init(encapsulation: enc, vni: vni, headerLength: 8))
+                let d = b.withUnsafeBytes { DecodedTunnel.udp($0, as: enc) }
+                #expect(d == .init(encapsulation: enc, id: vni, headerLength: 8))
             }
         }
         let noI: [UInt8] = [0, 0, 0, 0, 0, 0, 1, 0]
-        #expect(noI.withUnsafeBytes { TunnelHeader.decode($0, as: .vxlan) } == nil)
+        #expect(noI.withUnsafeBytes { DecodedTunnel.udp($0, as: .vxlan) } == nil)
         let ipPayload: [UInt8] = [0, 0, 0x08, 0x00, 0, 0, 1, 0]
-        #expect(ipPayload.withUnsafeBytes { TunnelHeader.decode($0, as: .geneve) } == nil)
+        #expect(ipPayload.withUnsafeBytes { DecodedTunnel.udp($0, as: .geneve) } == nil)
         let short: [UInt8] = [0x08, 0, 0]
-        #expect(short.withUnsafeBytes { TunnelHeader.decode($0, as: .vxlan) } == nil)
+        #expect(short.withUnsafeBytes { DecodedTunnel.udp($0, as: .vxlan) } == nil)
+    }
+}
+
+/// Per-packet tunnel headers against bytes from an independent encoder:
+/// scapy 2.6.1 (scapy.contrib.erspan, scapy.contrib.geneve), e.g.
+/// `GRE(seqnum_present=1, proto=0x88be, seqence_number=0x01020304)/
+/// ERSPAN_II(vlan=100, cos=5, en=3, t=1, session_id=341, index=0x12345)`.
+@Suite("Tunnel headers")
+struct TunnelTests {
+    static let seconds: UInt64 = 1_764_806_400
+    static let nanos: UInt64 = 123_456_789
+
+    @Test("ERSPAN Type II: GRE with sequence, VLAN, CoS, En, T, session ID, index")
+    func erspan2() {
+        var f = Tunnel.Fields()
+        f.sequence = 0x0102_0304
+        f.vlan = 100
+        f.cos = 5
+        f.truncated = true
+        f.sessionID = 341
+        f.ifindex = 0x12345
+        let t = Tunnel(.erspan2)
+        #expect(t.headerLength == 16 && t.outerProtocol == .gre && t.perPacket)
+        let b = t.bytes(f)
+        #expect(b == [0x10, 0x00, 0x88, 0xbe, 0x01, 0x02, 0x03, 0x04, 0x10, 0x64, 0xbd, 0x55, 0x00, 0x01, 0x23, 0x45])
+        let d = b.withUnsafeBytes { DecodedTunnel.gre($0) }
+        #expect(d?.encapsulation == .erspan2 && d?.id == 341 && d?.sequence == 0x0102_0304 && d?.truncated == true
+                && d?.ifindex == 0x12345 && d?.headerLength == 16 && d?.timestamp == nil)
+    }
+
+    @Test("ERSPAN Type III: 1588 time in the header and platform 3 subheader, direction, hardware ID")
+    func erspan3() {
+        var f = Tunnel.Fields()
+        f.sequence = 7
+        f.cos = 2
+        f.sessionID = 1023
+        f.timestamp = Self.seconds * 1_000_000_000 + Self.nanos
+        f.egress = true
+        f.ifindex = 4242
+        let t = Tunnel(.erspan3, hardwareID: 0x2A)
+        #expect(t.headerLength == 28)
+        let b = t.bytes(f)
+        // ERSPAN_III(cos=2, session_id=1023, timestamp=123456789, p=1, hw=0x2a, d=1, gra=2, o=1)
+        // /ERSPAN_PlatformSpecific(platf_id=3, info1=4242, info2=1764806400)
+        #expect(b == [0x10, 0x00, 0x22, 0xeb, 0x00, 0x00, 0x00, 0x07, 0x20, 0x00, 0x43, 0xff, 0x07, 0x5b, 0xcd, 0x15,
+                      0x00, 0x00, 0x82, 0xad, 0x0c, 0x00, 0x10, 0x92, 0x69, 0x30, 0xcf, 0x00])
+        let d = b.withUnsafeBytes { DecodedTunnel.gre($0) }
+        #expect(d?.encapsulation == .erspan3 && d?.id == 1023 && d?.sequence == 7 && d?.direction == .egress
+                && d?.ifindex == 4242 && d?.timestamp == f.timestamp && d?.truncated == false && d?.headerLength == 28)
+    }
+
+    @Test("GENEVE origin option: class 0xFFF0 type 1, time, ifindex, host ID, flags")
+    func geneveOrigin() {
+        var f = Tunnel.Fields()
+        f.vni = 0x123456
+        f.timestamp = Self.seconds * 1_000_000_000 + Self.nanos
+        f.ifindex = 4242
+        f.egress = true
+        f.truncated = true
+        let t = Tunnel(.geneve, origin: .init(hostID: 0xDEAD_BEEF))
+        #expect(t.headerLength == 32 && t.outerProtocol == .udp && t.perPacket && !Tunnel(.geneve).perPacket)
+        let b = t.bytes(f)
+        // GENEVE(vni=0x123456, proto=0x6558, options=[GeneveOptions(classid=0xfff0, type=1, length=5,
+        //        data=struct.pack(">QIII", ns, 4242, 0xdeadbeef, 3))])
+        #expect(b == [0x06, 0x00, 0x65, 0x58, 0x12, 0x34, 0x56, 0x00, 0xff, 0xf0, 0x01, 0x05, 0x18, 0x7d, 0xda, 0x12,
+                      0x10, 0xb1, 0xcd, 0x15, 0x00, 0x00, 0x10, 0x92, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x00, 0x00, 0x03])
+        let d = b.withUnsafeBytes { DecodedTunnel.udp($0) }
+        #expect(d?.encapsulation == .geneve && d?.id == 0x123456 && d?.headerLength == 32 && d?.timestamp == f.timestamp
+                && d?.ifindex == 4242 && d?.hostID == 0xDEAD_BEEF && d?.direction == .egress && d?.truncated == true)
+        // The per-packet writer gives the ring's header for the plain kinds.
+        var plain = Tunnel.Fields()
+        plain.vni = 77
+        #expect(Tunnel(.vxlan).bytes(plain) == TunnelHeader.bytes(.vxlan, vni: 77))
+    }
+
+    @Test("GRE outer headers: IP protocol 47, no UDP, lengths and checksum")
+    func greOuter() {
+        let h = OuterHeader(source: [198, 18, 0, 1], destination: [198, 18, 1, 2], destinationPort: 0, tunnel: Tunnel(.erspan3))
+        #expect(h.length == 20 && h.overhead == 48)
+        // IP(src="198.18.0.1", dst="198.18.1.2", proto=47, flags="DF", id=0x1234, ttl=64, len=120)
+        #expect(h.bytes(sourcePort: 0, payloadLength: 100, identification: 0x1234)
+                == [0x45, 0x00, 0x00, 0x78, 0x12, 0x34, 0x40, 0x00, 0x40, 0x2f, 0x9a, 0xfb, 0xc6, 0x12, 0x00, 0x01, 0xc6, 0x12, 0x01, 0x02])
+        let src: [UInt8] = [0xfd] + [UInt8](repeating: 0, count: 14) + [1]
+        let dst: [UInt8] = [0xfd] + [UInt8](repeating: 0, count: 14) + [2]
+        let h6 = OuterHeader(source: src, destination: dst, destinationPort: 0, tunnel: Tunnel(.erspan2))
+        #expect(h6.length == 40 && h6.overhead == 56)
+        // IPv6(src="fd00::1", dst="fd00::2", nh=47, hlim=64, plen=100)
+        #expect(h6.bytes(sourcePort: 0, payloadLength: 100, identification: 0)
+                == [0x60, 0, 0, 0, 0x00, 0x64, 0x2f, 0x40] + src + dst)
+    }
+
+    @Test("decoders reject what is short, of another version or another protocol")
+    func rejects() {
+        var f = Tunnel.Fields()
+        f.timestamp = 1
+        let three = Tunnel(.erspan3).bytes(f)
+        for n in 0..<three.count {
+            #expect(Array(three[0..<n]).withUnsafeBytes { DecodedTunnel.gre($0) } == nil)
+        }
+        var wrongVersion = three
+        wrongVersion[8] = 0x10 // version 1 under protocol 0x22EB
+        #expect(wrongVersion.withUnsafeBytes { DecodedTunnel.gre($0) } == nil)
+        var ipInGRE = three
+        ipInGRE[2] = 0x08; ipInGRE[3] = 0x00
+        #expect(ipInGRE.withUnsafeBytes { DecodedTunnel.gre($0) } == nil)
+        // A GENEVE option that claims more than the header holds is not read.
+        var g = Tunnel(.geneve, origin: .init(hostID: 1)).bytes(f)
+        g[11] = 0x1F
+        let d = g.withUnsafeBytes { DecodedTunnel.udp($0) }
+        #expect(d?.timestamp == nil && d?.headerLength == 32)
+    }
+}
+
+@Suite("pcapng")
+struct PcapngTests {
+    @Test("an enhanced packet block: interface, 64-bit ns time, lengths, padding, epb_flags")
+    func packet() {
+        var out = [UInt8]()
+        let frame: [UInt8] = [1, 2, 3, 4, 5]
+        frame.withUnsafeBytes {
+            PcapngWriter.appendPacket(&out, interface: 2, timestampNanoseconds: 0x0000_0001_0000_0002, frame: $0,
+                                      originalLength: 9, direction: .egress)
+        }
+        let expected: [UInt8] = [
+            6, 0, 0, 0, 52, 0, 0, 0, // type 6, total length 52
+            2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, // interface 2, time high 1, low 2
+            5, 0, 0, 0, 9, 0, 0, 0, // captured 5, original 9
+            1, 2, 3, 4, 5, 0, 0, 0, // data, padded
+            2, 0, 4, 0, 2, 0, 0, 0, // epb_flags: outbound
+            0, 0, 0, 0, // end of options
+            52, 0, 0, 0,
+        ]
+        #expect(out == expected)
+        #expect(PcapngWriter.packetBlockLength(5, direction: true) == 52)
     }
 }
 

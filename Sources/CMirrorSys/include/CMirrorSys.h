@@ -164,6 +164,12 @@ static inline void CMirrorSys_add_shared_u64(uint64_t *p, uint64_t v)
 	__atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 
+/* The old value of a 32-bit counter more than one thread adds to. */
+static inline uint32_t CMirrorSys_fetch_add_shared_u32(uint32_t *p, uint32_t v)
+{
+	return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
 static inline uint32_t CMirrorSys_load_relaxed_u32(const uint32_t *p)
 {
 	return __atomic_load_n(p, __ATOMIC_RELAXED);

@@ -198,6 +198,7 @@ struct Checker {
         guard self.name(name, node, path, what: "target name"),
               let pairs = mapping(node, path, allowed: [
                   "address", "endpoints", "port", "encapsulation", "mtu", "mode", "health_check", "description",
+                  "geneve_origin", "host_id", "hardware_id",
               ], what: "a target")
         else { return nil }
         let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
@@ -233,9 +234,44 @@ struct Checker {
         let mode = choice(d["mode"], "\(path).mode", TargetMode.self, all: TargetMode.allCases) ?? .balance
         let health = healthCheck(d["health_check"], "\(path).health_check")
         _ = scalar(d["description"], "\(path).description")
+        if enc.isERSPAN {
+            if d["port"] != nil {
+                fail("\(path).port", d["port"], "\(enc.rawValue) runs over GRE (IP protocol 47), which has no port; remove port")
+            }
+            if let e = endpoints.first(where: { $0.port != nil }) {
+                fail("\(path).endpoints", d["endpoints"], "\(e): \(enc.rawValue) runs over GRE, which has no port; give the host alone")
+            }
+        }
+        let origin = boolean(d["geneve_origin"], "\(path).geneve_origin")
+        if origin != nil && enc != .geneve {
+            fail("\(path).geneve_origin", d["geneve_origin"], "the origin option is a GENEVE option; set encapsulation: geneve or remove geneve_origin")
+        }
+        let hostID = integer(d["host_id"], "\(path).host_id", 0...Int(UInt32.max))
+        if d["host_id"] != nil && origin != true {
+            fail("\(path).host_id", d["host_id"], "host_id is carried by the GENEVE origin option; set geneve_origin: true or remove host_id")
+        }
+        let hardwareID = integer(d["hardware_id"], "\(path).hardware_id", 0...Int(Tunnel.maxHardwareID))
+        if d["hardware_id"] != nil && enc != .erspan3 {
+            fail("\(path).hardware_id", d["hardware_id"], "only ERSPAN Type III carries a hardware ID; set encapsulation: erspan3 or remove hardware_id")
+        }
         guard problems.count == before else { return nil }
-        return TargetConfig(name: name, endpoints: endpoints, port: port.map(UInt16.init), encapsulation: enc, mtu: mtu,
-                            mode: mode, healthCheck: health ?? .init())
+        var t = TargetConfig(name: name, endpoints: endpoints, port: port.map(UInt16.init), encapsulation: enc, mtu: mtu,
+                             mode: mode, healthCheck: health ?? .init())
+        t.geneveOrigin = origin ?? false
+        t.hostID = hostID.map(UInt32.init)
+        t.hardwareID = UInt8(hardwareID ?? 0)
+        return t
+    }
+
+    mutating func boolean(_ node: Node?, _ path: String) -> Bool? {
+        guard let text = scalar(node, path) else { return nil }
+        switch text {
+        case "true", "True", "TRUE", "yes", "on": return true
+        case "false", "False", "FALSE", "no", "off": return false
+        default:
+            fail(path, node, "expected true or false, got \"\(text)\"")
+            return nil
+        }
     }
 
     mutating func endpoint(_ text: String, _ node: Node?, _ path: String, allowPort: Bool) -> HostPort? {
@@ -455,7 +491,7 @@ struct Checker {
         let path = "sessions[\(i)]"
         guard let pairs = mapping(node, path, allowed: [
             "name", "interfaces", "target", "filter", "number", "vni", "packet_length", "direction", "sample", "rate_limit",
-            "description",
+            "erspan_session_id", "description",
         ], what: "a session") else { return nil }
         let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
         let before = problems.count
@@ -506,11 +542,14 @@ struct Checker {
         let direction = choice(d["direction"], "\(path).direction", DirectionSelection.self, all: DirectionSelection.allCases)
         let sample = integer(d["sample"], "\(path).sample", 1...1_000_000)
         let rate = rateLimit(d["rate_limit"], "\(path).rate_limit")
+        let erspanID = integer(d["erspan_session_id"], "\(path).erspan_session_id", 0...Int(Tunnel.maxSessionID))
         _ = scalar(d["description"], "\(path).description")
         guard problems.count == before, let name, let target, let number else { return nil }
-        return SessionConfig(name: name, interfaces: interfaces, target: target, filter: filter, number: number,
-                             vni: UInt32(vni ?? 1), packetLength: length, direction: direction ?? .both,
-                             sample: sample ?? 1, rateLimit: rate)
+        var s = SessionConfig(name: name, interfaces: interfaces, target: target, filter: filter, number: number,
+                              vni: UInt32(vni ?? 1), packetLength: length, direction: direction ?? .both,
+                              sample: sample ?? 1, rateLimit: rate)
+        s.erspanSessionID = erspanID.map(UInt16.init)
+        return s
     }
 
     /// What only the whole document can tell: names that refer to nothing,
@@ -527,6 +566,19 @@ struct Checker {
         }
         if perInterface.count > PlanLimits.interfaces {
             fail("sessions", sessionsNode, "\(perInterface.count) interfaces; at most \(PlanLimits.interfaces)")
+        }
+        let nodes = sessionsNode.flatMap { n -> [Node]? in if case .sequence(let q) = n { Array(q) } else { nil } } ?? []
+        // Indexes are the document's only when every session loaded.
+        for (i, s) in c.sessions.enumerated() where nodes.count == c.sessions.count {
+            guard let t = c.targets.first(where: { $0.name == s.target }) else { continue }
+            let node = nodes[i]
+            if t.encapsulation.isERSPAN {
+                if s.erspanSessionID == nil && s.vni > UInt32(Tunnel.maxSessionID) {
+                    fail("sessions[\(i)].erspan_session_id", node, "required: target \(t.name) is \(t.encapsulation.rawValue), whose session ID (0...1023) defaults to the VNI, and vni \(s.vni) is larger; set erspan_session_id")
+                }
+            } else if s.erspanSessionID != nil {
+                fail("sessions[\(i)].erspan_session_id", node, "target \(t.name) is \(t.encapsulation.rawValue), not ERSPAN; remove erspan_session_id (the VNI identifies the session)")
+            }
         }
         guard problems.isEmpty else { return }
         if let problem = MirrorPlan(compiling: c).kernelLimitProblem {

@@ -39,6 +39,12 @@ public struct TargetConfig: Equatable, Sendable {
     public var mtu: Int?
     public var mode: TargetMode
     public var healthCheck: HealthCheckConfig
+    /// GENEVE: carry the origin option (`geneve_origin`), with this host
+    /// identifier (`host_id`; nil: from the host name).
+    public var geneveOrigin = false
+    public var hostID: UInt32?
+    /// ERSPAN III: the hardware ID field (`hardware_id`).
+    public var hardwareID: UInt8 = 0
 
     public init(name: String, address: String, port: UInt16? = nil, encapsulation: Encapsulation = .vxlan, mtu: Int? = nil) {
         self.init(name: name, endpoints: [HostPort(host: address, port: nil)], port: port, encapsulation: encapsulation, mtu: mtu)
@@ -55,7 +61,16 @@ public struct TargetConfig: Equatable, Sendable {
         self.healthCheck = healthCheck
     }
 
-    public var effectivePort: UInt16 { port ?? encapsulation.defaultPort }
+    /// The endpoints' default port; 0 for GRE (ERSPAN), which has none.
+    public var effectivePort: UInt16 { port ?? encapsulation.defaultPort ?? 0 }
+
+    /// The encapsulation with its per-target settings; `hostName` gives
+    /// the origin option's default host identifier.
+    public func tunnel(hostName: String) -> Tunnel {
+        Tunnel(encapsulation,
+               origin: geneveOrigin ? Tunnel.GeneveOrigin(hostID: hostID ?? Tunnel.GeneveOrigin.hostID(hostName: hostName)) : nil,
+               hardwareID: hardwareID)
+    }
 
     /// The first endpoint's host (a plain target's address).
     public var address: String { endpoints.first?.host ?? "" }
@@ -234,6 +249,11 @@ public struct SessionConfig: Equatable, Sendable {
     /// Mirror 1 of every N selected packets (1: all).
     public var sample: Int
     public var rateLimit: RateLimit?
+    /// The ERSPAN session ID (`erspan_session_id`), 0...1023; nil: the VNI.
+    public var erspanSessionID: UInt16?
+
+    /// The session ID its ERSPAN copies carry.
+    public var effectiveERSPANSessionID: UInt16 { erspanSessionID ?? UInt16(truncatingIfNeeded: vni & 0x3FF) }
 
     public init(name: String, interfaces: [String], target: String, filter: String?, number: Int,
                 vni: UInt32, packetLength: Int? = nil, direction: DirectionSelection = .both,

@@ -15,6 +15,8 @@ public struct MirrorPlan: Sendable {
         /// Index into `targets`.
         public var target: Int
         public var vni: UInt32
+        /// The session ID of ERSPAN copies.
+        public var erspanSessionID: UInt16
         public var packetLength: Int?
         public var direction: DirectionSelection
         public var filter: String?
@@ -133,7 +135,7 @@ extension MirrorPlan {
         sessions = ordered.map { s in
             Session(name: s.name, number: s.number,
                     target: config.targets.firstIndex { $0.name == s.target } ?? 0,
-                    vni: s.vni, packetLength: s.packetLength, direction: s.direction, filter: s.filter)
+                    vni: s.vni, erspanSessionID: s.effectiveERSPANSessionID, packetLength: s.packetLength, direction: s.direction, filter: s.filter)
         }
         var interfaceOrder = [String]()
         for s in config.sessions {

@@ -7,8 +7,11 @@ public enum PlanDescription {
         let filters = Dictionary(config.filters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         var out = ["targets:"]
         for t in config.targets {
-            let endpoints = t.endpoints.map { HostPort(host: $0.host, port: $0.port ?? t.effectivePort).description }
-            var line = "  \(t.name): \(endpoints.joined(separator: ", ")) \(t.encapsulation.rawValue), mtu \(t.mtu.map(String.init) ?? "of the route")"
+            let endpoints = t.endpoints.map { HostPort(host: $0.host, port: t.encapsulation.isERSPAN ? nil : $0.port ?? t.effectivePort).description }
+            var line = "  \(t.name): \(endpoints.joined(separator: ", ")) \(t.encapsulation.rawValue)"
+            if t.geneveOrigin { line += " with the origin option (host id \(t.hostID.map(String.init) ?? "from the host name"))" }
+            if t.encapsulation == .erspan3 { line += " hardware id \(t.hardwareID)" }
+            line += ", mtu \(t.mtu.map(String.init) ?? "of the route")"
             if t.endpoints.count > 1 {
                 let h = t.healthCheck
                 line += "; \(t.mode == .balance ? "each flow to one endpoint" : "every copy to every endpoint")"
@@ -28,7 +31,8 @@ public enum PlanDescription {
             for index in profile.sessions {
                 let s = plan.sessions[index]
                 let t = plan.targets[s.target]
-                var line = "  session \(s.number) \(s.name) -> \(t.name), \(t.encapsulation.rawValue) vni \(s.vni)"
+                var line = "  session \(s.number) \(s.name) -> \(t.name), \(t.encapsulation.rawValue) "
+                    + (t.encapsulation.isERSPAN ? "session id \(s.erspanSessionID)" : "vni \(s.vni)")
                 if let l = s.packetLength { line += ", first \(l) bytes" }
                 if let c = config.sessions.first(where: { $0.name == s.name }) {
                     if c.sample > 1 { line += ", 1 in \(c.sample)" }

@@ -38,6 +38,89 @@ public struct PcapWriter {
     }
 }
 
+/// Writes pcapng (draft-ietf-opsawg-pcapng), little-endian: a section
+/// header, an interface description per capture interface (Ethernet,
+/// nanosecond timestamps, a name and a description) and enhanced packet
+/// blocks with the direction in `epb_flags`.
+public enum PcapngWriter {
+    public static let sectionHeaderType: UInt32 = 0x0A0D_0D0A
+    public static let interfaceDescriptionType: UInt32 = 1
+    public static let enhancedPacketType: UInt32 = 6
+    public static let byteOrderMagic: UInt32 = 0x1A2B_3C4D
+
+    /// The section header block, with the writing application named.
+    public static func appendSectionHeader(_ out: inout [UInt8], application: String) {
+        block(&out, sectionHeaderType) { b in
+            PcapWriter.append32(&b, byteOrderMagic)
+            PcapWriter.append16(&b, 1); PcapWriter.append16(&b, 0) // version 1.0
+            PcapWriter.append32(&b, 0xFFFF_FFFF); PcapWriter.append32(&b, 0xFFFF_FFFF) // section length unknown
+            option(&b, 4, Array(application.utf8)) // shb_userappl
+            PcapWriter.append32(&b, 0) // opt_endofopt
+        }
+    }
+
+    /// One interface description block: Ethernet, if_tsresol 9 (ns).
+    public static func appendInterface(_ out: inout [UInt8], name: String, description: String, snapLength: UInt32 = 0) {
+        block(&out, interfaceDescriptionType) { b in
+            PcapWriter.append16(&b, UInt16(PcapWriter.linkTypeEthernet)); PcapWriter.append16(&b, 0)
+            PcapWriter.append32(&b, snapLength)
+            option(&b, 2, Array(name.utf8)) // if_name
+            option(&b, 3, Array(description.utf8)) // if_description
+            option(&b, 9, [9]) // if_tsresol: 10^-9
+            PcapWriter.append32(&b, 0)
+        }
+    }
+
+    /// One enhanced packet block; `direction` sets epb_flags bits 0-1
+    /// (01 inbound for ingress, 10 outbound for egress).
+    public static func appendPacket(
+        _ out: inout [UInt8], interface: UInt32, timestampNanoseconds: UInt64, frame: UnsafeRawBufferPointer,
+        originalLength: Int, direction: Direction?
+    ) {
+        block(&out, enhancedPacketType) { b in
+            PcapWriter.append32(&b, interface)
+            PcapWriter.append32(&b, UInt32(truncatingIfNeeded: timestampNanoseconds >> 32))
+            PcapWriter.append32(&b, UInt32(truncatingIfNeeded: timestampNanoseconds))
+            PcapWriter.append32(&b, UInt32(frame.count))
+            PcapWriter.append32(&b, UInt32(originalLength))
+            b.append(contentsOf: frame)
+            pad(&b)
+            if let direction {
+                PcapWriter.append16(&b, 2); PcapWriter.append16(&b, 4) // epb_flags
+                PcapWriter.append32(&b, direction == .ingress ? 1 : 2)
+                PcapWriter.append32(&b, 0)
+            }
+        }
+    }
+
+    /// Bytes `appendPacket` writes for a frame of `length` bytes.
+    public static func packetBlockLength(_ length: Int, direction: Bool) -> Int {
+        12 + 20 + (length + 3) & ~3 + (direction ? 12 : 0)
+    }
+
+    /// Type, total length, body, total length again.
+    static func block(_ out: inout [UInt8], _ type: UInt32, body: (inout [UInt8]) -> Void) {
+        let start = out.count
+        PcapWriter.append32(&out, type)
+        PcapWriter.append32(&out, 0)
+        body(&out)
+        let total = UInt32(out.count - start + 4)
+        PcapWriter.append32(&out, total)
+        for i in 0..<4 { out[start + 4 + i] = UInt8((total >> (8 * UInt32(i))) & 0xFF) }
+    }
+
+    static func option(_ b: inout [UInt8], _ code: UInt16, _ value: [UInt8]) {
+        PcapWriter.append16(&b, code)
+        PcapWriter.append16(&b, UInt16(value.count))
+        b.append(contentsOf: value)
+        pad(&b)
+    }
+
+    static func pad(_ b: inout [UInt8]) {
+        while b.count % 4 != 0 { b.append(0) }
+    }
+}
+
 /// Reads a pcap file (either byte order, micro- or nanosecond stamps).
 public struct PcapReader {
     public struct Frame: Equatable, Sendable {

@@ -337,7 +337,7 @@ public final class Agent: @unchecked Sendable {
                 sampleEvery: UInt32(c?.sample ?? 1),
                 rate: c?.rateLimit?.perSecond ?? 0, burst: c?.rateLimit?.burst ?? 0,
                 rateBits: c?.rateLimit?.unit == .bits,
-                tunnelHeader: TunnelHeader.bytes(t.encapsulation, vni: session.vni)))
+                tunnelHeader: t.tunnel.ringHeader(vni: session.vni)))
         }
 
         let previous = s.applied
@@ -376,6 +376,7 @@ public final class Agent: @unchecked Sendable {
             ForwardingTable(targets: targets, sessionNames: plan.sessions.map(\.name),
                             sessionTargets: plan.sessions.map(\.target), packetLengths: plan.sessions.map(\.packetLength),
                             sampleEvery: kernelSessions.map { Int($0.sampleEvery) },
+                            tunnelIDs: plan.sessions.map { ($0.vni, $0.erspanSessionID) },
                             counters: forwarding.counters, health: health.flags, healthSlots: healthSlots,
                             paths: paths, pathSlots: pathSlots),
             bank: bank)

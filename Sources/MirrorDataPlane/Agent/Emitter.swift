@@ -46,12 +46,33 @@ final class Emitter {
     }
 
     /// One mirrored packet (record, or segment of one): sent when any of its
-    /// copies went.
+    /// copies went. Carries what per-packet tunnel headers need.
     struct Group {
         var pair: Int32
         var slot: Int32
         var sent: Bool
         var failure: UserDropReason
+        var origin: Origin
+        var vni: UInt32
+        var erspanSessionID: UInt16
+        /// The session's first GRE sequence slot in the table, or -1, and
+        /// its target's first endpoint.
+        var sequences: Int32
+        var firstEndpoint: Int32
+    }
+
+    /// Where and when the hook saw a packet, for per-packet tunnel headers.
+    struct Origin {
+        /// Nanoseconds since the epoch.
+        var timestamp: UInt64
+        var ifindex: UInt32
+        var egress: Bool
+        var truncated: Bool
+        /// The frame's VLAN ID, or -1 when untagged.
+        var vlan: Int32
+        var cos: UInt8
+
+        static let none = Origin(timestamp: 0, ifindex: 0, egress: false, truncated: false, vlan: -1, cos: 0)
     }
 
     /// Copies in one flush, and the scratch each packet may use.
@@ -63,6 +84,8 @@ final class Emitter {
     /// The kernel's limit of segments in one UDP GSO message.
     static let maxSegments = 64
     static let maxGSOBytes = 64_000
+    /// iovecs of a single copy: outer header, tunnel header, three pieces.
+    static let iovPerSingle = 5
     /// Interfaces toward targets that the agent keeps a packet socket on.
     static let maxPacketSockets = 32
 
@@ -78,6 +101,9 @@ final class Emitter {
     private let pieces: UnsafeMutablePointer<iovec>
     let scratch: UnsafeMutableRawPointer
     private let outer: UnsafeMutableRawPointer
+    /// Per-copy tunnel headers (GENEVE with options, ERSPAN), one slot of
+    /// Tunnel.maxHeaderLength per descriptor.
+    private let tunnels: UnsafeMutableRawPointer
     private let groups: UnsafeMutablePointer<Group>
     private let runs: UnsafeMutablePointer<Run>
     /// Open runs by (endpoint, flow hash): a small open-addressing table whose
@@ -143,6 +169,7 @@ final class Emitter {
         pieces = .allocate(capacity: capacity * 3)
         scratch = .allocate(byteCount: capacity * Self.scratchPerPacket, alignment: 16)
         outer = .allocate(byteCount: capacity * Self.outerSlot, alignment: 16)
+        tunnels = .allocate(byteCount: capacity * Tunnel.maxHeaderLength, alignment: 16)
         groups = .allocate(capacity: capacity)
         runs = .allocate(capacity: capacity)
         tableSize = capacity * 2
@@ -150,7 +177,7 @@ final class Emitter {
         runIndex = .allocate(capacity: tableSize)
         runGeneration = .allocate(capacity: tableSize)
         runGeneration.initialize(repeating: 0, count: tableSize)
-        msgIov = .allocate(capacity: capacity * 4)
+        msgIov = .allocate(capacity: capacity * Self.iovPerSingle)
         msgs4 = .allocate(capacity: capacity)
         msgs6 = .allocate(capacity: capacity)
         msgs4.initialize(repeating: CMirrorSys_mmsghdr(), count: capacity)
@@ -163,7 +190,9 @@ final class Emitter {
         frameFirst = .allocate(capacity: capacity)
         frameCount = .allocate(capacity: capacity)
         vnet = .allocate(capacity: capacity)
-        frameIov = .allocate(capacity: capacity * 5)
+        // Per frame: virtio-net and outer headers; per copy: its tunnel
+        // header and up to three pieces.
+        frameIov = .allocate(capacity: capacity * 6)
         sending = .allocate(capacity: capacity)
         sending.initialize(repeating: CMirrorSys_mmsghdr(), count: capacity)
         sendingFrame = .allocate(capacity: capacity)
@@ -176,7 +205,7 @@ final class Emitter {
             own.forget(packetSockets[i].fd)
             _ = CMirrorSys_close(packetSockets[i].fd)
         }
-        descriptors.deallocate(); pieces.deallocate(); scratch.deallocate(); outer.deallocate()
+        descriptors.deallocate(); pieces.deallocate(); scratch.deallocate(); outer.deallocate(); tunnels.deallocate()
         groups.deallocate(); runs.deallocate(); runKeys.deallocate(); runIndex.deallocate(); runGeneration.deallocate()
         msgIov.deallocate(); msgs4.deallocate(); msgs6.deallocate(); meta4.deallocate(); meta6.deallocate()
         frames.deallocate(); frameSocket.deallocate(); frameFirst.deallocate(); frameCount.deallocate(); vnet.deallocate()
@@ -203,11 +232,24 @@ final class Emitter {
     }
 
     /// Adds the packet begun last: one group, and a copy for each of
-    /// `endpoints[0..<copies]`.
+    /// `endpoints[0..<copies]`. `length` counts the ring's tunnel header,
+    /// which the pieces start with; a target whose copies get headers of
+    /// their own (`Tunnel.perPacket`) skips it.
     @inline(__always)
     func addPacket(_ s: ForwardingTable.SessionInfo, endpoints: UnsafePointer<Int32>, copies: Int, pieces n: Int,
-                   length: Int, hash: UInt32) {
-        groups[packets] = Group(pair: s.pair, slot: s.slot, sent: false, failure: .sendFailed)
+                   length: Int, hash: UInt32, origin: Origin) {
+        guard let table else { return }
+        let target = table.targetInfo[Int(s.target)]
+        var length = length
+        if target.tunnel.perPacket {
+            let first = pieces + piecesUsed
+            first.pointee.iov_base = first.pointee.iov_base.map { $0 + TunnelHeader.length }
+            first.pointee.iov_len -= TunnelHeader.length
+            length += target.tunnel.headerLength - TunnelHeader.length
+        }
+        groups[packets] = Group(pair: s.pair, slot: s.slot, sent: false, failure: .sendFailed, origin: origin,
+                                vni: s.vni, erspanSessionID: s.erspanSessionID, sequences: s.sequences,
+                                firstEndpoint: target.first)
         let port = FlowHash.sourcePort(for: hash)
         for c in 0..<copies {
             descriptors[descriptorCount] = Descriptor(
@@ -217,6 +259,32 @@ final class Emitter {
         }
         piecesUsed += n
         packets += 1
+    }
+
+    /// Writes copy `d`'s own tunnel header and returns it as an iovec;
+    /// a zero-length one for tunnels whose header is in the ring.
+    @inline(__always)
+    private func tunnelHeader(_ table: ForwardingTable, _ d: Int, _ ep: ForwardingTable.EndpointInfo) -> iovec {
+        let tunnel = ep.tunnel
+        let h = tunnels + d * Tunnel.maxHeaderLength
+        guard tunnel.perPacket else { return iovec(iov_base: h, iov_len: 0) }
+        let desc = descriptors[d]
+        let g = groups[Int(desc.group)]
+        var f = Tunnel.Fields()
+        f.vni = g.vni
+        f.sessionID = g.erspanSessionID
+        if g.sequences >= 0 {
+            let slot = table.sequenceSlots[Int(g.sequences) + Int(desc.endpoint - g.firstEndpoint)]
+            f.sequence = counters.nextSequence(Int(slot))
+        }
+        f.timestamp = g.origin.timestamp
+        f.ifindex = g.origin.ifindex
+        f.egress = g.origin.egress
+        f.truncated = g.origin.truncated
+        f.vlan = g.origin.vlan >= 0 ? UInt16(g.origin.vlan) : nil
+        f.cos = g.origin.cos
+        tunnel.write(f, to: h)
+        return iovec(iov_base: h, iov_len: tunnel.headerLength)
     }
 
     // MARK: sending
@@ -304,9 +372,11 @@ final class Emitter {
         if (ep.ipv6 ? n6 : n4) == capacity { sendSingles(table) }
         let h = outer + d * Self.outerSlot
         h.copyMemory(from: table.templates + e * 64, byteCount: ep.constants.length)
+        let tunnel = tunnelHeader(table, d, ep)
         var sum: UInt64 = 0
-        if ep.ipv6 {
+        if ep.ipv6 && ep.constants.udp {
             var c = InternetChecksum()
+            c.add(UnsafeRawBufferPointer(start: tunnel.iov_base, count: tunnel.iov_len))
             for p in 0..<Int(desc.pieces) {
                 let piece = pieces[Int(desc.piecesStart) + p]
                 c.add(UnsafeRawBufferPointer(start: piece.iov_base, count: piece.iov_len))
@@ -316,14 +386,15 @@ final class Emitter {
         identification &+= 1
         OuterHeader.finish(h, ep.constants, sourcePort: desc.port, payloadLength: Int(desc.length),
                            identification: identification, payloadSum: sum)
-        let v = msgIov + d * 4
+        let v = msgIov + d * Self.iovPerSingle
         v[0] = iovec(iov_base: h, iov_len: ep.constants.length)
-        for p in 0..<Int(desc.pieces) { v[1 + p] = pieces[Int(desc.piecesStart) + p] }
+        v[1] = tunnel
+        for p in 0..<Int(desc.pieces) { v[2 + p] = pieces[Int(desc.piecesStart) + p] }
         var hdr = msghdr()
         hdr.msg_name = UnsafeMutableRawPointer(table.addresses + e)
         hdr.msg_namelen = ep.addressLength
         hdr.msg_iov = v
-        hdr.msg_iovlen = Int(desc.pieces) + 1
+        hdr.msg_iovlen = Int(desc.pieces) + 2
         if ep.ipv6 {
             msgs6[n6] = CMirrorSys_mmsghdr(msg_hdr: hdr, msg_len: 0)
             meta6[n6] = Int32(d)
@@ -377,7 +448,8 @@ final class Emitter {
     /// GSO message for a run of two or more (unless GSO is off), else one
     /// frame per copy.
     private func addFrames(_ table: ForwardingTable, _ run: Run, socket: Int, path: LinkPaths.Path) {
-        if run.count >= 2 && settings.gso {
+        // GRE has no GSO a packet socket can ask for: ERSPAN goes copy by copy.
+        if run.count >= 2 && settings.gso && table.endpointInfo[Int(descriptors[Int(run.first)].endpoint)].constants.udp {
             addFrame(table, first: Int(run.first), count: Int(run.count), segment: Int(run.length), bytes: Int(run.bytes),
                      socket: socket, path: path)
             return
@@ -409,7 +481,7 @@ final class Emitter {
         ip.copyMemory(from: table.templates + e * 64, byteCount: ep.constants.length)
         identification &+= 1
         var v = CMirrorSys_vnet_hdr()
-        if count >= 2 || ep.ipv6 {
+        if ep.constants.udp && (count >= 2 || ep.ipv6) {
             // The kernel finishes the UDP checksum of every datagram (GSO
             // needs one; IPv6 always has one).
             OuterHeader.finish(ip, ep.constants, sourcePort: desc.port, payloadLength: bytes, identification: identification,
@@ -435,6 +507,11 @@ final class Emitter {
         var d = first
         for _ in 0..<count {
             let dd = descriptors[d]
+            let tunnel = tunnelHeader(table, d, ep)
+            if tunnel.iov_len > 0 {
+                iov[n] = tunnel
+                n += 1
+            }
             for p in 0..<Int(dd.pieces) {
                 iov[n] = pieces[Int(dd.piecesStart) + p]
                 n += 1

@@ -23,16 +23,23 @@ public final class ForwardingTable: @unchecked Sendable {
         /// 1-in-N sampling: of a GSO record's segments, every N-th from its
         /// sampleFirst is kept (1: all).
         var sampleEvery: Int32
+        var vni: UInt32
+        var erspanSessionID: UInt16
+        /// Where the session's GRE sequence slots start in `sequenceSlots`
+        /// (one per endpoint of its target, in order), or -1.
+        var sequences: Int32
     }
 
     struct TargetInfo {
         var replicate: Bool
         var first: Int32
         var count: Int32
+        var tunnel: Tunnel
     }
 
     struct EndpointInfo {
         var constants: OuterHeader.Constants
+        var tunnel: Tunnel
         var addressLength: socklen_t
         var ipv6: Bool
         /// Slot in the health flags, or -1: never probed, always up.
@@ -49,6 +56,8 @@ public final class ForwardingTable: @unchecked Sendable {
     public let sessionNames: [String]
     let sessionCount: Int
     let sessions: UnsafeMutablePointer<SessionInfo>
+    /// Slots in ForwarderCounters' GRE sequence numbers.
+    let sequenceSlots: UnsafeMutablePointer<Int32>
     let targetInfo: UnsafeMutablePointer<TargetInfo>
     let endpointInfo: UnsafeMutablePointer<EndpointInfo>
     let templates: UnsafeMutableRawPointer
@@ -62,28 +71,41 @@ public final class ForwardingTable: @unchecked Sendable {
     let paths: UnsafeMutablePointer<UInt64>
 
     /// `sessionTargets[i]` is the index in `targets` of session i,
-    /// `packetLengths[i]` its packet_length; `healthSlots` gives each
-    /// probed endpoint's slot by key.
+    /// `packetLengths[i]` its packet_length, `tunnelIDs[i]` its VNI and
+    /// ERSPAN session ID; `healthSlots` gives each probed endpoint's slot
+    /// by key.
     init(targets: [ResolvedTarget], sessionNames: [String], sessionTargets: [Int], packetLengths: [Int?],
-         sampleEvery: [Int], counters: ForwarderCounters, health: UnsafeMutablePointer<UInt32>, healthSlots: [String: Int],
-         paths: LinkPaths, pathSlots: [String: Int]) {
+         sampleEvery: [Int], tunnelIDs: [(vni: UInt32, erspan: UInt16)], counters: ForwarderCounters,
+         health: UnsafeMutablePointer<UInt32>, healthSlots: [String: Int], paths: LinkPaths, pathSlots: [String: Int]) {
         self.targets = targets
         self.sessionNames = sessionNames
         self.health = health
         self.paths = paths.slots
         sessionCount = sessionNames.count
         sessions = .allocate(capacity: max(1, sessionCount))
+        var slots = [Int32]()
         for i in 0..<sessionCount {
             let t = sessionTargets[i]
             let pair = counters.pairSlot(session: sessionNames[i], target: targets[t].name)
             let slot = counters.sessionSlot(sessionNames[i])
             let mtuLimit = targets[t].innerLimit
             let length = packetLengths[i] ?? Int(Int32.max)
+            // GRE sequence numbers count per (session, endpoint) and survive reloads.
+            var sequences: Int32 = -1
+            if targets[t].encapsulation.isERSPAN {
+                sequences = Int32(slots.count)
+                for ep in targets[t].endpoints {
+                    slots.append(Int32(counters.sequenceSlot(session: sessionNames[i], target: targets[t].name, endpoint: ep.key)))
+                }
+            }
             (sessions + i).initialize(to: SessionInfo(
                 target: Int32(t), pair: Int32(pair), slot: Int32(slot),
                 limit: Int32(min(length, mtuLimit, Int(Int32.max))), limitIsLength: length <= mtuLimit,
-                sampleEvery: Int32(max(1, sampleEvery[i]))))
+                sampleEvery: Int32(max(1, sampleEvery[i])), vni: tunnelIDs[i].vni, erspanSessionID: tunnelIDs[i].erspan,
+                sequences: sequences))
         }
+        sequenceSlots = .allocate(capacity: max(1, slots.count))
+        sequenceSlots.initialize(from: slots, count: slots.count)
         let endpointCount = targets.reduce(0) { $0 + $1.endpoints.count }
         targetInfo = .allocate(capacity: max(1, targets.count))
         endpointInfo = .allocate(capacity: max(1, endpointCount))
@@ -92,7 +114,8 @@ public final class ForwardingTable: @unchecked Sendable {
         udpAddresses = .allocate(capacity: max(1, endpointCount))
         var e = 0
         for (i, t) in targets.enumerated() {
-            (targetInfo + i).initialize(to: TargetInfo(replicate: t.mode == .replicate, first: Int32(e), count: Int32(t.endpoints.count)))
+            (targetInfo + i).initialize(to: TargetInfo(replicate: t.mode == .replicate, first: Int32(e), count: Int32(t.endpoints.count),
+                                                       tunnel: t.tunnel))
             for ep in t.endpoints {
                 // Port 0: the UDP header is ours; an IPv6 raw socket takes
                 // sin6_port as a protocol number and refuses anything > 255.
@@ -103,7 +126,7 @@ public final class ForwardingTable: @unchecked Sendable {
                 (udpAddresses + e).initialize(to: storage)
                 let counter = counters.endpointSlot(target: t.name, endpoint: ep.key)
                 (endpointInfo + e).initialize(to: EndpointInfo(
-                    constants: ep.header.constants, addressLength: len, ipv6: !ep.address.isIPv4,
+                    constants: ep.header.constants, tunnel: t.tunnel, addressLength: len, ipv6: !ep.address.isIPv4,
                     health: t.probed ? Int32(healthSlots[ep.key] ?? -1) : -1,
                     seed: Rendezvous.seed(ep.key), counter: Int32(counter), path: Int32(pathSlots[ep.key] ?? -1)))
                 ep.header.writeTemplate(to: templates + e * 64)
@@ -114,6 +137,7 @@ public final class ForwardingTable: @unchecked Sendable {
 
     deinit {
         sessions.deallocate()
+        sequenceSlots.deallocate()
         targetInfo.deallocate()
         endpointInfo.deallocate()
         templates.deallocate()
@@ -190,6 +214,8 @@ public final class Forwarder: @unchecked Sendable {
     /// Endpoints chosen for the packet being built (indexes in the table).
     private let chosen: UnsafeMutablePointer<Int32>
     private var lastErrorLog: UInt64 = 0
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, taken once per batch.
+    private var clockOffset: UInt64 = 0
 
     /// Opens the raw sockets the copies leave by: IPPROTO_RAW takes whole IP
     /// packets, so each copy gets its own UDP source port (SPEC §4.3) from
@@ -324,6 +350,9 @@ public final class Forwarder: @unchecked Sendable {
         let count = batch.count
         // The tables change only between batches (applyMailbox).
         let bank0 = table0, bank1 = table1
+        // Record times are CLOCK_MONOTONIC (bpf_ktime_get_ns); headers
+        // that carry them want the epoch.
+        clockOffset = CMirrorSys_realtime_ns() &- CMirrorSys_monotonic_ns()
         for i in 0..<count {
             let r = batch[i]
             guard let table = r.bank == 0 ? bank0 : bank1, r.session < table.sessionCount else {
@@ -339,6 +368,28 @@ public final class Forwarder: @unchecked Sendable {
         }
         emitter.flush()
         counters.addBatch()
+    }
+
+    /// What per-packet tunnel headers say about record `r` (nothing for
+    /// tunnels whose header is the ring's).
+    @inline(__always)
+    private func origin(_ r: RecordView, _ table: ForwardingTable, _ s: ForwardingTable.SessionInfo,
+                        truncated: Bool) -> Emitter.Origin {
+        guard table.targetInfo[Int(s.target)].tunnel.perPacket else { return .none }
+        let frame = r.frame
+        var vlan: Int32 = -1
+        var cos: UInt8 = 0
+        if frame.count >= 18, frame[12] == 0x81 && frame[13] == 0x00 || frame[12] == 0x88 && frame[13] == 0xA8 {
+            let tci = UInt16(frame[14]) << 8 | UInt16(frame[15])
+            vlan = Int32(tci & 0xFFF)
+            cos = UInt8(tci >> 13)
+        } else if r.l3Offset + 2 <= frame.count {
+            // IP precedence: the top 3 bits of the TOS or traffic class.
+            let b0 = frame[r.l3Offset], b1 = frame[r.l3Offset + 1]
+            if b0 >> 4 == 4 { cos = b1 >> 5 } else if b0 >> 4 == 6 { cos = (b0 & 0x0F) >> 1 }
+        }
+        return Emitter.Origin(timestamp: r.timestampNanoseconds &+ clockOffset, ifindex: r.ifindex,
+                              egress: r.direction == .egress, truncated: truncated, vlan: vlan, cos: cos)
     }
 
     /// The endpoints of session `s`'s target that get this packet, into
@@ -402,7 +453,8 @@ public final class Forwarder: @unchecked Sendable {
         } else {
             v[0] = iovec(iov_base: base, iov_len: payload.count)
         }
-        emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: pieces, length: payload.count, hash: r.flowHash)
+        emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: pieces, length: payload.count, hash: r.flowHash,
+                          origin: origin(r, table, s, truncated: r.capturedLength < r.originalLength))
     }
 
     /// A GSO super-packet becomes the segments the wire carries: rewritten
@@ -455,14 +507,16 @@ public final class Forwarder: @unchecked Sendable {
                 payloadBytes = max(0, Int(s.limit) - headerBytes)
                 headerBytes = min(headerBytes, Int(s.limit))
             }
-            if headerBytes + payloadBytes < seg.headerLength + chunk.count {
+            let cut = headerBytes + payloadBytes < seg.headerLength + chunk.count
+            if cut {
                 counters.addTruncation(session: Int(s.slot), s.limitIsLength ? .packetLength : .mtu)
             }
             v[0] = iovec(iov_base: tunnel, iov_len: TunnelHeader.length)
             v[1] = iovec(iov_base: headers, iov_len: headerBytes)
             v[2] = iovec(iov_base: frameBase + start, iov_len: payloadBytes)
             emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: 3,
-                              length: TunnelHeader.length + headerBytes + payloadBytes, hash: r.flowHash)
+                              length: TunnelHeader.length + headerBytes + payloadBytes, hash: r.flowHash,
+                              origin: origin(r, table, s, truncated: cut))
         }
         if sentSegments < kept { counters.addDrops(session: Int(s.slot), .gsoUnsegmented, kept - sentSegments) }
     }
@@ -481,7 +535,8 @@ public final class Forwarder: @unchecked Sendable {
             counters.addTruncation(session: Int(s.slot), s.limitIsLength ? .packetLength : .mtu)
         }
         v[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: r.payload.baseAddress!), iov_len: length)
-        emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: 1, length: length, hash: r.flowHash)
+        emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: 1, length: length, hash: r.flowHash,
+                          origin: origin(r, table, s, truncated: true))
     }
 
     /// Send errors are logged at most once a second, with their count.

@@ -70,11 +70,21 @@ public final class ForwarderCounters: @unchecked Sendable {
     /// Nanoseconds spent in those waits.
     let backpressureNanoseconds: UnsafeMutablePointer<UInt64>
     let gsoFallbacks: UnsafeMutablePointer<UInt64>
+    /// The next GRE sequence number per (session, target endpoint); one
+    /// more slot, past the named ones, for what does not fit.
+    let sequences: UnsafeMutablePointer<UInt32>
+    public static let maxSequences = 4096
 
     private struct Registry {
         var pairs: [Pair: Int] = [:]
         var sessions: [String: Int] = [:]
         var endpoints: [Endpoint: Int] = [:]
+        var sequences: [SequenceKey: Int] = [:]
+    }
+
+    struct SequenceKey: Hashable {
+        var session: String
+        var endpoint: Endpoint
     }
 
     public struct Endpoint: Hashable, Sendable {
@@ -125,6 +135,8 @@ public final class ForwarderCounters: @unchecked Sendable {
         backpressureNanoseconds.initialize(to: 0)
         gsoFallbacks = .allocate(capacity: 1)
         gsoFallbacks.initialize(to: 0)
+        sequences = .allocate(capacity: Self.maxSequences + 1)
+        sequences.initialize(repeating: 0, count: Self.maxSequences + 1)
     }
 
     deinit {
@@ -137,6 +149,7 @@ public final class ForwarderCounters: @unchecked Sendable {
         backpressureWaits.deallocate()
         backpressureNanoseconds.deallocate()
         gsoFallbacks.deallocate()
+        sequences.deallocate()
     }
 
     /// The slot of a (session, target) pair, created on first use; the
@@ -147,6 +160,14 @@ public final class ForwarderCounters: @unchecked Sendable {
 
     public func endpointSlot(target: String, endpoint: String) -> Int {
         registry.withLock { Self.slot(Endpoint(target: target, endpoint: endpoint), in: &$0.endpoints, max: Self.maxEndpoints) }
+    }
+
+    /// The GRE sequence slot of a session toward one endpoint of its target.
+    public func sequenceSlot(session: String, target: String, endpoint: String) -> Int {
+        registry.withLock {
+            Self.slot(SequenceKey(session: session, endpoint: Endpoint(target: target, endpoint: endpoint)), in: &$0.sequences,
+                      max: Self.maxSequences)
+        }
     }
 
     public func sessionSlot(_ name: String) -> Int {
@@ -205,6 +226,16 @@ public final class ForwarderCounters: @unchecked Sendable {
     func addBackpressureWait(nanoseconds: UInt64) {
         bump(backpressureWaits, 1)
         bump(backpressureNanoseconds, nanoseconds)
+    }
+
+    /// The next GRE sequence number of `slot`: unique across forwarding
+    /// threads (an atomic add when there are several).
+    @inline(__always)
+    func nextSequence(_ slot: Int) -> UInt32 {
+        if shared { return CMirrorSys_fetch_add_shared_u32(sequences + slot, 1) }
+        let v = sequences[slot]
+        sequences[slot] = v &+ 1
+        return v
     }
 
     /// A UDP GSO message the kernel refused as such went as single copies.

@@ -6,75 +6,122 @@ import Glibc
 #endif
 
 /// The built-in target of `traffic-mirror receive`: listens for VXLAN and
-/// GENEVE datagrams, takes the inner frames out and writes them as pcap,
-/// so a user can see end to end what arrives (`--write - | tcpdump -r -`).
+/// GENEVE (UDP) and ERSPAN Type II and III (GRE, on a raw socket), takes
+/// the inner frames out and writes them as pcap or pcapng, so a user can see
+/// end to end what arrives (`--write - | tcpdump -r -`).
+///
+/// It accepts datagrams from anyone who can reach its sockets: every
+/// datagram is bounded (one 64 KiB buffer each, a fixed batch) and parsed
+/// with its length checked at every field; what does not parse is counted
+/// as malformed.
 public final class Receiver {
     public struct Options: Sendable {
+        /// UDP addresses (VXLAN, GENEVE).
         public var listen: [HostPort]
-        /// Keep only frames of this VNI.
+        /// Addresses to take GRE (ERSPAN) on, with a raw socket each.
+        public var listenGRE: [String]
+        /// Keep only VXLAN/GENEVE frames of this VNI, ERSPAN frames of this session ID.
         public var vni: UInt32?
+        public var erspanSessionID: UInt32?
         /// Stop after this many frames.
         public var count: Int?
+        public var format: String
+        public var rotateSeconds: Int
+        public var rotateBytes: Int
+        public var keep: Int
 
-        public init(listen: [HostPort], vni: UInt32?, count: Int?) {
+        public init(listen: [HostPort], listenGRE: [String] = [], vni: UInt32? = nil, erspanSessionID: UInt32? = nil,
+                    count: Int?, format: String = "pcap", rotateSeconds: Int = 0, rotateBytes: Int = 0, keep: Int = 0) {
             self.listen = listen
+            self.listenGRE = listenGRE
             self.vni = vni
+            self.erspanSessionID = erspanSessionID
             self.count = count
+            self.format = format
+            self.rotateSeconds = rotateSeconds
+            self.rotateBytes = rotateBytes
+            self.keep = keep
         }
     }
 
     public struct Stats: Sendable {
         public var datagrams = 0
         public var frames = 0
-        public var otherVNI = 0
-        /// Neither VXLAN nor GENEVE, or too short for a frame.
+        public var otherID = 0
+        /// No encapsulation we know, or too short for a frame.
         public var malformed = 0
+        /// Frames written to each file, in order (the last is the open one).
+        public var framesPerFile = [Int]()
+        public var files = [String]()
     }
 
     static let batch = 64
     static let bufferSize = 65536
+    static let IPPROTO_GRE_VALUE: Int32 = 47
+
+    struct Socket {
+        var fd: Int32
+        var gre: Bool
+        var ipv4: Bool
+    }
 
     let options: Options
-    let sockets: [Int32]
-    let output: Int32
+    let sockets: [Socket]
+    let files: CaptureFiles
     public private(set) var stats = Stats()
     /// The reader of the output went away (EPIPE): nothing more can be written.
-    public private(set) var readerGone = false
+    public var readerGone: Bool { files.readerGone }
 
-    /// Binds every listen address; `output` is the fd the pcap goes to.
-    public init(options: Options, output: Int32) throws(OperationalError) {
+    /// Binds every listen address and opens the first output file (`-`:
+    /// standard output).
+    public init(options: Options, write: String) throws(OperationalError) {
         self.options = options
-        self.output = output
-        var fds = [Int32]()
+        var fds = [Socket]()
+        func fail(_ message: String) -> OperationalError {
+            fds.forEach { _ = CMirrorSys_close($0.fd) }
+            return OperationalError(message)
+        }
+        var binds: [(what: String, address: IPAddress, port: UInt16, gre: Bool)] = []
         for l in options.listen {
-            guard let address = IPAddress(l.host) else {
-                fds.forEach { _ = CMirrorSys_close($0) }
-                throw OperationalError("--listen: \(l.host) must be an IP address (0.0.0.0 or :: for all)")
+            guard let address = IPAddress(l.host) else { throw fail("--listen: \(l.host) must be an IP address (0.0.0.0 or :: for all)") }
+            binds.append(("--listen \(HostPort(host: l.host, port: l.port ?? 4789))", address, l.port ?? 4789, false))
+        }
+        for g in options.listenGRE {
+            guard let address = IPAddress(g) else { throw fail("--listen-gre: \(g) must be an IP address (0.0.0.0 or :: for all)") }
+            binds.append(("--listen-gre \(g)", address, 0, true))
+        }
+        for b in binds {
+            let fd = b.gre ? CMirrorSys_socket(b.address.isIPv4 ? AF_INET : AF_INET6, Int32(SOCK_RAW.rawValue), Self.IPPROTO_GRE_VALUE)
+                           : CMirrorSys_socket(b.address.isIPv4 ? AF_INET : AF_INET6, Int32(SOCK_DGRAM.rawValue), 0)
+            guard fd >= 0 else {
+                throw fail("\(b.what): \(SystemError("socket", code: fd))\(b.gre && fd == -EPERM ? "; a raw socket needs CAP_NET_RAW (run as root)" : "")")
             }
-            let port = l.port ?? Encapsulation.vxlan.defaultPort
-            let fd = CMirrorSys_socket(address.isIPv4 ? AF_INET : AF_INET6, Int32(SOCK_DGRAM.rawValue), 0)
-            guard fd >= 0 else { throw OperationalError("--listen \(l): \(SystemError("socket", code: fd))") }
             _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_REUSEADDR, 1)
             if CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20) != 0 {
                 _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, SO_RCVBUF, 32 << 20)
             }
             _ = CMirrorSys_setsockopt_int(fd, SOL_SOCKET, Self.SO_TIMESTAMPNS_VALUE, 1)
-            if !address.isIPv4 { _ = CMirrorSys_setsockopt_int(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
+            if !b.address.isIPv4 && !b.gre { _ = CMirrorSys_setsockopt_int(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
             var storage = sockaddr_storage()
-            let len = TargetResolver.fill(&storage, address, port: port)
+            let len = TargetResolver.fill(&storage, b.address, port: b.port)
             let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { CMirrorSys_bind(fd, $0, len) } }
             guard rc == 0 else {
                 _ = CMirrorSys_close(fd)
-                fds.forEach { _ = CMirrorSys_close($0) }
-                throw OperationalError("--listen \(HostPort(host: l.host, port: port)): \(SystemError("bind", code: rc))\(rc == -EADDRINUSE ? "; another program listens there (a vxlan device on this port?)" : "")")
+                throw fail("\(b.what): \(SystemError("bind", code: rc))\(rc == -EADDRINUSE ? "; another program listens there (a vxlan device on this port?)" : "")")
             }
-            fds.append(fd)
+            fds.append(Socket(fd: fd, gre: b.gre, ipv4: b.address.isIPv4))
         }
         sockets = fds
+        do {
+            files = try CaptureFiles(pattern: write, format: CaptureFiles.Format(rawValue: options.format) ?? .pcap,
+                                     rotation: .init(seconds: options.rotateSeconds, bytes: options.rotateBytes, keep: options.keep))
+        } catch {
+            throw fail(error.message)
+        }
     }
 
     deinit {
-        sockets.forEach { _ = CMirrorSys_close($0) }
+        sockets.forEach { _ = CMirrorSys_close($0.fd) }
     }
 
     static let SO_TIMESTAMPNS_VALUE: Int32 = 35
@@ -83,8 +130,6 @@ public final class Receiver {
     /// (CMirrorSys_trap_stop_signals) arrives, or the reader of the output
     /// goes away (`readerGone`). Throws when writing fails otherwise.
     public func run() throws(OperationalError) {
-        var out = PcapWriter.fileHeader()
-        try flush(&out)
         let buffers = UnsafeMutableRawPointer.allocate(byteCount: Self.batch * Self.bufferSize, alignment: 16)
         let controls = UnsafeMutableRawPointer.allocate(byteCount: Self.batch * 64, alignment: 16)
         let iovs = UnsafeMutablePointer<iovec>.allocate(capacity: Self.batch)
@@ -92,12 +137,16 @@ public final class Receiver {
         let names = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: Self.batch)
         defer {
             buffers.deallocate(); controls.deallocate(); iovs.deallocate(); msgs.deallocate(); names.deallocate()
+            stats.framesPerFile = files.framesPerFile
+            stats.files = files.paths
         }
-        var pfds = sockets.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        var pfds = sockets.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
         while CMirrorSys_stop_requested() == 0 && !readerGone {
             if let c = options.count, stats.frames >= c { break }
-            guard poll(&pfds, nfds_t(pfds.count), 100) > 0 else { continue }
-            for p in pfds where p.revents & Int16(POLLIN) != 0 && !readerGone {
+            // Rotation by time happens at the next frame; a quiet minute
+            // still gets its file written out.
+            guard poll(&pfds, nfds_t(pfds.count), 100) > 0 else { try files.flush(); continue }
+            for (k, p) in pfds.enumerated() where p.revents & Int16(POLLIN) != 0 && !readerGone {
                 for i in 0..<Self.batch {
                     iovs[i] = iovec(iov_base: buffers + i * Self.bufferSize, iov_len: Self.bufferSize)
                     var h = msghdr()
@@ -113,28 +162,45 @@ public final class Receiver {
                 guard n > 0 else { continue }
                 for i in 0..<Int(n) {
                     stats.datagrams += 1
+                    // A datagram longer than the buffer is cut: not a frame to trust.
+                    if Int32(msgs[i].msg_hdr.msg_flags) & Int32(MSG_TRUNC) != 0 {
+                        stats.malformed += 1
+                        continue
+                    }
                     let payload = UnsafeRawBufferPointer(start: buffers + i * Self.bufferSize, count: Int(msgs[i].msg_len))
-                    handle(payload, timestamp: Self.timestamp(msgs[i].msg_hdr), into: &out)
+                    try handle(payload, socket: sockets[k], sender: TargetResolver.address(of: names[i]).description,
+                               arrival: Self.timestamp(msgs[i].msg_hdr))
                     if let c = options.count, stats.frames >= c { break }
                 }
-                try flush(&out)
+                try files.flush()
             }
         }
-        try flush(&out)
+        try files.flush()
     }
 
-    private func handle(_ payload: UnsafeRawBufferPointer, timestamp: UInt64, into out: inout [UInt8]) {
-        guard let d = TunnelHeader.decode(payload), payload.count - d.headerLength >= 14 else {
+    private func handle(_ datagram: UnsafeRawBufferPointer, socket: Socket, sender: String, arrival: UInt64) throws(OperationalError) {
+        var payload = datagram
+        if socket.gre && socket.ipv4 {
+            // An IPv4 raw socket hands over the IP header too.
+            guard payload.count >= 20, payload[0] >> 4 == 4, Int(payload[0] & 0xF) * 4 >= 20,
+                  Int(payload[0] & 0xF) * 4 <= payload.count else {
+                stats.malformed += 1
+                return
+            }
+            payload = UnsafeRawBufferPointer(rebasing: payload[(Int(payload[0] & 0xF) * 4)...])
+        }
+        guard let d = socket.gre ? DecodedTunnel.gre(payload) : DecodedTunnel.udp(payload),
+              payload.count - d.headerLength >= 14 else {
             stats.malformed += 1
             return
         }
-        if let v = options.vni, d.vni != v {
-            stats.otherVNI += 1
+        if let v = d.encapsulation.isERSPAN ? options.erspanSessionID : options.vni, d.id != v {
+            stats.otherID += 1
             return
         }
         let frame = UnsafeRawBufferPointer(rebasing: payload[d.headerLength...])
-        PcapWriter.appendRecordHeader(&out, timestampNanoseconds: timestamp, capturedLength: frame.count, originalLength: frame.count)
-        out.append(contentsOf: frame)
+        try files.append(frame: frame, timestamp: d.timestamp ?? arrival, direction: d.direction,
+                         interface: .init(sender: sender, ifindex: d.ifindex))
         stats.frames += 1
     }
 
@@ -154,16 +220,5 @@ public final class Receiver {
             c = UnsafeMutableRawPointer(cm).advanced(by: step).assumingMemoryBound(to: cmsghdr.self)
         }
         return CMirrorSys_realtime_ns()
-    }
-
-    private func flush(_ out: inout [UInt8]) throws(OperationalError) {
-        guard !out.isEmpty else { return }
-        let rc = out.withUnsafeBytes { CMirrorSys_write_all(output, $0.baseAddress, $0.count) }
-        out.removeAll(keepingCapacity: true)
-        if rc == -EPIPE {
-            readerGone = true
-            return
-        }
-        guard rc == 0 else { throw OperationalError("writing the pcap: \(SystemError("write", code: rc))") }
     }
 }

@@ -20,13 +20,14 @@ public struct ResolvedEndpoint: Sendable {
     /// Frame bytes that fit the MTU after encapsulation.
     public var innerLimit: Int { header.innerLimit(mtu: mtu) }
 
-    public var endpointDescription: String { HostPort(host: address.description, port: port).description }
+    public var endpointDescription: String { HostPort(host: address.description, port: port == 0 ? nil : port).description }
 }
 
 /// A target with its endpoints resolved.
 public struct ResolvedTarget: Sendable {
     public var name: String
-    public var encapsulation: Encapsulation
+    public var tunnel: Tunnel
+    public var encapsulation: Encapsulation { tunnel.encapsulation }
     public var mode: TargetMode
     public var healthCheck: HealthCheckConfig
     public var endpoints: [ResolvedEndpoint]
@@ -50,9 +51,16 @@ public enum TargetResolver {
         for e in t.endpoints {
             endpoints.append(try resolve(e, of: t, mark: mark))
         }
-        return ResolvedTarget(name: t.name, encapsulation: t.encapsulation, mode: t.mode, healthCheck: t.healthCheck,
+        return ResolvedTarget(name: t.name, tunnel: t.tunnel(hostName: hostName), mode: t.mode, healthCheck: t.healthCheck,
                               endpoints: endpoints)
     }
+
+    /// This host's name, for the GENEVE origin option's default host ID.
+    static let hostName: String = {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "" }
+        return String(cString: buffer)
+    }()
 
     static func resolve(_ e: HostPort, of t: TargetConfig, mark: UInt32) throws(OperationalError) -> ResolvedEndpoint {
         let port = e.port ?? t.effectivePort
@@ -69,7 +77,8 @@ public enum TargetResolver {
             }
             address = Self.address(of: storage)
         }
-        length = fill(&storage, address, port: port)
+        // GRE has no port; the route probe's UDP socket needs one.
+        length = fill(&storage, address, port: port == 0 ? 9 : port)
 
         let v4 = address.isIPv4
         let fd = CMirrorSys_socket(v4 ? AF_INET : AF_INET6, Int32(SOCK_DGRAM.rawValue), 0)
@@ -95,11 +104,12 @@ public enum TargetResolver {
                      : CMirrorSys_getsockopt_int(fd, IPPROTO_IPV6_VALUE, IPV6_MTU_VALUE, &routeMTU)
         if mrc != 0 || routeMTU <= 0 { routeMTU = 1500 }
         let mtu = t.mtu ?? Int(routeMTU)
-        let header = OuterHeader(source: source.bytes, destination: address.bytes, destinationPort: port)
+        let header = OuterHeader(source: source.bytes, destination: address.bytes, destinationPort: port,
+                                 tunnel: t.tunnel(hostName: hostName))
         guard header.innerLimit(mtu: mtu) >= 14 else {
             throw OperationalError("\(what): mtu \(mtu) leaves no room for a frame after \(header.overhead) bytes of encapsulation")
         }
-        return ResolvedEndpoint(key: HostPort(host: e.host, port: port).description, address: address, port: port,
+        return ResolvedEndpoint(key: HostPort(host: e.host, port: port == 0 ? nil : port).description, address: address, port: port,
                                 source: source, mtu: mtu, header: header)
     }
 

@@ -560,6 +560,161 @@ static __always_inline int tm_own(const struct tm_src *src, const int xdp,
 	return 0;
 }
 
+/* Whether bounded session `s` may select a packet of `segs` wire packets
+ * and `bytes` frame bytes now: inside its window, and within its limits
+ * across all CPUs. A packet that does not fit a limit is not selected and
+ * ends the session (later ones are refused at once), so the session selects
+ * exactly max_packets packets of one segment each. Not inlined: the hooks'
+ * stack has no room for it. */
+static __noinline int tm_session_open(const struct tm_session *s, __u32 segs, __u32 bytes)
+{
+	struct tm_session_usage *u;
+	__u64 now = bpf_ktime_get_ns(), old;
+	__u32 slot = s->usage_slot;
+
+	if (now < s->start_ns || now >= s->stop_ns)
+		return 0;
+	if (!s->max_packets && !s->max_bytes)
+		return 1;
+	u = bpf_map_lookup_elem(&tm_session_usage, &slot);
+	if (!u)
+		return 1;
+	if (u->ended)
+		return 0;
+	if (s->max_packets) {
+		old = __sync_fetch_and_add(&u->packets, segs);
+		if (old + segs > s->max_packets) {
+			__sync_fetch_and_add(&u->packets, -(__s64)segs);
+			__sync_fetch_and_or(&u->ended, TM_END_MAX_PACKETS);
+			return 0;
+		}
+	}
+	if (s->max_bytes) {
+		old = __sync_fetch_and_add(&u->bytes, bytes);
+		if (old + bytes > s->max_bytes) {
+			__sync_fetch_and_add(&u->bytes, -(__s64)bytes);
+			if (s->max_packets)
+				__sync_fetch_and_add(&u->packets, -(__s64)segs);
+			__sync_fetch_and_or(&u->ended, TM_END_MAX_BYTES);
+			return 0;
+		}
+	}
+	return 1;
+}
+
+/* The end of the headers of the layer a session slices after, plus its
+ * bytes; the fixed fallback for a frame without that layer. */
+static __always_inline __u32 tm_layer_limit(const struct tm_src *src, const int xdp,
+					    const struct tm_pkt *p, const struct tm_session *s,
+					    __u32 shift)
+{
+	__u32 end;
+
+	if (!(p->flags & TM_PKT_IP) || !p->l4_off)
+		return s->length_limit;
+	if (s->slice_after == TM_SLICE_L3)
+		end = p->l4_off;
+	else if (p->flags & TM_PKT_NONFIRST)
+		return s->length_limit;
+	else if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
+		end = tm_segment_headers(src, xdp, p);
+	else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)
+		end = p->l4_off + 8;
+	else
+		return s->length_limit;
+	return end + shift + s->slice_bytes;
+}
+
+static __noinline __u32 tm_layer_limit_skb(const struct tm_src *src, const struct tm_pkt *p,
+					   const struct tm_session *s, __u32 shift)
+{
+	return tm_layer_limit(src, 0, p, s, shift);
+}
+
+static __noinline __u32 tm_layer_limit_xdp(const struct tm_src *src, const struct tm_pkt *p,
+					   const struct tm_session *s)
+{
+	return tm_layer_limit(src, 1, p, s, 0);
+}
+
+/* The deduplication key: a hash of what forwarding leaves alone — the IP
+ * header's first 8 bytes (IPv4: version, TOS, length, ID, fragment; IPv6:
+ * version, class, flow label, payload length, next header: not the hop
+ * limit), the addresses, and the first 16 bytes of the transport header
+ * (TCP: ports, sequence, acknowledgement, flags, window; UDP: ports, length,
+ * checksum and 8 payload bytes; ICMP: type, code, checksum, id, sequence and
+ * 8 more). Not the MACs, VLAN tags, TTL or IPv4 header checksum. */
+static __always_inline __u64 tm_dedup_key(const struct tm_src *src, const int xdp,
+					  const struct tm_pkt *p)
+{
+	__u64 w[4] = {}, h = 0x746d697264757021ULL;
+	int i;
+
+	if (tm_load(src, xdp, p->l3_off, &w[0], 8))
+		return 0;
+	if (p->family == 6)
+		w[0] &= bpf_cpu_to_be64(0xFFFFFFFFFFFFFF00ULL);
+	if (p->l4_off && !(p->flags & TM_PKT_NONFIRST))
+		tm_load(src, xdp, p->l4_off, &w[1], 16);
+	w[3] = p->family;
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		h = (h ^ w[i]) * 0x9E3779B97F4A7C15ULL;
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		__u64 a = (__u64)p->src[i] << 32 | p->dst[i];
+
+		h = (h ^ a) * 0x9E3779B97F4A7C15ULL;
+		h ^= h >> 29;
+	}
+	return h;
+}
+
+/* Whether the packet was seen on another mirrored interface or direction
+ * (`where`) within `window` ns: the copy is held back. Otherwise this
+ * sighting is remembered. */
+static __always_inline int tm_duplicate(const struct tm_src *src, const int xdp,
+					const struct tm_pkt *p, __u32 where, __u64 window)
+{
+	struct tm_dedup_seen *e, v = {};
+	__u64 key, now;
+
+	if (!(p->flags & TM_PKT_IP))
+		return 0;
+	key = tm_dedup_key(src, xdp, p);
+	now = bpf_ktime_get_ns();
+	e = bpf_map_lookup_elem(&tm_dedup, &key);
+	if (e && e->where != where && now - e->seen_ns < window)
+		return 1;
+	v.seen_ns = now;
+	v.where = where;
+	bpf_map_update_elem(&tm_dedup, &key, &v, BPF_ANY);
+	return 0;
+}
+
+static __noinline int tm_duplicate_skb(const struct tm_src *src, const struct tm_pkt *p, __u32 where,
+				       __u64 window)
+{
+	return tm_duplicate(src, 0, p, where, window);
+}
+
+static __noinline int tm_duplicate_xdp(const struct tm_src *src, const struct tm_pkt *p, __u32 where,
+				       __u64 window)
+{
+	return tm_duplicate(src, 1, p, where, window);
+}
+
+/* tm_own, out of line: its headers and keys would take the hooks' stack. */
+static __noinline int tm_own_skb(const struct tm_src *src, const struct tm_meta *m, const struct tm_pkt *p)
+{
+	return tm_own(src, 0, m, p);
+}
+
+static __noinline int tm_own_xdp(const struct tm_src *src, const struct tm_meta *m, const struct tm_pkt *p)
+{
+	return tm_own(src, 1, m, p);
+}
+
 static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 				      struct tm_meta *m)
 {
@@ -569,7 +724,7 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	struct tm_control *ctl;
 	struct tm_session *s;
 	__u32 zero = 0, *slotp, *profile, slot, key, bank, scope, session, skey;
-	__u32 frame_len, cap, limit, reason, flags = 0, segs, taken, first, wire;
+	__u32 frame_len, cap, limit, length, reason, flags = 0, segs, taken, first, wire;
 	int sid, drop;
 
 	slotp = bpf_map_lookup_elem(&tm_slots, &m->where);
@@ -607,7 +762,7 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	bank = ctl->active_bank & 1;
 	scope = TM_SCOPE(bank, slot, m->dir);
 
-	if (tm_own(src, xdp, m, p)) {
+	if (xdp ? tm_own_xdp(src, m, p) : tm_own_skb(src, m, p)) {
 		ic->count[TM_IO_OWN_TRAFFIC] += segs;
 		return;
 	}
@@ -633,10 +788,19 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	sc = bpf_map_lookup_elem(&tm_session_stats, &key);
 	if (!s || !sc)
 		goto no_match;
+	frame_len = src->len + (m->vlan_tags ? 4 : 0);
+	/* Outside its window or past its limits a session selects nothing. */
+	if ((s->flags & TM_SESSION_BOUNDED) && !tm_session_open(s, segs, frame_len))
+		goto no_match;
 	ic->count[TM_IO_SELECTED] += segs;
 	sc->count[TM_SO_SELECTED] += segs;
+	if (s->dedup_window_ns &&
+	    (xdp ? tm_duplicate_xdp(src, p, slot * TM_DIR_COUNT + m->dir, s->dedup_window_ns) :
+		   tm_duplicate_skb(src, p, slot * TM_DIR_COUNT + m->dir, s->dedup_window_ns))) {
+		sc->count[TM_SO_DROP_DUPLICATE] += segs;
+		return;
+	}
 
-	frame_len = src->len + (m->vlan_tags ? 4 : 0);
 	taken = tm_sample(s, skey, segs, &first);
 	if (taken < segs)
 		sc->count[TM_SO_DROP_SAMPLED_OUT] += segs - taken;
@@ -664,8 +828,12 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 		limit = s->mtu_limit;
 		reason = TM_SO_TRUNCATED_MTU;
 	}
-	if (s->length_limit && s->length_limit <= limit) {
-		limit = s->length_limit;
+	length = s->length_limit;
+	if (s->slice_after)
+		length = xdp ? tm_layer_limit_xdp(src, p, s) :
+			       tm_layer_limit_skb(src, p, s, m->vlan_tags ? 4 : 0);
+	if (length && length <= limit) {
+		limit = length;
 		reason = TM_SO_TRUNCATED_LENGTH;
 	}
 	if (segs > 1 && tm_segmentable(m, p)) {

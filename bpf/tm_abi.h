@@ -89,6 +89,7 @@ enum tm_direction {
 	X(DROP_CAPTURE_ERROR, capture_error)                               \
 	X(DROP_GSO_UNSEGMENTED, gso_unsegmented)                           \
 	X(DROP_NO_RING, no_ring)                                           \
+	X(DROP_DUPLICATE, duplicate)                                       \
 	X(TRUNCATED_LENGTH, packet_length)                                 \
 	X(TRUNCATED_MTU, mtu)                                              \
 	X(TRUNCATED_MAX, capture_max)
@@ -132,6 +133,15 @@ struct tm_control {
 enum tm_session_flags {
 	TM_SESSION_ACTIVE = 1 << 0,
 	TM_SESSION_FILTERED = 1 << 1, /* has a filter; else mirrors every frame */
+	TM_SESSION_BOUNDED = 1 << 2,  /* a time window or limits: see below */
+};
+
+/* What packet_length counts from: the frame's start (length_limit), or the
+ * end of the headers of a layer, per packet. */
+enum tm_slice_after {
+	TM_SLICE_FIXED = 0,
+	TM_SLICE_L3 = 1, /* Ethernet, VLAN tags, IP and IPv6 extension headers */
+	TM_SLICE_L4 = 2, /* and the TCP header (data offset), UDP's 8, ICMP's 8 */
 };
 
 /* tm_sessions, key = bank * TM_MAX_SESSIONS + session. */
@@ -145,8 +155,49 @@ struct tm_session {
 	__u64 rate;
 	__u64 burst;
 	__u32 rate_bits;
-	__u32 reserved;
+	/* Slicing relative to a layer (enum tm_slice_after): each copy keeps
+	 * that layer's headers plus slice_bytes; a frame without the layer
+	 * keeps length_limit bytes. */
+	__u16 slice_after;
+	__u16 slice_bytes;
 	__u8 tunnel_hdr[TM_TUNNEL_HDR_LEN]; /* ready to send, VNI included */
+	/* TM_SESSION_BOUNDED: the session selects only inside [start_ns,
+	 * stop_ns) of bpf_ktime_get_ns(), and only packets that keep what it
+	 * selected within max_packets and max_bytes (0: no limit), counted in
+	 * tm_session_usage[usage_slot]. */
+	__u64 start_ns;
+	__u64 stop_ns;
+	__u64 max_packets;
+	__u64 max_bytes;
+	/* Deduplication: a packet seen on another mirrored interface (or in
+	 * the other direction) within this many ns is held back (0: off). */
+	__u64 dedup_window_ns;
+	__u32 usage_slot;
+	__u32 reserved;
+};
+
+/* tm_session_usage, key = a session's usage_slot (stable across reloads
+ * while the session is unchanged): what it selected, shared by all CPUs
+ * (atomic adds), and which limit ended it. */
+#define TM_MAX_USAGE (TM_BANKS * TM_MAX_SESSIONS)
+enum tm_session_end {
+	TM_END_MAX_PACKETS = 1 << 0,
+	TM_END_MAX_BYTES = 1 << 1,
+};
+struct tm_session_usage {
+	__u64 packets;
+	__u64 bytes;  /* frame bytes as the hook saw them (a GSO super-packet's whole length) */
+	__u32 ended;  /* enum tm_session_end: set by the first packet a limit refused */
+	__u32 pad;
+};
+
+/* tm_dedup (LRU hash), key = a 64-bit hash of what forwarding does not
+ * change (see tm_dedup_key): where and when a packet was last seen. */
+#define TM_DEDUP_ENTRIES 65536
+struct tm_dedup_seen {
+	__u64 seen_ns;
+	__u32 where; /* interface slot * TM_DIR_COUNT + direction */
+	__u32 pad;
 };
 
 /* tm_slots key: an interface is its namespace and its index there. */
@@ -356,5 +407,7 @@ _Static_assert(sizeof(struct tm_slice_trailer) == 8 + 4 * TM_MAX_SLICES, "tm_sli
 _Static_assert(sizeof(struct tm_dest_key) == 20, "tm_dest_key layout");
 _Static_assert(sizeof(struct tm_control) == 24, "tm_control layout");
 _Static_assert(sizeof(struct tm_slot_key) == 16, "tm_slot_key layout");
+_Static_assert(sizeof(struct tm_session) == 96, "tm_session layout");
+_Static_assert(sizeof(struct tm_session_usage) == 24, "tm_session_usage layout");
 
 #endif /* TM_ABI_H */

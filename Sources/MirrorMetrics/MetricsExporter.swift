@@ -131,7 +131,7 @@ public final class MetricsExporter: Sendable {
         }
 
         let soLabels = MirrorProgram.sessionOutcomeLabels
-        let kernelDrops = ["ring_full", "sampled_out", "rate_limited", "capture_error", "gso_unsegmented", "no_ring"]
+        let kernelDrops = ["ring_full", "sampled_out", "rate_limited", "capture_error", "gso_unsegmented", "no_ring", "duplicate"]
         let truncations = ["packet_length", "mtu", "capture_max"]
         let names = Set(s.sessions.keys).union(s.forwarder.drops.keys).sorted()
         for name in names {
@@ -199,6 +199,21 @@ public final class MetricsExporter: Sendable {
         for (p, n) in s.patternMatches {
             current("traffic_mirror_interface_pattern_matches", "Interfaces a configured pattern or name matches now; 0 while it waits for one to appear.",
                   [("pattern", p)], Double(n))
+        }
+        for (name, bounded) in s.sessionStates.sorted(by: { $0.key < $1.key }) {
+            let state = bounded.state
+            if let t = bounded.stopTime {
+                gauge("traffic_mirror_session_stop_time_seconds", "When a bounded session's window closes (duration or stop_at), seconds since the epoch.",
+                      [("session", name)], t)
+            }
+            for label in SessionState.labels {
+                current("traffic_mirror_session_state", "Where a bounded session is: pending (before start_at), active, or ended; 1 for its state, 0 for the others.",
+                        [("session", name), ("state", label)], state.label == label ? 1 : 0)
+            }
+            if case .ended(let reason) = state {
+                info("traffic_mirror_session_end_info", "Why a bounded session ended: duration, stop_at, max_packets or max_bytes.",
+                     [("session", name), ("reason", reason.rawValue)])
+            }
         }
         let health = Dictionary(s.endpointHealth.map { ("\($0.target)/\($0.endpoint)", $0) }, uniquingKeysWith: { a, _ in a })
         for t in s.targets {

@@ -75,6 +75,15 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Keep only the first N bytes of each mirrored frame, 14...65535 (default: the whole frame, up to what the target's MTU allows).", valueName: "n"))
     var packetLength: Int?
 
+    @Option(help: ArgumentHelp("End the quick session after this long (e.g. 30s, 10m, 1h), then exit 0.", valueName: "time"))
+    var duration: String?
+
+    @Option(help: ArgumentHelp("End the quick session once it selected N packets, counted in the kernel, then exit 0.", valueName: "n"))
+    var count: UInt64?
+
+    @Option(help: ArgumentHelp("End the quick session once it selected this many frame bytes (K/M/G suffix), then exit 0.", valueName: "bytes"))
+    var maxBytes: ByteSize?
+
     @Option(help: ArgumentHelp("Where /metrics (Prometheus text format) and /healthz listen, HOST:PORT.", valueName: "host:port"))
     var metricsAddress: String = "127.0.0.1:9781"
 
@@ -109,7 +118,8 @@ struct RunCommand: AsyncParsableCommand {
         if config != nil {
             // The file describes the sessions; the quick flags would say it twice.
             let quick = [("--interface", !interfaces.isEmpty), ("--target", target != nil), ("--vni", vni != nil),
-                         ("--direction", direction != nil), ("--packet-length", packetLength != nil)]
+                         ("--direction", direction != nil), ("--packet-length", packetLength != nil),
+                         ("--duration", duration != nil), ("--count", count != nil), ("--max-bytes", maxBytes != nil)]
             for (flag, given) in quick where given {
                 problems.append("\(flag): the config file describes the sessions; use either --config or the quick-session flags, not both")
             }
@@ -126,6 +136,11 @@ struct RunCommand: AsyncParsableCommand {
         if let v = vni, v > TunnelHeader.maxVNI {
             problems.append("--vni: \(v) is out of range 0...\(TunnelHeader.maxVNI)")
         }
+        if let d = duration, SessionBounds.seconds(d).map({ $0 >= 0.001 && $0 <= 31_622_400 }) != true {
+            problems.append("--duration: \"\(d)\" must be a time from 1ms to 366 days, e.g. 30s, 10m, 1h")
+        }
+        if count == 0 { problems.append("--count: must be at least 1") }
+        if let m = maxBytes, m.bytes < 1 { problems.append("--max-bytes: must be at least 1") }
         if let p = packetLength, !(14...65535).contains(p) {
             problems.append("--packet-length: \(p) is out of range 14...65535 (an Ethernet header is 14 bytes)")
         }
@@ -165,8 +180,11 @@ struct RunCommand: AsyncParsableCommand {
     func makeConfig() throws -> (config: MirrorConfig, text: String?) {
         if let config { return try loadConfig(path: config) }
         let t = try HostPort(parsing: target!)
+        let bounds = SessionBounds(duration: duration.flatMap(SessionBounds.seconds), maxPackets: count,
+                                   maxBytes: maxBytes.map { UInt64($0.bytes) })
         return (MirrorConfig.quick(interfaces: interfaces, target: t, vni: vni ?? 1,
-                                   direction: direction ?? .both, packetLength: packetLength), nil)
+                                   direction: direction ?? .both, packetLength: packetLength,
+                                   bounds: bounds.isEmpty ? nil : bounds), nil)
     }
 
     func run() async throws {
@@ -192,9 +210,12 @@ struct RunCommand: AsyncParsableCommand {
         let group = ServiceGroup(configuration: .init(
             services: [
                 .init(service: MetricsServer.make(host: metrics.host, port: Int(metrics.port!), exporter: exporter, logger: logger)),
+                // A quick session that ends by itself ends the run: the
+                // agent stops, then the metrics endpoint.
                 .init(service: AgentService(options: options, config: config, configPath: self.config,
                                             watchedText: watchConfig ? text : nil, hangups: hangups,
-                                            reference: reference, logger: logger)),
+                                            reference: reference, logger: logger),
+                      successTerminationBehavior: .gracefullyShutdownGroup),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
@@ -282,6 +303,8 @@ struct AgentService: Service {
                 }
             }
         }
+        // Runs until graceful shutdown, or until the quick session ended.
+        let (ends, end) = AsyncStream.makeStream(of: Void.self)
         await withDiscardingTaskGroup { group in
             group.addTask {
                 for await _ in hangups.cancelOnGracefulShutdown() {
@@ -293,7 +316,15 @@ struct AgentService: Service {
                     await reloadOffPool(text)
                 }
             }
-            try? await gracefulShutdown()
+            group.addTask {
+                await watchSessions(agent, endsRun: configPath == nil)
+                end.yield()
+            }
+            group.addTask {
+                try? await gracefulShutdown()
+                end.yield()
+            }
+            for await _ in ends { break }
             group.cancelAll()
         }
         watcher?.stop()
@@ -303,6 +334,30 @@ struct AgentService: Service {
         let sent = s.sent.values.reduce(0) { $0 + $1.packets }
         let dropped = s.drops.values.reduce(0) { $0 + $1.values.reduce(0, +) }
         logger.info("stopped", metadata: ["sent_packets": "\(sent)", "user_space_drops": "\(dropped)"])
+    }
+
+    /// Logs each bounded session's start and end as it happens; returns when
+    /// cancelled, or (`endsRun`: the quick session) once every bounded
+    /// session has ended.
+    func watchSessions(_ agent: Agent, endsRun: Bool) async {
+        var last = [String: SessionState]()
+        while !Task.isCancelled {
+            let states = agent.sessionStates()
+            for (name, now) in states.sorted(by: { $0.key < $1.key }) where last[name] != now.state {
+                let meta: Logger.Metadata = ["session": "\(name)", "packets": "\(now.packets)", "bytes": "\(now.bytes)"]
+                switch now.state {
+                case .pending: logger.info("session waits for its start_at", metadata: meta)
+                case .active: if last[name] != nil { logger.info("session started", metadata: meta) }
+                case .ended(let reason): logger.notice("session ended", metadata: meta.merging(["reason": "\(reason.rawValue)"]) { a, _ in a })
+                }
+                last[name] = now.state
+            }
+            if endsRun && !states.isEmpty && states.values.allSatisfy({ if case .ended = $0.state { true } else { false } }) {
+                logger.info("the session has ended; stopping")
+                return
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
     }
 
     /// Reads the config file again (or takes the text the watcher read)

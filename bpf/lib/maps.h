@@ -108,6 +108,23 @@ struct {
 	__type(value, __u64);
 } tm_sample_count SEC(".maps");
 
+/* Bounded sessions' usage: one entry per usage slot, shared by all CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TM_MAX_USAGE);
+	__type(key, __u32);
+	__type(value, struct tm_session_usage);
+} tm_session_usage SEC(".maps");
+
+/* Deduplication: packets recently seen, by the hash of what forwarding
+ * leaves alone; the least recently used go first. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TM_DEDUP_ENTRIES);
+	__type(key, __u64);
+	__type(value, struct tm_dedup_seen);
+} tm_dedup SEC(".maps");
+
 /* Where a sliced GSO record is built before it goes into the ring in one
  * copy (its size is known only then), and the payload chunks are summed.
  * Offsets into `frame` stay below 2 * TM_MAX_SLICED_FRAME for the verifier. */

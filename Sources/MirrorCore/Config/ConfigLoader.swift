@@ -491,7 +491,8 @@ struct Checker {
         let path = "sessions[\(i)]"
         guard let pairs = mapping(node, path, allowed: [
             "name", "interfaces", "target", "filter", "number", "vni", "packet_length", "direction", "sample", "rate_limit",
-            "erspan_session_id", "description",
+            "erspan_session_id", "duration", "max_packets", "max_bytes", "start_at", "stop_at", "mask", "deduplicate",
+            "description",
         ], what: "a session") else { return nil }
         let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
         let before = problems.count
@@ -538,7 +539,23 @@ struct Checker {
             } else { sessionNumbers[number] = i }
         }
         let vni = integer(d["vni"], "\(path).vni", 0...Int(TunnelHeader.maxVNI))
-        let length = integer(d["packet_length"], "\(path).packet_length", 14...65535)
+        var length: Int?
+        var slice: LayerSlice?
+        if let n = d["packet_length"], n.mapping != nil {
+            slice = layerSlice(n, "\(path).packet_length")
+        } else {
+            length = integer(d["packet_length"], "\(path).packet_length", 14...65535)
+        }
+        let mask = self.mask(d["mask"], "\(path).mask")
+        let bounds = self.bounds(d, path)
+        var dedup: Double?
+        if let n = d["deduplicate"] {
+            if let text = n.string, ["true", "false", "yes", "no", "on", "off"].contains(text) {
+                dedup = boolean(n, "\(path).deduplicate") == true ? SessionConfig.defaultDedupWindow : nil
+            } else {
+                dedup = duration(n, "\(path).deduplicate", 0.000_001...1, what: "the window")
+            }
+        }
         let direction = choice(d["direction"], "\(path).direction", DirectionSelection.self, all: DirectionSelection.allCases)
         let sample = integer(d["sample"], "\(path).sample", 1...1_000_000)
         let rate = rateLimit(d["rate_limit"], "\(path).rate_limit")
@@ -549,7 +566,85 @@ struct Checker {
                               vni: UInt32(vni ?? 1), packetLength: length, direction: direction ?? .both,
                               sample: sample ?? 1, rateLimit: rate)
         s.erspanSessionID = erspanID.map(UInt16.init)
+        s.slice = slice
+        s.mask = mask
+        s.bounds = bounds
+        s.deduplicate = dedup
         return s
+    }
+
+    mutating func layerSlice(_ node: Node, _ path: String) -> LayerSlice? {
+        guard let pairs = mapping(node, path, allowed: ["after", "bytes"], what: "a layer-relative length ({after: l4, bytes: 64})")
+        else { return nil }
+        let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
+        let after = choice(d["after"], "\(path).after", SliceLayer.self, all: SliceLayer.allCases)
+        if d["after"] == nil { fail("\(path).after", node, "required: the layer whose headers the copy keeps, l3 or l4") }
+        let bytes = integer(d["bytes"], "\(path).bytes", 0...LayerSlice.maxBytes)
+        if d["bytes"] == nil { fail("\(path).bytes", node, "required: the bytes kept after those headers, 0...\(LayerSlice.maxBytes)") }
+        guard let after, let bytes else { return nil }
+        return LayerSlice(after: after, bytes: bytes)
+    }
+
+    mutating func mask(_ node: Node?, _ path: String) -> Mask? {
+        guard let node, let pairs = mapping(node, path, allowed: ["after", "offset", "bytes", "pattern"],
+                                            what: "a mask ({after: l4, offset: 0, bytes: 16, pattern: 0x00})")
+        else { return nil }
+        let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
+        let after = choice(d["after"], "\(path).after", SliceLayer.self, all: SliceLayer.allCases)
+        if d["after"] == nil { fail("\(path).after", node, "required: the layer whose payload is masked, l3 or l4") }
+        let offset = integer(d["offset"], "\(path).offset", 0...65535) ?? 0
+        let bytes = integer(d["bytes"], "\(path).bytes", 1...Mask.maxBytes)
+        if d["bytes"] == nil { fail("\(path).bytes", node, "required: how many bytes to overwrite, 1...\(Mask.maxBytes)") }
+        var pattern: UInt8 = 0
+        if let text = scalar(d["pattern"], "\(path).pattern") {
+            let v = text.lowercased().hasPrefix("0x") ? UInt8(text.dropFirst(2), radix: 16) : UInt8(text)
+            if let v { pattern = v } else { fail("\(path).pattern", d["pattern"], "\"\(text)\" must be a byte, 0...255 or 0x00...0xff") }
+        }
+        guard let after, let bytes else { return nil }
+        return Mask(after: after, offset: offset, bytes: bytes, pattern: pattern)
+    }
+
+    /// duration, max_packets, max_bytes, start_at, stop_at; nil when none is given.
+    mutating func bounds(_ d: [String: Node], _ path: String) -> SessionBounds? {
+        var b = SessionBounds()
+        b.duration = duration(d["duration"], "\(path).duration", 0.001...31_622_400, what: "the duration")
+        b.maxPackets = integer(d["max_packets"], "\(path).max_packets", 1...Int.max).map(UInt64.init)
+        b.maxBytes = byteCount(d["max_bytes"], "\(path).max_bytes")
+        for (key, keyPath) in [("start_at", \SessionBounds.startAt), ("stop_at", \SessionBounds.stopAt)] {
+            guard let text = scalar(d[key], "\(path).\(key)") else { continue }
+            if let t = RFC3339.parse(text) { b[keyPath: keyPath] = t }
+            else { fail("\(path).\(key)", d[key], "\"\(text)\" is not an RFC 3339 date-time such as 2026-12-04T21:00:00Z") }
+        }
+        if let a = b.startAt, let z = b.stopAt, z <= a {
+            fail("\(path).stop_at", d["stop_at"], "stop_at is not after start_at")
+        }
+        return b.isEmpty ? nil : b
+    }
+
+    /// Seconds, with an optional unit: us, ms, s, m, h.
+    mutating func duration(_ node: Node?, _ path: String, _ range: ClosedRange<Double>, what: String) -> Double? {
+        guard let text = scalar(node, path) else { return nil }
+        guard let v = SessionBounds.seconds(text), range.contains(v) else {
+            fail(path, node, "\"\(text)\": \(what) must be \(range.lowerBound) to \(range.upperBound) seconds, as a number or with a unit (us, ms, s, m, h), e.g. 10m")
+            return nil
+        }
+        return v
+    }
+
+    /// Bytes, with an optional K, M or G (powers of 1024).
+    mutating func byteCount(_ node: Node?, _ path: String) -> UInt64? {
+        guard let text = scalar(node, path) else { return nil }
+        var digits = Substring(text)
+        var scale: UInt64 = 1
+        if let last = digits.last, let s = ["K": UInt64(1) << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40][String(last).uppercased()] {
+            scale = s
+            digits = digits.dropLast()
+        }
+        guard let v = UInt64(digits), v > 0, v <= UInt64.max / scale else {
+            fail(path, node, "\"\(text)\" must be a byte count above 0, with an optional K, M, G or T (powers of 1024), e.g. 1G")
+            return nil
+        }
+        return v * scale
     }
 
     /// What only the whole document can tell: names that refer to nothing,

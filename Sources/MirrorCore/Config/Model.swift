@@ -15,14 +15,16 @@ public struct MirrorConfig: Equatable, Sendable {
     /// The single unfiltered session the quick flags describe.
     public static func quick(
         interfaces: [String], target: HostPort, vni: UInt32, direction: DirectionSelection,
-        packetLength: Int?
+        packetLength: Int?, bounds: SessionBounds? = nil
     ) -> MirrorConfig {
-        MirrorConfig(
+        var session = SessionConfig(
+            name: "default", interfaces: interfaces, target: "default", filter: nil, number: 1,
+            vni: vni, packetLength: packetLength, direction: direction)
+        session.bounds = bounds
+        return MirrorConfig(
             targets: [TargetConfig(name: "default", address: target.host, port: target.port)],
             filters: [],
-            sessions: [SessionConfig(
-                name: "default", interfaces: interfaces, target: "default", filter: nil, number: 1,
-                vni: vni, packetLength: packetLength, direction: direction)])
+            sessions: [session])
     }
 }
 
@@ -251,6 +253,18 @@ public struct SessionConfig: Equatable, Sendable {
     public var rateLimit: RateLimit?
     /// The ERSPAN session ID (`erspan_session_id`), 0...1023; nil: the VNI.
     public var erspanSessionID: UInt16?
+    /// `packet_length: {after: l3|l4, bytes: N}`: headers plus N bytes, per
+    /// packet (then `packetLength` is nil).
+    public var slice: LayerSlice?
+    /// Payload bytes overwritten in the copy.
+    public var mask: Mask?
+    /// When the session mirrors and how much (nil: always, without limit).
+    public var bounds: SessionBounds?
+    /// Deduplication window in seconds (nil: off).
+    public var deduplicate: Double?
+    /// `deduplicate: true`: long enough for a packet to cross a host from
+    /// one mirrored interface to the next (measured: docs/configuration.md).
+    public static let defaultDedupWindow = 0.001
 
     /// The session ID its ERSPAN copies carry.
     public var effectiveERSPANSessionID: UInt16 { erspanSessionID ?? UInt16(truncatingIfNeeded: vni & 0x3FF) }
@@ -268,5 +282,159 @@ public struct SessionConfig: Equatable, Sendable {
         self.direction = direction
         self.sample = sample
         self.rateLimit = rateLimit
+    }
+}
+
+/// A protocol layer copies can be cut or masked after.
+public enum SliceLayer: String, Sendable, Equatable, CaseIterable {
+    /// After the IP header (IPv6 extension headers included).
+    case l3
+    /// After the TCP header (its data offset), UDP's 8 bytes or ICMP's 8.
+    case l4
+}
+
+/// `packet_length: {after: LAYER, bytes: N}`: each copy keeps the headers up
+/// to the end of LAYER, plus N bytes.
+public struct LayerSlice: Sendable, Equatable {
+    public var after: SliceLayer
+    public var bytes: Int
+
+    public init(after: SliceLayer, bytes: Int) {
+        self.after = after
+        self.bytes = bytes
+    }
+
+    /// Bytes kept of a frame without that layer (not IP, a non-first
+    /// fragment, another transport for l4).
+    public var fallback: Int { Self.fallbackHeaders + bytes }
+    public static let fallbackHeaders = 64
+    public static let maxBytes = 9000
+}
+
+/// `mask: {after: LAYER, offset: N, bytes: M, pattern: 0xNN}`: M bytes from
+/// N bytes after LAYER's headers are overwritten with the pattern in the
+/// copy (never the original).
+public struct Mask: Sendable, Equatable {
+    public var after: SliceLayer
+    public var offset: Int
+    public var bytes: Int
+    public var pattern: UInt8
+
+    public init(after: SliceLayer, offset: Int, bytes: Int, pattern: UInt8) {
+        self.after = after
+        self.offset = offset
+        self.bytes = bytes
+        self.pattern = pattern
+    }
+
+    public static let maxBytes = 65535
+}
+
+/// A session that ends by itself: a time window and limits on what it
+/// selects, enforced in the kernel.
+public struct SessionBounds: Sendable, Equatable {
+    /// Seconds from when the session is first put in force (or from
+    /// `startAt`).
+    public var duration: Double?
+    public var maxPackets: UInt64?
+    public var maxBytes: UInt64?
+    /// Seconds since the epoch.
+    public var startAt: Double?
+    public var stopAt: Double?
+
+    public init(duration: Double? = nil, maxPackets: UInt64? = nil, maxBytes: UInt64? = nil, startAt: Double? = nil,
+                stopAt: Double? = nil) {
+        self.duration = duration
+        self.maxPackets = maxPackets
+        self.maxBytes = maxBytes
+        self.startAt = startAt
+        self.stopAt = stopAt
+    }
+
+    public var isEmpty: Bool { self == SessionBounds() }
+
+    /// Seconds as a number or with a unit: us, ms, s, m, h (`10m`, `1.5s`).
+    public static func seconds(_ text: String) -> Double? {
+        for (suffix, scale) in [("us", 1e-6), ("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)] where text.hasSuffix(suffix) {
+            return Double(text.dropLast(suffix.count)).map { $0 * scale }
+        }
+        return Double(text)
+    }
+}
+
+/// Why a bounded session stopped mirroring (`traffic_mirror_session_end`).
+public enum SessionEnd: String, Sendable, Equatable, CaseIterable {
+    case duration, stopAt = "stop_at", maxPackets = "max_packets", maxBytes = "max_bytes"
+}
+
+/// Where a session is in its life (`traffic_mirror_session_state`).
+public enum SessionState: Sendable, Equatable {
+    /// Before its start_at.
+    case pending
+    case active
+    case ended(SessionEnd)
+
+    public var label: String {
+        switch self {
+        case .pending: "pending"
+        case .active: "active"
+        case .ended: "ended"
+        }
+    }
+
+    public static let labels = ["pending", "active", "ended"]
+}
+
+/// RFC 3339 date-times (`2026-12-04T21:00:00Z`, `...T21:00:00.5+01:00`).
+public enum RFC3339 {
+    /// Seconds since the epoch, or nil when `text` is not RFC 3339.
+    public static func parse(_ text: String) -> Double? {
+        let b = Array(text.utf8)
+        func digits(_ at: Int, _ n: Int) -> Int? {
+            guard at + n <= b.count else { return nil }
+            var v = 0
+            for i in at..<(at + n) {
+                guard b[i] >= 48 && b[i] <= 57 else { return nil }
+                v = v * 10 + Int(b[i] - 48)
+            }
+            return v
+        }
+        guard b.count >= 20, let year = digits(0, 4), b[4] == 45, let month = digits(5, 2), b[7] == 45,
+              let day = digits(8, 2), b[10] == 84 || b[10] == 116 || b[10] == 32, let hour = digits(11, 2), b[13] == 58,
+              let minute = digits(14, 2), b[16] == 58, let second = digits(17, 2),
+              (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second < 61 else { return nil }
+        var i = 19
+        var fraction = 0.0
+        if i < b.count && b[i] == 46 {
+            i += 1
+            var scale = 0.1
+            let start = i
+            while i < b.count && b[i] >= 48 && b[i] <= 57 {
+                fraction += Double(b[i] - 48) * scale
+                scale /= 10
+                i += 1
+            }
+            guard i > start else { return nil }
+        }
+        guard i < b.count else { return nil }
+        var offset = 0
+        if b[i] == 90 || b[i] == 122 {
+            i += 1
+        } else if b[i] == 43 || b[i] == 45, let oh = digits(i + 1, 2), i + 3 < b.count, b[i + 3] == 58, let om = digits(i + 4, 2) {
+            offset = (oh * 3600 + om * 60) * (b[i] == 45 ? -1 : 1)
+            i += 6
+        } else {
+            return nil
+        }
+        guard i == b.count else { return nil }
+        // Days from the civil date (Howard Hinnant's algorithm).
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let mp = (month + 9) % 12
+        let doy = (153 * mp + 2) / 5 + day - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let days = era * 146_097 + doe - 719_468
+        return Double(days * 86400 + hour * 3600 + minute * 60 + second - offset) + fraction
     }
 }

@@ -35,6 +35,18 @@ public enum PlanDescription {
                     + (t.encapsulation.isERSPAN ? "session id \(s.erspanSessionID)" : "vni \(s.vni)")
                 if let l = s.packetLength { line += ", first \(l) bytes" }
                 if let c = config.sessions.first(where: { $0.name == s.name }) {
+                    if let sl = c.slice { line += ", \(sl.after) headers + \(sl.bytes) bytes (else the first \(sl.fallback))" }
+                    if let m = c.mask { line += ", mask \(m.bytes) bytes at \(m.after) + \(m.offset) with 0x\(String(m.pattern, radix: 16))" }
+                    if let w = c.deduplicate { line += ", deduplicated within \(w * 1000) ms" }
+                    if let b = c.bounds {
+                        var parts = [String]()
+                        if let a = b.startAt { parts.append("from \(a) (epoch s)") }
+                        if let z = b.stopAt { parts.append("until \(z) (epoch s)") }
+                        if let d = b.duration { parts.append("for \(d) s") }
+                        if let n = b.maxPackets { parts.append("at most \(n) packets") }
+                        if let n = b.maxBytes { parts.append("at most \(n) bytes") }
+                        line += ", " + parts.joined(separator: ", ")
+                    }
                     if c.sample > 1 { line += ", 1 in \(c.sample)" }
                     if let r = c.rateLimit { line += ", at most \(r.perSecond) \(r.unit == .packets ? "packets" : "bits")/s (burst \(r.burst))" }
                 }

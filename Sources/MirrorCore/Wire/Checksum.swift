@@ -37,6 +37,14 @@ public struct InternetChecksum: Sendable {
         bytes.withUnsafeBytes { add($0) }
     }
 
+    /// Whether an odd byte is pending: the next byte added is a low byte.
+    public var pendingOdd: Bool { odd }
+
+    /// Adds an unfolded sum of whole 16-bit words.
+    public mutating func add(sum64 v: UInt64) {
+        sum &+= v
+    }
+
     /// Adds one 16-bit word (host value).
     public mutating func add(word: UInt16) {
         sum &+= UInt64(word)

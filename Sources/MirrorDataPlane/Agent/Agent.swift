@@ -1,3 +1,4 @@
+import CMirrorBPF
 import CMirrorSys
 import Logging
 
@@ -77,6 +78,83 @@ public final class Agent: @unchecked Sendable {
         /// Final counters of interfaces that were detached, by name and
         /// direction; an interface back under the same name adds to them.
         var retiredInterfaces: [String: [Direction: [UInt64]]] = [:]
+        /// Bounded sessions in force, by name.
+        var bounded: [String: BoundedSession] = [:]
+    }
+
+    /// A session with a window or limits: its kernel usage slot and when it
+    /// was first put in force, kept across reloads while it is unchanged.
+    struct BoundedSession {
+        var config: SessionConfig
+        var slot: UInt32
+        /// CLOCK_MONOTONIC when it was first put in force.
+        var since: UInt64
+        var startNanoseconds: UInt64
+        var stopNanoseconds: UInt64
+        /// Which of duration and stop_at sets stopNanoseconds.
+        var stopReason: SessionEnd?
+    }
+
+    /// A bounded session's window in CLOCK_MONOTONIC (the kernel's clock),
+    /// from now: start_at, and the earlier of stop_at and the duration
+    /// (counted from start_at, or from now).
+    static func window(_ c: SessionConfig, _ b: SessionBounds, slot: UInt32) -> BoundedSession {
+        let now = CMirrorSys_monotonic_ns()
+        let offset = Double(CMirrorSys_realtime_ns()) - Double(now)
+        func monotonic(_ epochSeconds: Double) -> UInt64 {
+            let v = epochSeconds * 1e9 - offset
+            return v <= 0 ? 0 : v >= Double(UInt64.max) ? .max : UInt64(v)
+        }
+        let start = b.startAt.map(monotonic) ?? 0
+        var stop = UInt64.max
+        var reason: SessionEnd?
+        if let z = b.stopAt {
+            stop = monotonic(z)
+            reason = .stopAt
+        }
+        if let d = b.duration {
+            let end = max(start, now) &+ UInt64(d * 1e9)
+            if end < stop {
+                stop = end
+                reason = .duration
+            }
+        }
+        return BoundedSession(config: c, slot: slot, since: now, startNanoseconds: start, stopNanoseconds: stop, stopReason: reason)
+    }
+
+    /// Where each bounded session is (sessions without bounds are active
+    /// while in force and absent here), with what it selected.
+    public func sessionStates() -> [String: BoundedState] {
+        let bounded = state.withLock { $0.bounded }
+        let now = CMirrorSys_monotonic_ns()
+        let offset = Double(CMirrorSys_realtime_ns()) - Double(now)
+        var out = [String: BoundedState]()
+        for (name, b) in bounded {
+            let u = (try? program.usage(slot: b.slot)) ?? (packets: 0, bytes: 0, ended: 0)
+            let limits = b.config.bounds
+            var st: SessionState = .active
+            if u.ended & UInt32(TM_END_MAX_PACKETS.rawValue) != 0 || limits?.maxPackets.map({ u.packets >= $0 }) == true {
+                st = .ended(.maxPackets)
+            } else if u.ended & UInt32(TM_END_MAX_BYTES.rawValue) != 0 || limits?.maxBytes.map({ u.bytes >= $0 }) == true {
+                st = .ended(.maxBytes)
+            } else if now >= b.stopNanoseconds {
+                st = .ended(b.stopReason ?? .duration)
+            } else if now < b.startNanoseconds {
+                st = .pending
+            }
+            out[name] = BoundedState(state: st, packets: u.packets, bytes: u.bytes,
+                                     stopTime: b.stopNanoseconds == .max ? nil : (Double(b.stopNanoseconds) + offset) / 1e9)
+        }
+        return out
+    }
+
+    public struct BoundedState: Sendable, Equatable {
+        public var state: SessionState
+        /// What the session selected so far.
+        public var packets: UInt64
+        public var bytes: UInt64
+        /// When its window closes, seconds since the epoch.
+        public var stopTime: Double?
     }
 
     /// What happens to the interfaces a configuration names.
@@ -325,19 +403,53 @@ public final class Agent: @unchecked Sendable {
             change.onFailure { program.removeSlot(netns: netns, ifindex: idx) }
         }
 
-        // Sessions as the kernel needs them.
+        // Sessions as the kernel needs them. A bounded session keeps its
+        // usage and start while it is unchanged; a new or changed one starts
+        // from nothing.
         var kernelSessions = [KernelSession]()
+        var bounded = [String: BoundedSession]()
         for session in plan.sessions {
             let t = targets[session.target]
             let c = config.sessions.first { $0.name == session.name }
             var limit = UInt32(0)
             if let l = session.packetLength { limit = UInt32(l) }
-            kernelSessions.append(KernelSession(
+            var k = KernelSession(
                 lengthLimit: limit, mtuLimit: UInt32(t.innerLimit),
                 sampleEvery: UInt32(c?.sample ?? 1),
                 rate: c?.rateLimit?.perSecond ?? 0, burst: c?.rateLimit?.burst ?? 0,
                 rateBits: c?.rateLimit?.unit == .bits,
-                tunnelHeader: t.tunnel.ringHeader(vni: session.vni)))
+                tunnelHeader: t.tunnel.ringHeader(vni: session.vni))
+            if let slice = c?.slice {
+                k.sliceAfter = UInt16(slice.after == .l3 ? TM_SLICE_L3.rawValue : TM_SLICE_L4.rawValue)
+                k.sliceBytes = UInt16(slice.bytes)
+                k.lengthLimit = UInt32(slice.fallback)
+            }
+            if let w = c?.deduplicate { k.dedupWindowNanoseconds = UInt64(w * 1e9) }
+            if let c, let b = c.bounds {
+                var entry: BoundedSession
+                if let old = s.bounded[c.name], old.config == c {
+                    entry = old
+                } else {
+                    let used = Set(s.bounded.values.map(\.slot)).union(bounded.values.map(\.slot))
+                    guard let slot = (0..<UInt32(TM_MAX_USAGE)).first(where: { !used.contains($0) }) else {
+                        throw OperationalError("no room for the usage of bounded session \(c.name)")
+                    }
+                    do {
+                        try program.resetUsage(slot: slot)
+                    } catch {
+                        throw OperationalError("cannot start bounded session \(c.name): \(error)")
+                    }
+                    entry = Self.window(c, b, slot: slot)
+                }
+                bounded[c.name] = entry
+                k.bounded = true
+                k.usageSlot = entry.slot
+                k.startNanoseconds = entry.startNanoseconds
+                k.stopNanoseconds = entry.stopNanoseconds
+                k.maxPackets = b.maxPackets ?? 0
+                k.maxBytes = b.maxBytes ?? 0
+            }
+            kernelSessions.append(k)
         }
 
         let previous = s.applied
@@ -377,6 +489,7 @@ public final class Agent: @unchecked Sendable {
                             sessionTargets: plan.sessions.map(\.target), packetLengths: plan.sessions.map(\.packetLength),
                             sampleEvery: kernelSessions.map { Int($0.sampleEvery) },
                             tunnelIDs: plan.sessions.map { ($0.vni, $0.erspanSessionID) },
+                            configs: plan.sessions.map { p in config.sessions.first { $0.name == p.name } },
                             counters: forwarding.counters, health: health.flags, healthSlots: healthSlots,
                             paths: paths, pathSlots: pathSlots),
             bank: bank)
@@ -440,6 +553,7 @@ public final class Agent: @unchecked Sendable {
         s.events[.detached, default: 0] += gone.count
         for (name, idx) in ifindexes { s.interfaces[name] = (idx, slots[name]!) }
         s.applied = Applied(config: config, plan: plan, targets: targets, bank: bank)
+        s.bounded = bounded
         // Hooks that started before the switch may still be writing records
         // of the old bank; wait for them so its counters are final and its
         // records are all in the rings.
@@ -535,6 +649,8 @@ public final class Agent: @unchecked Sendable {
         /// Namespaces that sources name but that cannot be entered, and why
         /// (their sources wait).
         public var namespaceFailures: [String: String]
+        /// Bounded sessions, by name.
+        public var sessionStates: [String: BoundedState]
         /// The data plane runs: a plan is in force and the thread drains.
         public var running: Bool
     }
@@ -542,6 +658,7 @@ public final class Agent: @unchecked Sendable {
     public func snapshot() -> Snapshot {
         let sessions = sessionCounters()
         let forwarderSnapshot = forwarding.counters.snapshot()
+        let bounded = sessionStates()
         return state.withLock { s in
             var counts = s.retiredInterfaces
             for (name, i) in s.interfaces {
@@ -573,6 +690,7 @@ public final class Agent: @unchecked Sendable {
                 interfaceEvents: Dictionary(uniqueKeysWithValues: InterfaceEvent.allCases.map { ($0, s.events[$0] ?? 0) }),
                 interfaceFailure: s.interfaceFailure,
                 namespaceFailures: s.namespaceFailures,
+                sessionStates: bounded,
                 running: !s.stopped && s.applied != nil && forwarding.isRunning)
         }
     }

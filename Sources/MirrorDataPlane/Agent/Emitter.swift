@@ -84,8 +84,12 @@ final class Emitter {
     /// The kernel's limit of segments in one UDP GSO message.
     static let maxSegments = 64
     static let maxGSOBytes = 64_000
-    /// iovecs of a single copy: outer header, tunnel header, three pieces.
-    static let iovPerSingle = 5
+    /// Payload pieces of one packet: runs of the ring around a finished
+    /// checksum and a mask, or a segment's tunnel header, headers and
+    /// payload around a mask.
+    static let maxPieces = 5
+    /// iovecs of a single copy: outer header, tunnel header, the pieces.
+    static let iovPerSingle = 2 + maxPieces
     /// Interfaces toward targets that the agent keeps a packet socket on.
     static let maxPacketSockets = 32
 
@@ -166,7 +170,7 @@ final class Emitter {
         self.mark = mark
         self.own = own
         descriptors = .allocate(capacity: capacity)
-        pieces = .allocate(capacity: capacity * 3)
+        pieces = .allocate(capacity: capacity * Self.maxPieces)
         scratch = .allocate(byteCount: capacity * Self.scratchPerPacket, alignment: 16)
         outer = .allocate(byteCount: capacity * Self.outerSlot, alignment: 16)
         tunnels = .allocate(byteCount: capacity * Tunnel.maxHeaderLength, alignment: 16)
@@ -191,8 +195,8 @@ final class Emitter {
         frameCount = .allocate(capacity: capacity)
         vnet = .allocate(capacity: capacity)
         // Per frame: virtio-net and outer headers; per copy: its tunnel
-        // header and up to three pieces.
-        frameIov = .allocate(capacity: capacity * 6)
+        // header and its pieces.
+        frameIov = .allocate(capacity: capacity * (3 + Self.maxPieces))
         sending = .allocate(capacity: capacity)
         sending.initialize(repeating: CMirrorSys_mmsghdr(), count: capacity)
         sendingFrame = .allocate(capacity: capacity)
@@ -218,10 +222,10 @@ final class Emitter {
     // MARK: building
 
     /// Makes room for one packet of `copies` copies; returns the packet's
-    /// scratch and its (up to three) payload pieces to fill.
+    /// scratch and its (up to maxPieces) payload pieces to fill.
     @inline(__always)
     func beginPacket(copies: Int, table t: ForwardingTable) -> (scratch: UnsafeMutableRawPointer, pieces: UnsafeMutablePointer<iovec>) {
-        if descriptorCount + copies > capacity || piecesUsed + 3 > capacity * 3 { flush() }
+        if descriptorCount + copies > capacity || piecesUsed + Self.maxPieces > capacity * Self.maxPieces { flush() }
         // Assigned only on a change: a store would retain and release the
         // table once per packet.
         if table !== t {

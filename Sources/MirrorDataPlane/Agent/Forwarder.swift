@@ -28,6 +28,11 @@ public final class ForwardingTable: @unchecked Sendable {
         /// Where the session's GRE sequence slots start in `sequenceSlots`
         /// (one per endpoint of its target, in order), or -1.
         var sequences: Int32
+        /// packet_length after a layer: GSO segments get it here.
+        var slice: LayerSlice?
+        var mask: Mask?
+        /// Where the mask's pattern bytes are in `patterns`.
+        var patternAt: Int32
     }
 
     struct TargetInfo {
@@ -58,6 +63,8 @@ public final class ForwardingTable: @unchecked Sendable {
     let sessions: UnsafeMutablePointer<SessionInfo>
     /// Slots in ForwarderCounters' GRE sequence numbers.
     let sequenceSlots: UnsafeMutablePointer<Int32>
+    /// Mask patterns, each session's as long as its mask.
+    let patterns: UnsafeMutableRawPointer
     let targetInfo: UnsafeMutablePointer<TargetInfo>
     let endpointInfo: UnsafeMutablePointer<EndpointInfo>
     let templates: UnsafeMutableRawPointer
@@ -75,7 +82,7 @@ public final class ForwardingTable: @unchecked Sendable {
     /// ERSPAN session ID; `healthSlots` gives each probed endpoint's slot
     /// by key.
     init(targets: [ResolvedTarget], sessionNames: [String], sessionTargets: [Int], packetLengths: [Int?],
-         sampleEvery: [Int], tunnelIDs: [(vni: UInt32, erspan: UInt16)], counters: ForwarderCounters,
+         sampleEvery: [Int], tunnelIDs: [(vni: UInt32, erspan: UInt16)], configs: [SessionConfig?] = [], counters: ForwarderCounters,
          health: UnsafeMutablePointer<UInt32>, healthSlots: [String: Int], paths: LinkPaths, pathSlots: [String: Int]) {
         self.targets = targets
         self.sessionNames = sessionNames
@@ -84,6 +91,9 @@ public final class ForwardingTable: @unchecked Sendable {
         sessionCount = sessionNames.count
         sessions = .allocate(capacity: max(1, sessionCount))
         var slots = [Int32]()
+        let masks = (0..<sessionCount).map { i in i < configs.count ? configs[i]?.mask : nil }
+        patterns = .allocate(byteCount: max(1, masks.reduce(0) { $0 + ($1?.bytes ?? 0) }), alignment: 16)
+        var patternAt = 0
         for i in 0..<sessionCount {
             let t = sessionTargets[i]
             let pair = counters.pairSlot(session: sessionNames[i], target: targets[t].name)
@@ -102,7 +112,12 @@ public final class ForwardingTable: @unchecked Sendable {
                 target: Int32(t), pair: Int32(pair), slot: Int32(slot),
                 limit: Int32(min(length, mtuLimit, Int(Int32.max))), limitIsLength: length <= mtuLimit,
                 sampleEvery: Int32(max(1, sampleEvery[i])), vni: tunnelIDs[i].vni, erspanSessionID: tunnelIDs[i].erspan,
-                sequences: sequences))
+                sequences: sequences, slice: i < configs.count ? configs[i]?.slice : nil, mask: masks[i],
+                patternAt: Int32(patternAt)))
+            if let m = masks[i] {
+                (patterns + patternAt).initializeMemory(as: UInt8.self, repeating: m.pattern, count: m.bytes)
+                patternAt += m.bytes
+            }
         }
         sequenceSlots = .allocate(capacity: max(1, slots.count))
         sequenceSlots.initialize(from: slots, count: slots.count)
@@ -138,11 +153,41 @@ public final class ForwardingTable: @unchecked Sendable {
     deinit {
         sessions.deallocate()
         sequenceSlots.deallocate()
+        patterns.deallocate()
         targetInfo.deallocate()
         endpointInfo.deallocate()
         templates.deallocate()
         addresses.deallocate()
         udpAddresses.deallocate()
+    }
+}
+
+/// The iovecs of one copy's payload: runs of the ring, and bytes from
+/// elsewhere (a finished checksum, a mask's pattern) in place of some.
+struct Pieces {
+    let v: UnsafeMutablePointer<iovec>
+    let base: UnsafeMutableRawPointer
+    var count = 0
+    /// Payload bytes covered so far.
+    var at = 0
+
+    /// The ring's bytes up to `end`.
+    @inline(__always)
+    mutating func ring(to end: Int) {
+        if end > at {
+            v[count] = iovec(iov_base: base + at, iov_len: end - at)
+            count += 1
+        }
+        at = max(at, end)
+    }
+
+    /// The ring up to `offset`, then `n` bytes from `bytes` instead of the ring's.
+    @inline(__always)
+    mutating func replace(at offset: Int, with bytes: UnsafeMutableRawPointer, count n: Int) {
+        ring(to: offset)
+        v[count] = iovec(iov_base: bytes, iov_len: n)
+        count += 1
+        at += n
     }
 }
 
@@ -430,29 +475,44 @@ public final class Forwarder: @unchecked Sendable {
         }
         let (h, v) = emitter.beginPacket(copies: copies, table: table)
         let payload = r.payload
+        let frame = r.frame
         let base = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
-        var pieces = 1
         var fix: (offset: Int, value: UInt16)?
         if r.flags.contains(.l4Complete) {
-            fix = PartialChecksum.completion(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol)
+            fix = PartialChecksum.completion(frame: frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol)
         } else if r.flags.contains(.sliced), let sliced = r.slices, sliced.count == 1 {
             // Cut short in the kernel, which summed the payload it left out.
-            fix = PartialChecksum.completion(frame: r.frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol,
+            fix = PartialChecksum.completion(frame: frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset, l4Protocol: r.l4Protocol,
                                              payloadSum: RecordView.payloadSum(sliced.sums, 0))
         }
-        if let fix {
-            // Send around the unfinished field, and the finished value from
-            // scratch: the ring itself is read-only.
-            let at = TunnelHeader.length + fix.offset
-            let fixed = h + 48
-            fixed.storeBytes(of: fix.value.bigEndian, as: UInt16.self)
-            v[0] = iovec(iov_base: base, iov_len: at)
-            v[1] = iovec(iov_base: fixed, iov_len: 2)
-            v[2] = iovec(iov_base: base + at + 2, iov_len: payload.count - at - 2)
-            pieces = 3
-        } else {
-            v[0] = iovec(iov_base: base, iov_len: payload.count)
+        var masked: Range<Int>?
+        if let m = s.mask, let end = PayloadMask.layerEnd(m.after, frame: frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset,
+                                                          l4Protocol: r.l4Protocol),
+           let range = PayloadMask.range(m, layerEnd: end, length: frame.count) {
+            masked = range
+            if let field = PayloadMask.checksumField(l4Offset: r.l4Offset, l4Protocol: r.l4Protocol), field + 2 <= frame.count {
+                let current = fix?.value ?? UInt16(frame[field]) << 8 | UInt16(frame[field + 1])
+                if let adjusted = PayloadMask.adjustedChecksum(frame: frame, l3Offset: r.l3Offset, l4Offset: r.l4Offset,
+                                                              l4Protocol: r.l4Protocol, range: range, pattern: m.pattern,
+                                                              current: current) {
+                    fix = adjusted
+                } else if let f = fix, f.offset < range.upperBound && f.offset + 2 > range.lowerBound {
+                    fix = nil // the field is masked
+                }
+            }
         }
+        // Pieces from the read-only ring, with the finished checksum (from
+        // scratch) and the mask's pattern sent in place of what they cover.
+        var out = Pieces(v: v, base: base)
+        let t = TunnelHeader.length
+        (h + 48).storeBytes(of: (fix?.value ?? 0).bigEndian, as: UInt16.self)
+        let fixAt = fix.map { t + $0.offset } ?? Int.max
+        let maskAt = masked.map { t + $0.lowerBound } ?? Int.max
+        if fixAt < maskAt { out.replace(at: fixAt, with: h + 48, count: 2) }
+        if let range = masked { out.replace(at: maskAt, with: table.patterns + Int(s.patternAt), count: range.count) }
+        if fixAt != Int.max && fixAt > maskAt { out.replace(at: fixAt, with: h + 48, count: 2) }
+        out.ring(to: payload.count)
+        let pieces = out.count
         emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: pieces, length: payload.count, hash: r.flowHash,
                           origin: origin(r, table, s, truncated: r.capturedLength < r.originalLength))
     }
@@ -485,6 +545,15 @@ public final class Forwarder: @unchecked Sendable {
         }
         let tunnel = UnsafeMutableRawPointer(mutating: r.payload.baseAddress!)
         let frameBase = UnsafeMutableRawPointer(mutating: r.frame.baseAddress!)
+        // Each segment keeps its headers plus the slice's bytes.
+        var limit = Int(s.limit), limitIsLength = s.limitIsLength
+        if let slice = s.slice {
+            let end = (slice.after == .l3 ? r.l4Offset : seg.headerLength) + slice.bytes
+            if end <= limit {
+                limit = end
+                limitIsLength = true
+            }
+        }
         var sentSegments = 0
         for i in stride(from: r.sampleFirst, to: n, by: step) {
             let chunk = seg.payloadRange(i)
@@ -501,20 +570,48 @@ public final class Forwarder: @unchecked Sendable {
             sentSegments += 1
             let (h, v) = emitter.beginPacket(copies: copies, table: table)
             let headers = h + Self.segmentHeadersAt
-            seg.writeHeaders(i, to: headers, payloadSum: payloadSum)
             var headerBytes = seg.headerLength
-            if headerBytes + payloadBytes > Int(s.limit) {
-                payloadBytes = max(0, Int(s.limit) - headerBytes)
-                headerBytes = min(headerBytes, Int(s.limit))
+            if headerBytes + payloadBytes > limit {
+                payloadBytes = max(0, limit - headerBytes)
+                headerBytes = min(headerBytes, limit)
+            }
+            // The mask, in segment offsets: over the headers (rewritten in
+            // scratch) and the payload (the pattern sent instead).
+            var headerMask = 0..<0, payloadMask = 0..<0
+            if let m = s.mask {
+                let from = (m.after == .l3 ? r.l4Offset : seg.headerLength) + m.offset
+                let to = min(from + m.bytes, headerBytes + (headerBytes == seg.headerLength ? payloadBytes : 0))
+                if from < min(to, headerBytes) { headerMask = from..<min(to, headerBytes) }
+                let p0 = max(from, seg.headerLength) - seg.headerLength, p1 = to - seg.headerLength
+                if p0 < p1 {
+                    payloadMask = p0..<p1
+                    // The segment's checksum covers the pattern, not the payload.
+                    var total = InternetChecksum(), old = InternetChecksum(), new = InternetChecksum()
+                    if let payloadSum { total.add(word: payloadSum) } else { total.add(UnsafeRawBufferPointer(rebasing: r.frame[chunk])) }
+                    if p0 & 1 == 1 { old.add([0]); new.add([0]) }
+                    old.add(UnsafeRawBufferPointer(rebasing: r.frame[(start + p0)..<(start + p1)]))
+                    PayloadMask.addPattern(&new, m.pattern, count: p1 - p0)
+                    total.add(word: ~old.folded)
+                    total.add(word: new.folded)
+                    payloadSum = total.folded
+                }
+            }
+            seg.writeHeaders(i, to: headers, payloadSum: payloadSum)
+            if !headerMask.isEmpty, let m = s.mask {
+                (headers + headerMask.lowerBound).initializeMemory(as: UInt8.self, repeating: m.pattern, count: headerMask.count)
             }
             let cut = headerBytes + payloadBytes < seg.headerLength + chunk.count
             if cut {
-                counters.addTruncation(session: Int(s.slot), s.limitIsLength ? .packetLength : .mtu)
+                counters.addTruncation(session: Int(s.slot), limitIsLength ? .packetLength : .mtu)
             }
             v[0] = iovec(iov_base: tunnel, iov_len: TunnelHeader.length)
             v[1] = iovec(iov_base: headers, iov_len: headerBytes)
-            v[2] = iovec(iov_base: frameBase + start, iov_len: payloadBytes)
-            emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: 3,
+            var out = Pieces(v: v + 2, base: frameBase + start)
+            if !payloadMask.isEmpty {
+                out.replace(at: payloadMask.lowerBound, with: table.patterns + Int(s.patternAt), count: payloadMask.count)
+            }
+            out.ring(to: payloadBytes)
+            emitter.addPacket(s, endpoints: chosen, copies: copies, pieces: 2 + out.count,
                               length: TunnelHeader.length + headerBytes + payloadBytes, hash: r.flowHash,
                               origin: origin(r, table, s, truncated: cut))
         }

@@ -12,6 +12,18 @@ public struct KernelSession: Sendable, Equatable {
     public var burst: UInt64
     public var rateBits: Bool
     public var tunnelHeader: [UInt8]
+    /// packet_length after a layer (enum tm_slice_after), and its bytes;
+    /// lengthLimit is then the fallback.
+    public var sliceAfter: UInt16 = 0
+    public var sliceBytes: UInt16 = 0
+    /// A window of CLOCK_MONOTONIC and limits, counted at `usageSlot`.
+    public var bounded = false
+    public var startNanoseconds: UInt64 = 0
+    public var stopNanoseconds: UInt64 = .max
+    public var maxPackets: UInt64 = 0
+    public var maxBytes: UInt64 = 0
+    public var usageSlot: UInt32 = 0
+    public var dedupWindowNanoseconds: UInt64 = 0
 
     public init(lengthLimit: UInt32 = 0, mtuLimit: UInt32 = 0, sampleEvery: UInt32 = 0, rate: UInt64 = 0,
                 burst: UInt64 = 0, rateBits: Bool = false, tunnelHeader: [UInt8]) {
@@ -90,6 +102,15 @@ extension MirrorProgram {
                 v.burst = s.burst
                 v.rate_bits = s.rateBits ? 1 : 0
                 withUnsafeMutableBytes(of: &v.tunnel_hdr) { $0.copyBytes(from: s.tunnelHeader.prefix(8)) }
+                v.slice_after = s.sliceAfter
+                v.slice_bytes = s.sliceBytes
+                if s.bounded { v.flags |= UInt32(TM_SESSION_BOUNDED.rawValue) }
+                v.start_ns = s.startNanoseconds
+                v.stop_ns = s.stopNanoseconds
+                v.max_packets = s.maxPackets
+                v.max_bytes = s.maxBytes
+                v.usage_slot = s.usageSlot
+                v.dedup_window_ns = s.dedupWindowNanoseconds
             }
             try SystemError.check(CMirrorBPF_map_update(sessionsMap, &key, &v, 0), "writing tm_sessions[\(key)]")
         }
@@ -267,6 +288,24 @@ extension MirrorProgram {
             try SystemError.check(CMirrorBPF_map_update(sampleMap, &k, &zeroSample, 0), "zeroing tm_sample")
             try SystemError.check(CMirrorBPF_map_update(rateMap, &k, &zeroRate, 0), "zeroing tm_rate")
         }
+    }
+
+    // MARK: bounded sessions
+
+    /// What a bounded session selected so far, and which limits ended it
+    /// (`enum tm_session_end`).
+    public func usage(slot: UInt32) throws(SystemError) -> (packets: UInt64, bytes: UInt64, ended: UInt32) {
+        var k = slot
+        var v = tm_session_usage()
+        try SystemError.check(CMirrorBPF_map_lookup(usageMap, &k, &v), "reading tm_session_usage[\(slot)]")
+        return (v.packets, v.bytes, v.ended)
+    }
+
+    /// Starts `slot` from nothing, for a new or changed session.
+    public func resetUsage(slot: UInt32) throws(SystemError) {
+        var k = slot
+        var v = tm_session_usage()
+        try SystemError.check(CMirrorBPF_map_update(usageMap, &k, &v, 0), "zeroing tm_session_usage[\(slot)]")
     }
 
     // MARK: counters

@@ -59,6 +59,7 @@ public final class MirrorProgram: @unchecked Sendable {
     public let ifStatsMap: Int32
     public let sessionStatsMap: Int32
     public let sampleMap: Int32
+    public let usageMap: Int32
     public let rateMap: Int32
     public let ringsMap: Int32
     public let ownSocketsMap: Int32
@@ -116,6 +117,7 @@ public final class MirrorProgram: @unchecked Sendable {
         ifStatsMap = map("tm_if_stats")
         sessionStatsMap = map("tm_session_stats")
         sampleMap = map("tm_sample_count")
+        usageMap = map("tm_session_usage")
         rateMap = map("tm_rate")
         ringsMap = map("tm_rings")
         ownSocketsMap = map("tm_own_sockets")

@@ -12,7 +12,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tm-bench",
         abstract: "Traffic generator and sink for scripts/bench.",
-        subcommands: [Suite.self, Generate.self, Count.self, Sink.self, Allocations.self, Classify.self, Merge.self]
+        subcommands: [Suite.self, Generate.self, Count.self, Sink.self, Allocations.self, Classify.self, Functions.self, Merge.self]
     )
 }
 

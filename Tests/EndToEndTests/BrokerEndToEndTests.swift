@@ -22,10 +22,13 @@ struct BrokerEndToEndTests {
         return f
     }
 
-    @Test("bounded sessions: duration 2s, max_packets 100, max_bytes 20000 end in the kernel exactly; a reload keeps what they used unless they changed")
+    @Test("bounded sessions: duration 2s, max_packets 100, max_bytes 20000 and a start_at..stop_at window end in the kernel exactly; a reload keeps what they used unless they changed")
     func boundedSessions() throws {
         let topo = try Topology()
         let lab = topo.lab
+        let iso = ISO8601DateFormatter()
+        iso.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let opens = Date().addingTimeInterval(1.5), closes = opens.addingTimeInterval(1)
         func config(counted: Int) -> String {
             """
             targets:
@@ -34,10 +37,13 @@ struct BrokerEndToEndTests {
               f1: {ingress: [{rule: 1, action: accept, protocol: udp, destination_ports: 1001}]}
               f2: {ingress: [{rule: 1, action: accept, protocol: udp, destination_ports: 1002}]}
               f3: {ingress: [{rule: 1, action: accept, protocol: udp, destination_ports: 1003}]}
+              f4: {ingress: [{rule: 1, action: accept, protocol: udp, destination_ports: 1004}]}
             sessions:
               - {name: timed, interfaces: [m0], target: t, filter: f1, number: 1, vni: 11, direction: ingress, duration: 2s}
               - {name: counted, interfaces: [m0], target: t, filter: f2, number: 2, vni: 12, direction: ingress, max_packets: \(counted)}
               - {name: sized, interfaces: [m0], target: t, filter: f3, number: 3, vni: 13, direction: ingress, max_bytes: 20000}
+              - {name: window, interfaces: [m0], target: t, filter: f4, number: 4, vni: 14, direction: ingress,
+                 start_at: '\(iso.string(from: opens))', stop_at: '\(iso.string(from: closes))'}
             """
         }
         let path = try topo.writeConfig(config(counted: 100))
@@ -45,10 +51,10 @@ struct BrokerEndToEndTests {
         let sent = try Capture(lab: lab, ns: topo.src, device: "s0", filter: ["-Q", "out", "udp"])
         let agent = try topo.startAgent(["--config", path])
         let socket = try RawSocket(lab: lab, ns: topo.src, device: "s0")
-        var flows: [[[UInt8]]] = [[], [], []]
+        var flows: [[[UInt8]]] = [[], [], [], []]
         func round(_ n: Int, _ tag: UInt8) throws {
             for i in 0..<n {
-                for k in 0..<3 {
+                for k in 0..<4 {
                     let f = try Self.frame(lab, topo, Frames.udp4(sport: 5000, dport: UInt16(1001 + k),
                                                                payload: [tag, UInt8(i & 0xFF), UInt8(i >> 8)] + [UInt8](repeating: 7, count: (i * 37) % 340)))
                     try socket.send(f)
@@ -78,11 +84,21 @@ struct BrokerEndToEndTests {
         #expect(inside.count > 150 && after.count > 50, "the window closes mid-run: \(inside.count) before, \(after.count) after")
         #expect(Array(timed.prefix(inside.count)) == inside && timed.allSatisfy { !after.contains($0) },
                 "timed: \(timed.count) copies, all \(inside.count) sent inside the window, none of the \(after.count) after")
-        for (s, reason) in [("timed", "duration"), ("counted", "max_packets"), ("sized", "max_bytes")] {
+        // start_at and stop_at: exactly the frames sent inside the window.
+        let flow4 = try sent.frames().filter { $0.bytes.count > 37 && $0.bytes[37] == 0xEC } // dport 1004
+        let open = opens.timeIntervalSince1970, close = closes.timeIntervalSince1970
+        func at(_ f: PcapReader.Frame) -> Double { Double(f.timestampNanoseconds) / 1e9 }
+        let within = flow4.filter { at($0) > open + 0.002 && at($0) < close - 0.002 }.map(\.bytes)
+        let outside = flow4.filter { at($0) < open - 0.002 || at($0) > close + 0.002 }.map(\.bytes)
+        let windowed = of(14)
+        #expect(within.count > 50 && outside.count > 100 && within.allSatisfy { windowed.contains($0) }
+                && windowed.allSatisfy { !outside.contains($0) },
+                "window: \(windowed.count) copies, all \(within.count) sent inside, none of the \(outside.count) outside")
+        for (s, reason) in [("timed", "duration"), ("counted", "max_packets"), ("sized", "max_bytes"), ("window", "stop_at")] {
             #expect(m.value("traffic_mirror_session_state", ["session": s, "state": "ended"]) == 1, "\(s) ended")
             #expect(m.value("traffic_mirror_session_end_info", ["session": s, "reason": reason]) == 1, "\(s) ended by \(reason)")
         }
-        MetricsEndToEndTests.checkInvariants(m, sessions: ["timed", "counted", "sized"], interfaces: ["m0"])
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["timed", "counted", "sized", "window"], interfaces: ["m0"])
         #expect(agent.stderr.contains("session ended") && agent.stderr.contains("max_packets"), "the log says which limit")
 
         // A reload: unchanged sessions keep what they used (still ended), a
@@ -91,14 +107,14 @@ struct BrokerEndToEndTests {
         _ = try topo.writeConfig(config(counted: 50))
         #expect(agent.waitForStderr(timeout: 10) { $0.components(separatedBy: "reloaded").count > reloads }, "reloaded: \(agent.stderr)")
         let before = copies.count
-        flows = [[], [], []]
+        flows = [[], [], [], []]
         try round(100, 2)
         try wire.settle(quiet: 1.5)
         let later = Array(try wire.frames().compactMap { Self.vxlan($0.bytes) }.dropFirst(before))
         #expect(later.filter { $0.vni == 12 }.map(\.inner) == Array(flows[1].prefix(50)), "the changed session mirrors 50 anew")
         #expect(later.filter { $0.vni != 12 }.isEmpty, "the unchanged ones stay ended: \(later.filter { $0.vni != 12 }.count) copies")
         m = try MetricsEndToEndTests.scrape(topo)
-        MetricsEndToEndTests.checkInvariants(m, sessions: ["timed", "counted", "sized"], interfaces: ["m0"])
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["timed", "counted", "sized", "window"], interfaces: ["m0"])
         #expect(agent.stop() == 0)
         _ = try sent.stop()
         _ = try wire.stop()

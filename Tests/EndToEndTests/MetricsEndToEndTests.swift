@@ -71,6 +71,7 @@ struct MetricsEndToEndTests {
         sessions:
           - {name: udp, interfaces: [m0], target: a, filter: udp, number: 1, vni: 7, packet_length: 200}
           - {name: egress, interfaces: [m0], target: a, number: 2, vni: 8, direction: egress}
+          - {name: closed, interfaces: [m0], target: a, number: 3, vni: 9, direction: egress, stop_at: '2020-01-01T00:00:00Z'}
         """
         let agent = try topo.startAgent(["--config", try topo.writeConfig(config), "--ring-size", "64K", "--log-format", "json"])
         let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])

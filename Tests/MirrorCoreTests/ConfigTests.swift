@@ -75,6 +75,17 @@ struct ConfigTests {
         ("bad direction", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, direction: up}", "sessions[0].direction: \"up\" is not one of ingress, egress, both"),
         ("bad address", "targets:\n  ids: {address: 'not an address'}", "targets.ids.address: \"not an address\" is not an IPv4 address, IPv6 address or host name"),
         ("bad encapsulation", "targets:\n  ids: {address: 198.18.2.2, encapsulation: gre}", "targets.ids.encapsulation: \"gre\" is not one of vxlan, geneve, erspan2, erspan3"),
+        ("slice layer", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, packet_length: {after: l7, bytes: 16}}", "sessions[0].packet_length.after: \"l7\" is not one of l3, l4"),
+        ("slice bytes", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, packet_length: {after: l4}}", "sessions[0].packet_length.bytes: required: the bytes kept after those headers"),
+        ("slice key", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, packet_length: {after: l4, bytes: 1, before: 2}}", "sessions[0].packet_length.before"),
+        ("mask bytes", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, mask: {after: l4, bytes: 0}}", "sessions[0].mask.bytes: 0 is out of range 1...65535"),
+        ("mask pattern", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, mask: {after: l4, bytes: 4, pattern: 0x100}}", "sessions[0].mask.pattern: \"0x100\" must be a byte"),
+        ("duration", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, duration: forever}", "sessions[0].duration: \"forever\": the duration must be"),
+        ("max_packets", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, max_packets: 0}", "sessions[0].max_packets: 0 is out of range"),
+        ("max_bytes", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, max_bytes: 1Q}", "sessions[0].max_bytes: \"1Q\" must be a byte count"),
+        ("start_at", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, start_at: tomorrow}", "sessions[0].start_at: \"tomorrow\" is not an RFC 3339 date-time"),
+        ("window order", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, start_at: '2026-12-04T10:00:00Z', stop_at: '2026-12-04T09:00:00Z'}", "sessions[0].stop_at: stop_at is not after start_at"),
+        ("dedup window", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, deduplicate: 2s}", "sessions[0].deduplicate: \"2s\": the window must be"),
         ("erspan port", "targets:\n  ids: {address: 198.18.2.2, encapsulation: erspan2, port: 4789}", "targets.ids.port: erspan2 runs over GRE (IP protocol 47), which has no port; remove port"),
         ("erspan endpoint port", "targets:\n  ids: {endpoints: ['198.18.2.2:9'], encapsulation: erspan3}", "targets.ids.endpoints: 198.18.2.2:9: erspan3 runs over GRE, which has no port"),
         ("hardware_id range", "targets:\n  ids: {address: 198.18.2.2, encapsulation: erspan3, hardware_id: 64}", "targets.ids.hardware_id: 64 is out of range 0...63"),
@@ -132,6 +143,26 @@ struct ConfigTests {
                                       + "sessions:\n  - {name: a, interfaces: [e], target: g, number: 1}\n")
         #expect(g.targets[0].tunnel(hostName: "node-1") == Tunnel(.geneve, origin: .init(hostID: Tunnel.GeneveOrigin.hostID(hostName: "node-1"))))
         #expect(Tunnel.GeneveOrigin.hostID(hostName: "a") == 0xE40C_292C) // FNV-1a 32 of "a"
+    }
+
+    @Test("broker keys load: layer slices, masks, bounds in every unit, RFC 3339 times, deduplication windows")
+    func brokerKeys() throws {
+        let c = try ConfigLoader.load(yaml: """
+        targets:
+          t: {address: 198.18.2.2}
+        sessions:
+          - {name: a, interfaces: [e], target: t, number: 1, packet_length: {after: l3, bytes: 0}, mask: {after: l4, offset: 2, bytes: 8, pattern: 0xaa},
+             duration: 10m, max_packets: 5, max_bytes: 1G, start_at: '2026-12-04T21:00:00.5+01:00', stop_at: '2026-12-04T20:30:00Z', deduplicate: true}
+          - {name: b, interfaces: [e], target: t, number: 2, packet_length: 100, deduplicate: 250us, duration: 1.5}
+        """)
+        let a = c.sessions[0], b = c.sessions[1]
+        #expect(a.slice == LayerSlice(after: .l3, bytes: 0) && a.packetLength == nil && a.slice?.fallback == 64)
+        #expect(a.mask == Mask(after: .l4, offset: 2, bytes: 8, pattern: 0xAA))
+        #expect(a.bounds == SessionBounds(duration: 600, maxPackets: 5, maxBytes: 1 << 30, startAt: 1_796_414_400.5, stopAt: 1_796_416_200))
+        #expect(a.deduplicate == SessionConfig.defaultDedupWindow && b.deduplicate == 0.000_25)
+        #expect(b.packetLength == 100 && b.slice == nil && b.bounds == SessionBounds(duration: 1.5) && b.mask == nil)
+        #expect(RFC3339.parse("1970-01-01T00:00:00Z") == 0 && RFC3339.parse("2000-02-29T12:00:00-00:30") == 951_825_600 + 1800)
+        #expect(RFC3339.parse("2026-13-01T00:00:00Z") == nil && RFC3339.parse("2026-12-04T21:00:00") == nil)
     }
 
     @Test("every problem is reported at once")

@@ -146,7 +146,9 @@ struct BrokerEndToEndTests {
         try wire.settle(quiet: 1.5)
         let copies = try wire.stop().compactMap { Self.vxlan($0.bytes) }.map(\.inner)
         let frames = try sent.stop().map(\.bytes)
-        #expect(copies.count == 50 && copies == Array(frames.prefix(50)), "\(copies.count) copies, the first 50 of \(frames.count) frames: \(copies.map { c in frames.firstIndex(of: c) ?? -1 })")
+        // Copies of different flows (an ARP reply, the UDP frames) may pass each other.
+        #expect(copies.count == 50, "\(copies.count) copies")
+        try MirrorEndToEndTests.expectSameFrames(copies, Array(frames.prefix(50)), "the first 50 frames m0 received")
     }
 
     /// End of the headers up to and including the transport's, by hand.

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Runs `body` (which spawns a child) with no signal blocked on this
 /// thread: a child inherits the spawning thread's mask, and the test
@@ -73,11 +76,23 @@ public struct Failure: Error, CustomStringConvertible {
 
 /// A process started in the background and stopped by PID, only ever the
 /// one this object started.
+///
+/// Its output is read by a thread per pipe with blocking reads, not by
+/// FileHandle's readabilityHandler: with many pipes open at once that
+/// crashes libdispatch's event loop on Linux (swift-corelibs-foundation
+/// issue 3276), which took the whole test process down here once.
 public final class Background: @unchecked Sendable {
     public let process = Process()
     private let out = Pipe(), err = Pipe()
-    private let lock = NSLock()
-    private var outData = Data(), errData = Data()
+
+    /// What the readers have read; shared with their threads.
+    final class Output: @unchecked Sendable {
+        let lock = NSLock()
+        var out = Data(), err = Data()
+        /// Readers that reached end of file.
+        var ended = 0
+    }
+    private let output = Output()
 
     public init(_ arguments: [String]) throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -85,24 +100,41 @@ public final class Background: @unchecked Sendable {
         process.standardOutput = out
         process.standardError = err
         process.standardInput = FileHandle.nullDevice
-        out.fileHandleForReading.readabilityHandler = { [weak self] h in
-            let d = h.availableData
-            guard let self, !d.isEmpty else { return }
-            self.lock.lock(); self.outData.append(d); self.lock.unlock()
-        }
-        err.fileHandleForReading.readabilityHandler = { [weak self] h in
-            let d = h.availableData
-            guard let self, !d.isEmpty else { return }
-            self.lock.lock(); self.errData.append(d); self.lock.unlock()
-        }
         try withSignalsUnblocked { try process.run() }
+        // The child holds the write ends now; ours would keep the pipes open.
+        try? out.fileHandleForWriting.close()
+        try? err.fileHandleForWriting.close()
+        Self.read(out.fileHandleForReading.fileDescriptor, output, stderr: false)
+        Self.read(err.fileHandleForReading.fileDescriptor, output, stderr: true)
+    }
+
+    private static func read(_ fd: Int32, _ output: Output, stderr: Bool) {
+        let thread = Thread {
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = Glibc.read(fd, &buffer, buffer.count)
+                if n > 0 {
+                    output.lock.lock()
+                    if stderr { output.err.append(contentsOf: buffer[0..<n]) } else { output.out.append(contentsOf: buffer[0..<n]) }
+                    output.lock.unlock()
+                } else if n < 0 && errno == EINTR {
+                    continue
+                } else {
+                    break
+                }
+            }
+            output.lock.lock()
+            output.ended += 1
+            output.lock.unlock()
+        }
+        thread.start()
     }
 
     public var pid: Int32 { process.processIdentifier }
     public var isRunning: Bool { process.isRunning }
 
-    public var stdout: String { lock.lock(); defer { lock.unlock() }; return String(decoding: outData, as: UTF8.self) }
-    public var stderr: String { lock.lock(); defer { lock.unlock() }; return String(decoding: errData, as: UTF8.self) }
+    public var stdout: String { output.lock.lock(); defer { output.lock.unlock() }; return String(decoding: output.out, as: UTF8.self) }
+    public var stderr: String { output.lock.lock(); defer { output.lock.unlock() }; return String(decoding: output.err, as: UTF8.self) }
 
     /// Waits until `predicate` holds on stderr (the agent logs there).
     public func waitForStderr(timeout: TimeInterval = 30, _ predicate: (String) -> Bool) -> Bool {
@@ -125,7 +157,15 @@ public final class Background: @unchecked Sendable {
             kill(pid, SIGKILL)
             process.waitUntilExit()
         }
-        usleep(50_000) // let the readability handlers take the last output
+        // The readers take the last output, up to end of file.
+        let readers = Date().addingTimeInterval(2)
+        while Date() < readers {
+            output.lock.lock()
+            let ended = output.ended
+            output.lock.unlock()
+            if ended == 2 { break }
+            usleep(2000)
+        }
         return process.terminationStatus
     }
 
@@ -137,8 +177,6 @@ public final class Background: @unchecked Sendable {
             kill(pid, SIGKILL)
             process.waitUntilExit()
         }
-        out.fileHandleForReading.readabilityHandler = nil
-        err.fileHandleForReading.readabilityHandler = nil
     }
 }
 

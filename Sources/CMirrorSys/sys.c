@@ -228,6 +228,49 @@ int CMirrorSys_link_events_drain(int fd)
 	}
 }
 
+int CMirrorSys_route_events_open(void)
+{
+	struct sockaddr_nl sa = {
+		.nl_family = AF_NETLINK,
+		.nl_groups = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_LINK,
+	};
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);
+
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+
+		close(fd);
+		return -e;
+	}
+	return fd;
+}
+
+int CMirrorSys_netlink_drain(int fd)
+{
+	char buf[16384] __attribute__((aligned(4)));
+	int messages = 0;
+
+	for (;;) {
+		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == ENOBUFS) {
+				messages++;
+				continue;
+			}
+			return messages;
+		}
+		if (n == 0)
+			return messages;
+		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n))
+			messages++;
+	}
+}
+
 int CMirrorSys_setns_net(int fd)
 {
 	return ret(setns(fd, CLONE_NEWNET));

@@ -200,6 +200,12 @@ public final class MetricsExporter: Sendable {
             current("traffic_mirror_interface_pattern_matches", "Interfaces a configured pattern or name matches now; 0 while it waits for one to appear.",
                   [("pattern", p)], Double(n))
         }
+        counter("traffic_mirror_target_path_changes_total",
+                "Times a target endpoint's route, source address, path MTU or address changed and the new paths were put in force (netlink events, and every --resolve-interval).",
+                [], UInt64(s.targetPathChanges))
+        counter("traffic_mirror_target_resolve_failures_total",
+                "Looks at the targets' paths that failed (no route, a name that does not resolve): the paths in force stay.",
+                [], UInt64(s.targetResolveFailures))
         for (name, bounded) in s.sessionStates.sorted(by: { $0.key < $1.key }) {
             let state = bounded.state
             if let t = bounded.stopTime {

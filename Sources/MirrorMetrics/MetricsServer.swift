@@ -21,6 +21,7 @@ public enum MetricsServer {
             let up = snapshot?.running == true && snapshot?.interfaceFailure == nil
             var body = snapshot?.running == true ? "" : "data plane not running\n"
             if let f = snapshot?.interfaceFailure { body += "failed: \(f)\n" }
+            if let t = snapshot?.targetProblem { body += "target path: \(t)\n" }
             for p in snapshot?.waiting ?? [] { body += "waiting: \(p) matches no interface yet\n" }
             for (ns, why) in (snapshot?.namespaceFailures ?? [:]).sorted(by: { $0.key < $1.key }) {
                 body += "waiting: network namespace \(ns) cannot be entered: \(why)\n"

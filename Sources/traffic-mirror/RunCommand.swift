@@ -108,6 +108,9 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Send runs of one flow's copies as one UDP GSO message each, which the kernel cuts into datagrams (--no-gso: every copy a frame of its own). Copies leave by an AF_PACKET socket on the route's interface, or by a raw IP socket where there is no link-layer path; no UDP port is bound either way.")
     var gso = true
 
+    @Option(help: ArgumentHelp("Seconds between looks at every target's route, source address, path MTU and host name, besides those route and address changes prompt (netlink), 1...3600.", valueName: "seconds"))
+    var resolveInterval: Double = 30
+
     @Option(help: ArgumentHelp("SO_MARK for the agent's sockets, for policy routing of the copies (default: none). The hooks never use marks to recognise the copies; avoid the bits kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00, 0xffff0000) give meanings.", valueName: "mark"))
     var socketMark: String?
 
@@ -163,6 +166,9 @@ struct RunCommand: AsyncParsableCommand {
         if !(1...4096).contains(batchSize) {
             problems.append("--batch-size: \(batchSize) is out of range 1...4096")
         }
+        if !(1...3600).contains(resolveInterval) {
+            problems.append("--resolve-interval: \(resolveInterval) is out of range 1...3600 seconds")
+        }
         if !(1...1024).contains(ringsPerThread) {
             problems.append("--rings-per-thread: \(ringsPerThread) is out of range 1...1024")
         }
@@ -199,6 +205,8 @@ struct RunCommand: AsyncParsableCommand {
             hooks: HookPolicy(ingress: ingressHook, tcAttach: tcAttach),
             socketMark: socketMark.flatMap(Self.parseMark) ?? 0,
             ringsPerThread: ringsPerThread)
+        var agentOptions = options
+        agentOptions.resolveInterval = resolveInterval
         let metrics = try HostPort(parsing: metricsAddress)
         let reference = AgentReference()
         let exporter = MetricsExporter(agent: reference, build: BuildInfo(
@@ -212,7 +220,7 @@ struct RunCommand: AsyncParsableCommand {
                 .init(service: MetricsServer.make(host: metrics.host, port: Int(metrics.port!), exporter: exporter, logger: logger)),
                 // A quick session that ends by itself ends the run: the
                 // agent stops, then the metrics endpoint.
-                .init(service: AgentService(options: options, config: config, configPath: self.config,
+                .init(service: AgentService(options: agentOptions, config: config, configPath: self.config,
                                             watchedText: watchConfig ? text : nil, hangups: hangups,
                                             reference: reference, logger: logger),
                       successTerminationBehavior: .gracefullyShutdownGroup),

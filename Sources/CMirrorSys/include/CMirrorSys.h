@@ -58,6 +58,14 @@ int CMirrorSys_link_events_open(void);
  * must look at every link again), 0 when none. */
 int CMirrorSys_link_events_drain(int fd);
 
+/* A NETLINK_ROUTE socket subscribed to what a path toward a target
+ * depends on: routes and addresses of both families, and links (an MTU
+ * change), non-blocking. */
+int CMirrorSys_route_events_open(void);
+/* Reads every pending message; returns how many arrived (1 more when the
+ * socket overran), 0 when none. */
+int CMirrorSys_netlink_drain(int fd);
+
 /* Joins the calling thread to the network namespace of `fd` (a file of
  * /run/netns or /proc/PID/ns/net). */
 int CMirrorSys_setns_net(int fd);

@@ -24,6 +24,9 @@ public final class Agent: @unchecked Sendable {
         public var socketMark: UInt32
         /// Rings (CPUs) per forwarding thread (ForwardingGroups).
         public var ringsPerThread: Int
+        /// Seconds between looks at every target's path (and host name)
+        /// besides those netlink events prompt.
+        public var resolveInterval: Double = 30
 
         public init(program: MirrorProgram.Settings = .init(), forwarder: Forwarder.Settings = .init(), hooks: HookPolicy = .init(),
                     socketMark: UInt32 = 0, ringsPerThread: Int = Agent.defaultRingsPerThread) {
@@ -80,6 +83,11 @@ public final class Agent: @unchecked Sendable {
         var retiredInterfaces: [String: [Direction: [UInt64]]] = [:]
         /// Bounded sessions in force, by name.
         var bounded: [String: BoundedSession] = [:]
+        /// Target paths re-resolved because they changed, and looks that failed.
+        var targetPathChanges = 0
+        var targetResolveFailures = 0
+        /// Why the last look at the targets failed, until one succeeds.
+        var targetProblem: String?
     }
 
     /// A session with a window or limits: its kernel usage slot and when it
@@ -192,6 +200,8 @@ public final class Agent: @unchecked Sendable {
     public let startedAt = CMirrorSys_realtime_ns()
     /// Follows links appearing and going; started by the first `apply`.
     private let linkMonitor = Mutex<LinkMonitor?>(nil)
+    /// Follows routes and addresses toward the targets; started by the first `apply`.
+    private let targetMonitor = Mutex<TargetMonitor?>(nil)
 
     /// Loads the program, creates the rings and starts the forwarding
     /// thread. Nothing is attached yet: see `apply`.
@@ -249,11 +259,13 @@ public final class Agent: @unchecked Sendable {
         // Watching first: a link that appears while this change lists the
         // links is seen by the refresh that follows it.
         startLinkMonitor()
+        startTargetMonitor()
         var resolved = [ResolvedTarget]()
         do throws(OperationalError) {
             for t in config.targets {
                 resolved.append(try TargetResolver.resolve(t, mark: options.socketMark))
             }
+            try checkFamilies(resolved)
         } catch {
             noteRejectedConfig()
             throw error
@@ -289,6 +301,70 @@ public final class Agent: @unchecked Sendable {
                     $0.events[.failed, default: 0] += 1
                     $0.interfaceFailure = error.message
                 }
+            }
+        }
+    }
+
+    /// An IPv6 endpoint needs the IPv6 raw socket: without one every copy
+    /// would fail, so the configuration does.
+    private func checkFamilies(_ targets: [ResolvedTarget]) throws(OperationalError) {
+        guard !forwarding.canSendIPv6 else { return }
+        for t in targets {
+            if let e = t.endpoints.first(where: { !$0.address.isIPv4 }) {
+                let why = forwarding.forwarders.first?.ipv6Problem.map { "\($0)" } ?? "no IPv6 socket"
+                throw OperationalError("target \(t.name) endpoint \(e.endpointDescription): this host cannot send IPv6 (\(why)); enable IPv6 on the host or give the target an IPv4 address")
+            }
+        }
+    }
+
+    /// Looks at every target's path again (route, source address, path MTU,
+    /// the host name's address) and puts the configuration in force again
+    /// with the new paths when any changed, so copies never leave with a
+    /// stale source or a limit the path no longer takes. The target
+    /// monitor calls it on route, address and link events and every
+    /// `resolveInterval`. A look that fails keeps the paths in force.
+    public func refreshTargets() {
+        changeLock.withLock { _ in
+            let (source, applied, stopped) = state.withLock { ($0.source, $0.applied, $0.stopped) }
+            guard let source, let applied, !stopped else { return }
+            var fresh = [ResolvedTarget]()
+            do throws(OperationalError) {
+                for t in source.targets { fresh.append(try TargetResolver.resolve(t, mark: options.socketMark)) }
+            } catch {
+                let first = state.withLock { s in
+                    s.targetResolveFailures += 1
+                    defer { s.targetProblem = error.message }
+                    return s.targetProblem != error.message
+                }
+                if first { logger.warning("a target's path is gone; copies keep the last one", metadata: ["error": "\(error.message)"]) }
+                return
+            }
+            state.withLock { $0.targetProblem = nil }
+            func paths(_ ts: [ResolvedTarget]) -> [String] {
+                ts.flatMap { t in t.endpoints.map { "\(t.name) \($0.key) \($0.address) from \($0.source) mtu \($0.mtu)" } }
+            }
+            let before = paths(applied.targets), after = paths(fresh)
+            guard before != after else { return }
+            for (old, new) in zip(before, after) where old != new {
+                logger.notice("a target's path changed", metadata: ["was": "\(old)", "now": "\(new)"])
+            }
+            do throws(OperationalError) {
+                try applyLocked(source, targets: fresh, links: links(for: source))
+                state.withLock { $0.targetPathChanges += 1 }
+            } catch {
+                state.withLock { $0.targetResolveFailures += 1 }
+                logger.error("the new target paths could not be put in force; the next event tries again", metadata: ["error": "\(error.message)"])
+            }
+        }
+    }
+
+    private func startTargetMonitor() {
+        targetMonitor.withLock { m in
+            guard m == nil else { return }
+            do {
+                m = try TargetMonitor(resolveInterval: options.resolveInterval) { [weak self] _ in self?.refreshTargets() }
+            } catch {
+                logger.error("cannot watch routes and addresses: target paths are looked at only on reload", metadata: ["error": "\(error)"])
             }
         }
     }
@@ -651,6 +727,11 @@ public final class Agent: @unchecked Sendable {
         public var namespaceFailures: [String: String]
         /// Bounded sessions, by name.
         public var sessionStates: [String: BoundedState]
+        /// Target paths put in force again because they changed; looks
+        /// that failed; why the last one failed, until one succeeds.
+        public var targetPathChanges: Int
+        public var targetResolveFailures: Int
+        public var targetProblem: String?
         /// The data plane runs: a plan is in force and the thread drains.
         public var running: Bool
     }
@@ -691,6 +772,8 @@ public final class Agent: @unchecked Sendable {
                 interfaceFailure: s.interfaceFailure,
                 namespaceFailures: s.namespaceFailures,
                 sessionStates: bounded,
+                targetPathChanges: s.targetPathChanges, targetResolveFailures: s.targetResolveFailures,
+                targetProblem: s.targetProblem,
                 running: !s.stopped && s.applied != nil && forwarding.isRunning)
         }
     }
@@ -701,6 +784,7 @@ public final class Agent: @unchecked Sendable {
         // Outside the change lock: the monitor may be waiting for it.
         let monitor = linkMonitor.withLock { m in defer { m = nil }; return m }
         monitor?.stop()
+        targetMonitor.withLock { m in defer { m = nil }; return m }?.stop()
         changeLock.withLock { _ in shutdownLocked() }
     }
 

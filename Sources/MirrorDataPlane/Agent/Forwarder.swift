@@ -296,13 +296,22 @@ public final class Forwarder: @unchecked Sendable {
             return fd
         }
         socket4 = try open(AF_INET)
-        socket6 = (try? open(AF_INET6)) ?? -1
+        do {
+            socket6 = try open(AF_INET6)
+        } catch {
+            socket6 = -1
+            ipv6Problem = error
+        }
         self.own = own
         // Room for a batch of records and the segments of GSO packets.
         emitter = Emitter(capacity: max(4 * b, 256), counters: counters, settings: settings,
                           socket4: socket4, socket6: socket6, mark: mark, own: own)
         chosen = .allocate(capacity: Self.maxEndpoints)
     }
+
+    /// Whether the IPv6 raw socket could be opened (and why not).
+    var canSendIPv6: Bool { socket6 >= 0 }
+    public private(set) var ipv6Problem: SystemError?
 
     deinit {
         own.forget(socket4)

@@ -58,6 +58,8 @@ public final class ForwardingGroups: @unchecked Sendable {
     public var firstRingFD: Int32 { rings[0].firstRingFD }
     public var firstRingCPU: UInt32 { rings[0].firstRingCPU }
     public var isRunning: Bool { forwarders.allSatisfy(\.isRunning) }
+    /// Whether the host let the forwarders open an IPv6 raw socket.
+    public var canSendIPv6: Bool { forwarders.allSatisfy(\.canSendIPv6) }
 
     /// Hands every thread the table for records of `bank`; returns once all
     /// use it.

@@ -83,6 +83,9 @@ public enum TargetResolver {
         let v4 = address.isIPv4
         let fd = CMirrorSys_socket(v4 ? AF_INET : AF_INET6, Int32(SOCK_DGRAM.rawValue), 0)
         guard fd >= 0 else {
+            if !v4 && fd == -EAFNOSUPPORT {
+                throw OperationalError("\(what) (\(address)): this host cannot send IPv6 (\(SystemError("socket(AF_INET6)", code: fd))); enable IPv6 on the host or give the target an IPv4 address")
+            }
             throw OperationalError("\(what): \(SystemError("socket", code: fd))")
         }
         defer { _ = CMirrorSys_close(fd) }
@@ -102,7 +105,9 @@ public enum TargetResolver {
         var routeMTU: Int32 = 0
         let mrc = v4 ? CMirrorSys_getsockopt_int(fd, IPPROTO_IP_VALUE, IP_MTU_VALUE, &routeMTU)
                      : CMirrorSys_getsockopt_int(fd, IPPROTO_IPV6_VALUE, IPV6_MTU_VALUE, &routeMTU)
-        if mrc != 0 || routeMTU <= 0 { routeMTU = 1500 }
+        if (mrc != 0 || routeMTU <= 0) && t.mtu == nil {
+            throw OperationalError("\(what) (\(address)): cannot read the path MTU of the route (\(SystemError(v4 ? "getsockopt(IP_MTU)" : "getsockopt(IPV6_MTU)", code: mrc == 0 ? -EINVAL : mrc))); set mtu: for the target")
+        }
         let mtu = t.mtu ?? Int(routeMTU)
         let header = OuterHeader(source: source.bytes, destination: address.bytes, destinationPort: port,
                                  tunnel: t.tunnel(hostName: hostName))

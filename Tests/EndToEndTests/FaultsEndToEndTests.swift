@@ -1,0 +1,214 @@
+import Foundation
+import MirrorCore
+import MirrorFixtures
+import MirrorTestSupport
+import Testing
+
+/// Faults the agent meets on a host that runs for months: paths that
+/// change under it, reload storms, kills under load, hosts without IPv6,
+/// full disks for `receive`.
+@Suite("Faults end to end", .serialized)
+struct FaultsEndToEndTests {
+    /// Outer IPv4 source, total length, fragment field and the inner frame
+    /// of a VXLAN datagram, by byte offsets.
+    static func outer(_ f: [UInt8]) -> (source: [UInt8], length: Int, fragment: UInt16, inner: [UInt8])? {
+        guard f.count >= 50, f[12] == 0x08, f[13] == 0x00, f[23] == 17 else { return nil }
+        return (Array(f[26..<30]), Int(f[16]) << 8 | Int(f[17]), UInt16(f[20]) << 8 | UInt16(f[21]), Array(f[50...]))
+    }
+
+    /// Sends frames of one flow from src for `seconds`, one every `gap` µs;
+    /// `at` runs once after `after` seconds. Returns the frames.
+    static func load(_ lab: Lab, _ topo: Topology, seconds: Double, gap: UInt32 = 1000, payload: Int = 200,
+                     after: Double = .infinity, _ at: () throws -> Void = {}) throws -> [[UInt8]] {
+        let socket = try RawSocket(lab: lab, ns: topo.src, device: "s0")
+        let mac = try lab.mac(topo.mon, "m0") + lab.mac(topo.src, "s0")
+        var frames = [[UInt8]]()
+        let start = Date()
+        var done = false
+        var i = 0
+        while Date().timeIntervalSince(start) < seconds {
+            var f = Frames.udp4(sport: 4444, dport: 4445, payload: [UInt8(i & 0xFF), UInt8(i >> 8 & 0xFF)] + [UInt8](repeating: 1, count: payload))
+            f.replaceSubrange(0..<12, with: mac)
+            try socket.send(f)
+            frames.append(f)
+            i += 1
+            if !done && Date().timeIntervalSince(start) >= after {
+                try at()
+                done = true
+            }
+            usleep(gap)
+        }
+        return frames
+    }
+
+    @Test("the source address and the path MTU change under load: copies follow within 1 s, none with the stale source after, none fragmented")
+    func pathChanges() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        _ = try lab.exec(topo.mon, ["ping", "-c", "1", "-W", "2", "198.18.1.2"])
+        _ = try lab.exec(topo.src, ["ping", "-c", "1", "-W", "2", "198.18.0.2"])
+        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--direction", "ingress"])
+        let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        var changed = Date()
+        // The route's preferred source becomes 198.18.1.3.
+        _ = try Self.load(lab, topo, seconds: 3, after: 1) {
+            try lab.ip(topo.mon, "addr", "add", "198.18.1.3/24", "dev", "m1")
+            try lab.ip(topo.mon, "route", "replace", "198.18.1.0/24", "dev", "m1", "src", "198.18.1.3")
+            changed = Date()
+        }
+        try wire.settle(quiet: 1.5)
+        var copies = try wire.frames().compactMap { d in Self.outer(d.bytes).map { (d.timestampNanoseconds, $0) } }
+        let cut = UInt64(changed.timeIntervalSince1970 * 1e9)
+        let first = copies.first { $0.1.source == [198, 18, 1, 3] }
+        #expect(first != nil, "copies took the new source: \(agent.stderr)")
+        if let first {
+            let delay = Double(first.0 - cut) / 1e6
+            print("faults: the new source in force \(String(format: "%.1f", delay)) ms after the route changed")
+            #expect(delay < 1000, "within 1 s: \(delay) ms")
+            let stale = copies.filter { $0.0 > first.0 && $0.1.source != [198, 18, 1, 3] }
+            #expect(stale.isEmpty, "\(stale.count) copies with the stale source after the switch")
+        }
+        #expect(agent.stderr.contains("a target's path changed"))
+
+        // The path MTU drops to 1400: frames of 1244 bytes fit whole before,
+        // are cut to 1350 after (1400 - 50), counted, never fragmented.
+        let before = copies.count
+        changed = Date()
+        _ = try Self.load(lab, topo, seconds: 3, payload: 1400, after: 1) {
+            try lab.ip(topo.mon, "link", "set", "m1", "mtu", "1400")
+            changed = Date()
+        }
+        try wire.settle(quiet: 1.5)
+        copies = Array(try wire.frames().compactMap { d in Self.outer(d.bytes).map { (d.timestampNanoseconds, $0) } }.dropFirst(before))
+        let small = copies.first { $0.1.length <= 1400 }
+        #expect(small != nil && copies.allSatisfy { $0.1.fragment & 0x3FFF == 0 }, "cut to fit, never fragmented")
+        if let small {
+            let delay = Double(small.0 - UInt64(changed.timeIntervalSince1970 * 1e9)) / 1e6
+            print("faults: the new MTU in force \(String(format: "%.1f", delay)) ms after the link changed")
+            #expect(delay < 1000, "within 1 s: \(delay) ms")
+            #expect(copies.filter { $0.0 > small.0 }.allSatisfy { $0.1.length <= 1400 }, "no copy over 1400 bytes after")
+        }
+        let m = try MetricsEndToEndTests.scrape(topo)
+        #expect((m.value("traffic_mirror_truncated_packets_total", ["session": "default", "reason": "mtu"]) ?? 0) > 100)
+        #expect((m.value("traffic_mirror_target_path_changes_total") ?? 0) >= 2)
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["m0"])
+        #expect(agent.stop() == 0)
+        _ = try wire.stop()
+    }
+
+    static func openFDs(_ pid: Int32) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
+    }
+
+    static func rssKiB(_ pid: Int32) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+    }
+
+    @Test("100 SIGHUP reloads under traffic: every one reloads, invariants exact, no fd or memory growth")
+    func reloadStorm() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        _ = try lab.exec(topo.src, ["ping", "-c", "1", "-W", "2", "198.18.0.2"])
+        let config = """
+        targets:
+          t: {address: 198.18.1.2}
+        filters:
+          udp: {ingress: [{rule: 1, action: accept, protocol: udp}]}
+        sessions:
+          - {name: udp, interfaces: [m0], target: t, filter: udp, number: 1, vni: 5}
+          - {name: rest, interfaces: [m0], target: t, number: 2, vni: 6}
+        """
+        let agent = try topo.startAgent(["--config", try topo.writeConfig(config), "--no-watch-config"])
+        let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        var samples = [(fds: Int, rss: Int)]()
+        // Traffic both ways throughout: a ping flood, bounded in time.
+        let sender = try lab.start(topo.src, ["ping", "-f", "-q", "-w", "60", "198.18.0.2"])
+        let started = Date()
+        for i in 1...100 {
+            kill(agent.pid, SIGHUP)
+            _ = agent.waitForStderr(timeout: 10) { $0.components(separatedBy: "reloaded").count - 1 >= i }
+            if i == 10 || i == 100 { samples.append((Self.openFDs(agent.pid), Self.rssKiB(agent.pid))) }
+        }
+        let elapsed = Date().timeIntervalSince(started)
+        sender.stop(signal: SIGINT)
+        try wire.settle(quiet: 1.5)
+        let (m, received) = try MetricsEndToEndTests.scrapeWhenQuiet(topo, wire)
+        let reloads = agent.stderr.components(separatedBy: "reloaded").count - 1
+        #expect(reloads == 100, "\(reloads) reloads")
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["udp", "rest"], interfaces: ["m0"])
+        let sentCopies = m.all("traffic_mirror_sent_packets_total").map(\.1).reduce(0, +)
+        #expect(Double(received) == sentCopies && received > 1000, "received \(received), counted sent \(sentCopies)")
+        print("faults: 100 reloads under traffic in \(String(format: "%.1f", elapsed)) s, \(received) copies; fds \(samples.map(\.fds)), RSS KiB \(samples.map(\.rss)) at reload 10 and 100")
+        #expect(samples.count == 2 && samples[1].fds == samples[0].fds, "fds \(samples.map(\.fds))")
+        #expect(samples.count == 2 && samples[1].rss - samples[0].rss < 4096, "RSS \(samples.map(\.rss)) KiB")
+        #expect(agent.stop() == 0)
+        _ = try wire.stop()
+    }
+
+    @Test("20 SIGKILLs under load, each followed by a start: nothing stays attached, every start is clean")
+    func killStorm() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let sender = try lab.start(topo.src, ["ping", "-f", "-w", "60", "198.18.0.2"])
+        defer { sender.stop() }
+        for i in 0..<20 {
+            let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2"])
+            #expect(!agent.stderr.contains("removed a tc filter") && !agent.stderr.contains("error"), "start \(i) is clean: \(agent.stderr)")
+            #expect(try !topo.attachments(topo.mon, "m0").none, "start \(i) attached")
+            usleep(100_000)
+            kill(agent.pid, SIGKILL)
+            _ = agent.stop()
+            // tcx links belong to the process: the kernel removes them with it.
+            var left = try topo.attachments(topo.mon, "m0")
+            for _ in 0..<50 where !left.none { usleep(20_000); left = try topo.attachments(topo.mon, "m0") }
+            #expect(left.none, "after kill \(i): \(left)")
+        }
+    }
+
+    @Test("an IPv6 target on a host without IPv6 sockets fails at start, with the remedy, and attaches nothing")
+    func noIPv6() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        try topo.enableIPv6(link: 1, targetNS: topo.tgt)
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("faults/no_ipv6.c").path
+        let library = NSTemporaryDirectory() + "\(lab.prefix)-no_ipv6.so"
+        defer { try? FileManager.default.removeItem(atPath: library) }
+        try Shell.check(["clang", "-shared", "-fPIC", "-O2", "-Wall", "-o", library, source, "-ldl"])
+        let agent = try lab.start(topo.mon, ["env", "LD_PRELOAD=\(library)", try trafficMirrorBinary(), "run", "--interface", "m0",
+                                             "--target", "[fd00:1::2]"])
+        _ = agent.waitForStderr(timeout: 30) { _ in false }
+        #expect(agent.stop() == 1, "exit 1: \(agent.stderr)")
+        #expect(agent.stderr.contains("this host cannot send IPv6") && agent.stderr.contains("give the target an IPv4 address"),
+                "\(agent.stderr)")
+        #expect(try topo.attachments(topo.mon, "m0").none)
+    }
+
+    @Test("receive on a full disk: exits 1 naming the cause; the file it wrote stays readable, whole records only")
+    func receiveFullDisk() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let dir = NSTemporaryDirectory() + "\(lab.prefix)-full"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Shell.check(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", dir])
+        defer {
+            _ = try? Shell.run(["umount", dir])
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        try lab.ip(topo.tgt, "link", "del", "vx0")
+        let receiver = try lab.start(topo.tgt, [try trafficMirrorBinary(), "receive", "--write", dir + "/full.pcap"])
+        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--direction", "ingress"])
+        _ = try Self.load(lab, topo, seconds: 2, gap: 2000, payload: 700)
+        _ = receiver.waitForStderr(timeout: 10) { _ in false }
+        #expect(receiver.stop() == 1, "receive exits 1: \(receiver.stderr)")
+        #expect(receiver.stderr.contains("the disk is full"), "\(receiver.stderr)")
+        #expect(agent.stop() == 0)
+        let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/full.pcap")))
+        let frames = try PcapReader(bytes: bytes).frames
+        #expect(frames.count > 100 && bytes.count <= 256 * 1024, "\(frames.count) whole frames in \(bytes.count) bytes")
+        let tshark = try Shell.run(["tshark", "-r", dir + "/full.pcap", "-T", "fields", "-e", "frame.number"])
+        #expect(tshark.ok && tshark.stdout.split(separator: "\n").count == frames.count, "tshark reads it: \(tshark.stderr)")
+    }
+}

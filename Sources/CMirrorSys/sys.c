@@ -22,6 +22,7 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <netinet/icmp6.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -269,6 +270,66 @@ int CMirrorSys_netlink_drain(int fd)
 		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n))
 			messages++;
 	}
+}
+
+int CMirrorSys_icmp_errors_open(int v6)
+{
+	int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK,
+			v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP);
+
+	if (fd < 0)
+		return -errno;
+	if (v6) {
+		/* Only the errors: destination unreachable, packet too big,
+		 * time exceeded, parameter problem. */
+		struct icmp6_filter f;
+
+		ICMP6_FILTER_SETBLOCKALL(&f);
+		for (int t = 1; t <= 4; t++)
+			ICMP6_FILTER_SETPASS(t, &f);
+		setsockopt(fd, IPPROTO_ICMPV6, ICMP6_FILTER, &f, sizeof(f));
+	} else {
+		/* Only destination unreachable (3) and time exceeded (11). */
+		uint32_t mask = ~((1u << 3) | (1u << 11));
+
+		setsockopt(fd, SOL_RAW, 1 /* ICMP_FILTER */, &mask, sizeof(mask));
+	}
+	return fd;
+}
+
+int CMirrorSys_icmp_error_read(int fd, int v6, uint8_t *dst, uint16_t *port, uint8_t *type, uint8_t *code)
+{
+	uint8_t buf[1500];
+	ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+	const uint8_t *icmp, *end = buf + (n > 0 ? n : 0);
+
+	if (n < 0)
+		return errno == EINTR ? 0 : -1;
+	if (v6) {
+		/* The kernel hands ICMPv6 without the IPv6 header. */
+		icmp = buf;
+		if (end - icmp < 8 + 40 || icmp[8] >> 4 != 6)
+			return 0;
+		const uint8_t *ip = icmp + 8, *l4 = ip + 40;
+
+		*type = icmp[0];
+		*code = icmp[1];
+		memcpy(dst, ip + 24, 16);
+		*port = (ip[6] == IPPROTO_UDP && end - l4 >= 4) ? (uint16_t)(l4[2] << 8 | l4[3]) : 0;
+		return ip[6] == IPPROTO_UDP || ip[6] == 47 ? 16 : 0;
+	}
+	if (n < 20 || (buf[0] >> 4) != 4)
+		return 0;
+	icmp = buf + (buf[0] & 0xF) * 4;
+	if (end - icmp < 8 + 20 || icmp[8] >> 4 != 4)
+		return 0;
+	const uint8_t *ip = icmp + 8, *l4 = ip + (ip[0] & 0xF) * 4;
+
+	*type = icmp[0];
+	*code = icmp[1];
+	memcpy(dst, ip + 16, 4);
+	*port = (ip[9] == IPPROTO_UDP && end - l4 >= 4) ? (uint16_t)(l4[2] << 8 | l4[3]) : 0;
+	return ip[9] == IPPROTO_UDP || ip[9] == 47 ? 4 : 0;
 }
 
 int CMirrorSys_setns_net(int fd)

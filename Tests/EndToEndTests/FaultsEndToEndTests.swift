@@ -20,11 +20,17 @@ struct FaultsEndToEndTests {
     /// `at` runs once after `after` seconds. Returns the frames.
     static func load(_ lab: Lab, _ topo: Topology, seconds: Double, gap: UInt32 = 1000, payload: Int = 200,
                      after: Double = .infinity, _ at: () throws -> Void = {}) throws -> [[UInt8]] {
+        try withoutActuallyEscaping(at) { at in try load(lab, topo, seconds: seconds, gap: gap, payload: payload, events: [(after, at)]) }
+    }
+
+    /// The same with several events, each run once when its time comes.
+    static func load(_ lab: Lab, _ topo: Topology, seconds: Double, gap: UInt32 = 1000, payload: Int = 200,
+                     events: [(Double, () throws -> Void)]) throws -> [[UInt8]] {
         let socket = try RawSocket(lab: lab, ns: topo.src, device: "s0")
         let mac = try lab.mac(topo.mon, "m0") + lab.mac(topo.src, "s0")
         var frames = [[UInt8]]()
         let start = Date()
-        var done = false
+        var next = 0
         var i = 0
         while Date().timeIntervalSince(start) < seconds {
             var f = Frames.udp4(sport: 4444, dport: 4445, payload: [UInt8(i & 0xFF), UInt8(i >> 8 & 0xFF)] + [UInt8](repeating: 1, count: payload))
@@ -32,9 +38,9 @@ struct FaultsEndToEndTests {
             try socket.send(f)
             frames.append(f)
             i += 1
-            if !done && Date().timeIntervalSince(start) >= after {
-                try at()
-                done = true
+            if next < events.count && Date().timeIntervalSince(start) >= events[next].0 {
+                try events[next].1()
+                next += 1
             }
             usleep(gap)
         }
@@ -210,5 +216,52 @@ struct FaultsEndToEndTests {
         #expect(frames.count > 100 && bytes.count <= 256 * 1024, "\(frames.count) whole frames in \(bytes.count) bytes")
         let tshark = try Shell.run(["tshark", "-r", dir + "/full.pcap", "-T", "fields", "-e", "frame.number"])
         #expect(tshark.ok && tshark.stdout.split(separator: "\n").count == frames.count, "tshark reads it: \(tshark.stderr)")
+    }
+
+    @Test("a target that is not there answers with ICMP: the errors are counted and logged; its link removed and restored under load: drops counted, copies back within 2 s")
+    func deadAndRestoredTarget() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        _ = try lab.exec(topo.src, ["ping", "-c", "1", "-W", "2", "198.18.0.2"])
+        _ = try lab.exec(topo.mon, ["ping", "-c", "1", "-W", "2", "198.18.1.2"])
+        // Nothing listens on 4790 there: the target's kernel answers port unreachable.
+        var agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2:4790", "--direction", "ingress"])
+        _ = try Self.load(lab, topo, seconds: 1)
+        var m = try MetricsEndToEndTests.scrape(topo)
+        let errors = m.value("traffic_mirror_endpoint_icmp_errors_total", ["target": "default", "endpoint": "198.18.1.2:4790"]) ?? 0
+        #expect(errors > 0, "ICMP errors counted: \(errors)")
+        #expect(agent.stderr.contains("an endpoint answers copies with ICMP errors") && agent.stderr.contains("port unreachable"), "\(agent.stderr)")
+        #expect(agent.stop() == 0)
+
+        // The link toward the target goes away under load, then comes back.
+        agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--direction", "ingress"])
+        var restored = Date()
+        var wire: Capture?
+        _ = try Self.load(lab, topo, seconds: 4, events: [
+            (1, { try lab.ip(topo.mon, "link", "del", "m1") }),
+            (2, {
+                try lab.veth(topo.mon, "m1", topo.tgt, "t0")
+                try lab.ip(topo.mon, "addr", "add", "198.18.1.1/24", "dev", "m1")
+                try lab.ip(topo.tgt, "addr", "add", "198.18.1.2/24", "dev", "t0")
+                restored = Date()
+                // The capture starts on the new link once it is up; copies
+                // before it are not seen, so the bound below is an upper one.
+                wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+            }),
+        ])
+        try wire?.settle(quiet: 1.5)
+        let copies = try wire?.stop().compactMap { d in Self.outer(d.bytes).map { (d.timestampNanoseconds, $0.inner) } } ?? []
+        #expect(copies.count > 500, "copies flow again: \(copies.count)")
+        if let first = copies.first {
+            let recovery = Double(first.0) / 1e9 - restored.timeIntervalSince1970
+            print("faults: copies back at most \(String(format: "%.0f", recovery * 1000)) ms after the link was restored (the capture's own start included)")
+            #expect(recovery < 2, "within 2 s: \(recovery) s")
+        }
+        m = try MetricsEndToEndTests.scrape(topo)
+        let failed = (m.value("traffic_mirror_dropped_packets_total", ["session": "default", "reason": "send_failed"]) ?? 0)
+            + (m.value("traffic_mirror_dropped_packets_total", ["session": "default", "reason": "backpressure"]) ?? 0)
+        #expect(failed > 100, "the copies that could not go are counted: \(failed); \(agent.stderr)")
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["m0"])
+        #expect(agent.stop() == 0)
     }
 }

@@ -66,6 +66,15 @@ int CMirrorSys_route_events_open(void);
  * socket overran), 0 when none. */
 int CMirrorSys_netlink_drain(int fd);
 
+/* A raw ICMP (v6 = 0) or ICMPv6 (v6 = 1) socket that takes only error
+ * messages, non-blocking; -errno when it cannot be had. */
+int CMirrorSys_icmp_errors_open(int v6);
+/* Reads one message: when it is an error about a UDP or GRE packet, the
+ * quoted destination goes to `dst` (4 or 16 bytes, the return value), its
+ * UDP port to `port` (0 for GRE), and the ICMP type and code; 0 for any
+ * other message; -1 when nothing is pending. */
+int CMirrorSys_icmp_error_read(int fd, int v6, uint8_t *dst, uint16_t *port, uint8_t *type, uint8_t *code);
+
 /* Joins the calling thread to the network namespace of `fd` (a file of
  * /run/netns or /proc/PID/ns/net). */
 int CMirrorSys_setns_net(int fd);

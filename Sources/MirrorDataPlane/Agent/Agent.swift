@@ -88,6 +88,9 @@ public final class Agent: @unchecked Sendable {
         var targetResolveFailures = 0
         /// Why the last look at the targets failed, until one succeeds.
         var targetProblem: String?
+        /// ICMP errors about copies, by "target/endpoint", and when each was last logged.
+        var icmpErrors: [String: UInt64] = [:]
+        var icmpLogged: [String: UInt64] = [:]
     }
 
     /// A session with a window or limits: its kernel usage slot and when it
@@ -358,11 +361,40 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
+    /// An ICMP error quoting a datagram to an endpoint: counted, and logged
+    /// at most once a minute per endpoint (a target that is not there, or
+    /// nothing listening on its port).
+    func noteUnreachable(_ u: TargetMonitor.Unreachable) {
+        let now = CMirrorSys_monotonic_ns()
+        let logged: (String, String)? = state.withLock { s in
+            guard let targets = s.applied?.targets else { return nil }
+            for t in targets {
+                for e in t.endpoints where e.address == u.address && (u.port == 0 ? t.encapsulation.isERSPAN : e.port == u.port) {
+                    let key = "\(t.name)/\(e.key)"
+                    s.icmpErrors[key, default: 0] += 1
+                    if now - (s.icmpLogged[key] ?? 0) < 60_000_000_000 && s.icmpLogged[key] != nil { return nil }
+                    s.icmpLogged[key] = now
+                    return (t.name, e.endpointDescription)
+                }
+            }
+            return nil
+        }
+        guard let (target, endpoint) = logged else { return }
+        let what = u.address.isIPv4
+            ? (u.type == 3 ? (u.code == 3 ? "port unreachable: nothing listens there" : u.code == 1 ? "host unreachable" : "destination unreachable, code \(u.code)") : "time exceeded")
+            : (u.type == 1 ? (u.code == 4 ? "port unreachable: nothing listens there" : "destination unreachable, code \(u.code)") : u.type == 2 ? "packet too big" : "ICMPv6 error type \(u.type)")
+        logger.warning("an endpoint answers copies with ICMP errors", metadata: [
+            "target": "\(target)", "endpoint": "\(endpoint)", "error": "\(what)",
+        ])
+    }
+
     private func startTargetMonitor() {
         targetMonitor.withLock { m in
             guard m == nil else { return }
             do {
-                m = try TargetMonitor(resolveInterval: options.resolveInterval) { [weak self] _ in self?.refreshTargets() }
+                m = try TargetMonitor(resolveInterval: options.resolveInterval,
+                                      changed: { [weak self] _ in self?.refreshTargets() },
+                                      unreachable: { [weak self] u in self?.noteUnreachable(u) })
             } catch {
                 logger.error("cannot watch routes and addresses: target paths are looked at only on reload", metadata: ["error": "\(error)"])
             }
@@ -732,6 +764,8 @@ public final class Agent: @unchecked Sendable {
         public var targetPathChanges: Int
         public var targetResolveFailures: Int
         public var targetProblem: String?
+        /// ICMP errors about copies, by "target/endpoint key".
+        public var endpointICMPErrors: [String: UInt64]
         /// The data plane runs: a plan is in force and the thread drains.
         public var running: Bool
     }
@@ -773,7 +807,7 @@ public final class Agent: @unchecked Sendable {
                 namespaceFailures: s.namespaceFailures,
                 sessionStates: bounded,
                 targetPathChanges: s.targetPathChanges, targetResolveFailures: s.targetResolveFailures,
-                targetProblem: s.targetProblem,
+                targetProblem: s.targetProblem, endpointICMPErrors: s.icmpErrors,
                 running: !s.stopped && s.applied != nil && forwarding.isRunning)
         }
     }

@@ -1,4 +1,5 @@
 import CMirrorSys
+import MirrorCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -18,22 +19,57 @@ final class TargetMonitor: @unchecked Sendable {
     /// Events that come together (a route replaced: delete, add) are taken as one.
     static let settleMilliseconds: Int32 = 20
 
-    init(resolveInterval: Double, changed: @escaping @Sendable (_ periodic: Bool) -> Void) throws(SystemError) {
+    /// Raw ICMP and ICMPv6 sockets (-1 when they cannot be had): errors
+    /// that quote a copy tell of a target that is not there.
+    private let icmp4: Int32
+    private let icmp6: Int32
+
+    /// An ICMP error about a datagram to `address`:`port` (0 for GRE).
+    struct Unreachable {
+        var address: IPAddress
+        var port: UInt16
+        var type: UInt8
+        var code: UInt8
+    }
+
+    init(resolveInterval: Double, changed: @escaping @Sendable (_ periodic: Bool) -> Void,
+         unreachable: @escaping @Sendable (Unreachable) -> Void) throws(SystemError) {
         fd = try SystemError.check(CMirrorSys_route_events_open(), "netlink route and address events")
+        icmp4 = CMirrorSys_icmp_errors_open(0)
+        icmp6 = CMirrorSys_icmp_errors_open(1)
         let me = self, fd = fd
         do {
-            try thread.start { me.run(fd, interval: resolveInterval, changed) }
+            try thread.start { me.run(fd, interval: resolveInterval, changed, unreachable) }
         } catch {
-            _ = CMirrorSys_close(fd)
+            for f in [fd, icmp4, icmp6] where f >= 0 { _ = CMirrorSys_close(f) }
             throw error
         }
     }
 
-    private func run(_ fd: Int32, interval: Double, _ changed: @Sendable (Bool) -> Void) {
+    private func run(_ fd: Int32, interval: Double, _ changed: @Sendable (Bool) -> Void,
+                     _ unreachable: @Sendable (Unreachable) -> Void) {
         CMirrorSys_set_thread_name("tm-targets")
         var next = CMirrorSys_monotonic_ns() + UInt64(interval * 1e9)
+        var pfds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
+                    pollfd(fd: icmp4, events: Int16(POLLIN), revents: 0),
+                    pollfd(fd: icmp6, events: Int16(POLLIN), revents: 0)]
+        var quoted = [UInt8](repeating: 0, count: 16)
         while !stopping.load(ordering: .acquiring) {
-            if CMirrorSys_poll1(fd, Int16(POLLIN), 200) > 0 {
+            guard poll(&pfds, nfds_t(pfds.count), 200) >= 0 else { continue }
+            for k in 1...2 where pfds[k].revents & Int16(POLLIN) != 0 {
+                var port: UInt16 = 0, type: UInt8 = 0, code: UInt8 = 0
+                while true {
+                    let n = quoted.withUnsafeMutableBufferPointer {
+                        CMirrorSys_icmp_error_read(pfds[k].fd, k == 2 ? 1 : 0, $0.baseAddress, &port, &type, &code)
+                    }
+                    if n < 0 { break }
+                    if n > 0 {
+                        let address: IPAddress = n == 4 ? .v4(Array(quoted[0..<4])) : .v6(quoted)
+                        unreachable(Unreachable(address: address, port: port, type: type, code: code))
+                    }
+                }
+            }
+            if pfds[0].revents & Int16(POLLIN) != 0 {
                 usleep(useconds_t(Self.settleMilliseconds) * 1000)
                 if CMirrorSys_netlink_drain(fd) > 0 && !stopping.load(ordering: .acquiring) { changed(false) }
             }
@@ -47,6 +83,6 @@ final class TargetMonitor: @unchecked Sendable {
     func stop() {
         stopping.store(true, ordering: .releasing)
         thread.join()
-        _ = CMirrorSys_close(fd)
+        for f in [fd, icmp4, icmp6] where f >= 0 { _ = CMirrorSys_close(f) }
     }
 }

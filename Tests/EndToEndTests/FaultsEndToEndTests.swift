@@ -264,4 +264,38 @@ struct FaultsEndToEndTests {
         MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["m0"])
         #expect(agent.stop() == 0)
     }
+
+    @Test("another XDP program on the interface: --ingress-hook xdp fails with the remedy and leaves it in place; no BPF filesystem and a small memlock limit change nothing")
+    func hostLimits() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let dir = NSTemporaryDirectory() + "\(lab.prefix)-xdp"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "#include <linux/bpf.h>\n__attribute__((section(\"xdp\"), used)) int other(struct xdp_md *c) { return XDP_PASS; }\nchar _l[] __attribute__((section(\"license\"), used)) = \"GPL\";\n"
+            .write(toFile: dir + "/other.c", atomically: true, encoding: .utf8)
+        try Shell.check(["clang", "-O2", "-target", "bpf", "-I/usr/include/\(try Shell.check(["uname", "-m"]).trimmingCharacters(in: .whitespacesAndNewlines))-linux-gnu",
+                         "-c", dir + "/other.c", "-o", dir + "/other.o"])
+        try lab.ip(topo.mon, "link", "set", "dev", "m0", "xdpgeneric", "obj", dir + "/other.o", "sec", "xdp")
+        let xdp = try lab.start(topo.mon, [try trafficMirrorBinary(), "run", "--interface", "m0", "--target", "198.18.1.2",
+                                           "--ingress-hook", "xdp"])
+        _ = xdp.waitForStderr(timeout: 30) { _ in false }
+        #expect(xdp.stop() == 1 && xdp.stderr.contains("already has XDP program") && xdp.stderr.contains("--ingress-hook tc"), "\(xdp.stderr)")
+        let link = try lab.exec(topo.mon, ["ip", "-d", "link", "show", "m0"])
+        #expect(link.contains("xdpgeneric") && link.contains("other"), "the other program stays: \(link)")
+        let a = try topo.attachments(topo.mon, "m0")
+        #expect(a.tcxIngress == 0 && a.tcxEgress == 0, "nothing of ours attached: \(a)")
+        try lab.ip(topo.mon, "link", "set", "dev", "m0", "xdpgeneric", "off")
+
+        // No BPF filesystem (the agent pins nothing) and a memlock limit of
+        // 64 KiB (BPF memory is charged to the memory cgroup on 5.11+).
+        let agent = try lab.start(topo.mon, ["unshare", "-m", "sh", "-c",
+                                             "mount -t tmpfs none /sys/fs/bpf && exec prlimit --memlock=65536:65536 \(try trafficMirrorBinary()) run --interface m0 --target 198.18.1.2 --direction ingress"])
+        #expect(agent.waitForStderr(timeout: 60) { $0.contains("mirroring") }, "\(agent.stderr)")
+        let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        _ = try lab.exec(topo.src, ["ping", "-c", "20", "-i", "0.01", "198.18.0.2"])
+        try wire.settle(quiet: 1.5)
+        #expect(try wire.stop().count >= 20, "copies flow")
+        #expect(agent.stop() == 0, "\(agent.stderr)")
+    }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import MirrorCore
 import MirrorDataPlane
 import MirrorFixtures
@@ -14,14 +15,15 @@ struct DifferentialTests {
     }
 
     /// Runs `count` frames both ways through a harness for `config`.
-    static func run(_ config: MirrorConfig, frames count: Int, seed: UInt64) throws -> Tally {
+    static func run(_ config: MirrorConfig, frames count: Int, seed: UInt64, mutate: Bool = false) throws -> Tally {
         let h = try BPFHarness(config: config, ringBytes: 1 << 24)
         let reference = ReferenceClassifier(config: config)
         var rng = SplitMix64(seed: seed)
         var t = Tally()
         var want = (rejected: [UInt64](repeating: 0, count: 2), none: [UInt64](repeating: 0, count: 2))
         for _ in 0..<count {
-            let f = FrameGenerator.frame(&rng)
+            var f = FrameGenerator.frame(&rng)
+            if mutate { f = FrameGenerator.mutate(f, &rng) }
             let p = ParsedPacket(frame: f)
             for d in Direction.allCases {
                 // The skb test run refuses IP frames shorter than their IP
@@ -68,6 +70,26 @@ struct DifferentialTests {
         }
         #expect(total.frames >= 100_000, "\(total.frames) decisions")
         #expect(total.sessions > 10_000 && total.rejected > 3_000 && total.none > 5_000, "every outcome reached: \(total)")
+    }
+
+    /// Mutated frames per run: TM_DIFFERENTIAL_FRAMES, or 20,000 (CI's bound;
+    /// docs/benchmarks.md has a run of a million).
+    static var mutatedFrames: Int { ProcessInfo.processInfo.environment["TM_DIFFERENTIAL_FRAMES"].flatMap(Int.init) ?? 20_000 }
+
+    @Test("mutated frames (headers flipped, cut short, lying lengths, trailing bytes): every decision is the reference's, nothing crashes")
+    func mutated() throws {
+        var rng = SplitMix64(seed: 0x5EED_F00D)
+        var total = Tally()
+        let rounds = 4
+        let start = Date()
+        for round in 0..<rounds {
+            let config = ConfigGenerator.config(&rng, interfaces: ["lo"], sessions: [2, 5, 8, 3][round], maxRules: [10, 30, 6, 60][round])
+            let t = try Self.run(config, frames: Self.mutatedFrames / rounds, seed: 0xA11 &+ UInt64(round), mutate: true)
+            total.frames += t.frames; total.sessions += t.sessions; total.rejected += t.rejected; total.none += t.none
+        }
+        print("differential: \(total.frames) decisions on \(Self.mutatedFrames) mutated frames in \(String(format: "%.1f", Date().timeIntervalSince(start))) s: \(total)")
+        #expect(total.frames >= Self.mutatedFrames, "\(total.frames) decisions")
+        #expect(total.sessions > 0 && total.rejected > 0 && total.none > 0, "every outcome reached: \(total)")
     }
 
     @Test("32 sessions with 256 rules per filter direction load and decide as the reference")

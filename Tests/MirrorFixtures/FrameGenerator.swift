@@ -48,6 +48,43 @@ public enum FrameGenerator {
         }
     }
 
+    /// `f` with one to four mutations of the kinds that break parsers:
+    /// header bytes flipped or set to edge values (versions, IHL, next
+    /// headers, lengths), the frame cut short or given trailing bytes, the
+    /// IP length fields lying. At least the 14 bytes of an Ethernet header
+    /// stay (what BPF_PROG_TEST_RUN takes).
+    public static func mutate<R: RandomNumberGenerator>(_ frame: [UInt8], _ rng: inout R) -> [UInt8] {
+        var f = frame
+        let edges: [UInt8] = [0, 0xFF, 0x7F, 0x80, 0x45, 0x4F, 0x46, 0x60, 0x06, 0x11, 0x2C, 0x3A, 0x00, 0x3B, 0x33]
+        for _ in 0..<Int.random(in: 1...4, using: &rng) {
+            let headers = min(f.count, 96)
+            switch Int.random(in: 0..<7, using: &rng) {
+            case 0:
+                f[Int.random(in: 12..<headers, using: &rng)] ^= UInt8.random(in: 1...255, using: &rng)
+            case 1:
+                f[Int.random(in: 12..<headers, using: &rng)] = edges.randomElement(using: &rng)!
+            case 2:
+                if f.count > 14 { f.removeLast(Int.random(in: 1...(f.count - 14), using: &rng)) }
+            case 3:
+                f += (0..<Int.random(in: 1...64, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            case 4:
+                // An IPv4 total length or IPv6 payload length that lies.
+                if f.count >= 20 {
+                    let at = Bool.random(using: &rng) ? 16 : 18
+                    f[at] = UInt8.random(in: 0...255, using: &rng)
+                    f[at + 1] = UInt8.random(in: 0...255, using: &rng)
+                }
+            case 5:
+                f[Int.random(in: 0..<f.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
+            default:
+                // The EtherType (or a tag's) replaced by one the parser follows.
+                f[12] = [0x08, 0x86, 0x81, 0x88].randomElement(using: &rng)!
+                f[13] = [0x00, 0xDD, 0x00, 0xA8].randomElement(using: &rng)!
+            }
+        }
+        return f
+    }
+
     public static func frame<R: RandomNumberGenerator>(_ rng: inout R) -> [UInt8] {
         var vlans = [Frames.VLAN]()
         switch Int.random(in: 0..<10, using: &rng) {

@@ -74,6 +74,10 @@ let package = Package(
             ]
         ),
 
+        // Fuzz targets (scripts/fuzz builds them with libFuzzer; plainly
+        // built, the binary replays a corpus).
+        .executableTarget(name: "tm-fuzz", dependencies: ["MirrorCore"]),
+
         // Tier 1: pure logic, runs anywhere.
         .testTarget(name: "MirrorCoreTests", dependencies: ["MirrorCore", "MirrorFixtures"]),
         // Tier 2: the loaded BPF program on frames built in Swift (root).

@@ -272,6 +272,22 @@ public struct DecodedTunnel: Equatable, Sendable {
         self.headerLength = headerLength
     }
 
+    /// What `receive` takes from one datagram: the UDP payload of a socket
+    /// (VXLAN, GENEVE), or the packet of a raw GRE socket (ERSPAN), which
+    /// for IPv4 starts with the IP header. The tunnel and where the inner
+    /// frame is (at least an Ethernet header); nil when it is none of them.
+    public static func datagram(_ bytes: UnsafeRawBufferPointer, gre: Bool, ipv4: Bool) -> (tunnel: DecodedTunnel, frame: Range<Int>)? {
+        var start = 0
+        if gre && ipv4 {
+            guard bytes.count >= 20, bytes[0] >> 4 == 4 else { return nil }
+            start = Int(bytes[0] & 0xF) * 4
+            guard start >= 20, start <= bytes.count else { return nil }
+        }
+        let payload = UnsafeRawBufferPointer(rebasing: bytes[start...])
+        guard let d = gre ? Self.gre(payload) : Self.udp(payload), payload.count - d.headerLength >= 14 else { return nil }
+        return (d, (start + d.headerLength)..<bytes.count)
+    }
+
     /// Decodes a UDP payload as VXLAN or GENEVE, telling them apart by the
     /// header: GENEVE carries protocol type 0x6558 in bytes 2-3, where VXLAN
     /// has reserved zero bytes. Reads the GENEVE origin option when present.

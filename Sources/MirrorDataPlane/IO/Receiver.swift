@@ -179,18 +179,7 @@ public final class Receiver {
     }
 
     private func handle(_ datagram: UnsafeRawBufferPointer, socket: Socket, sender: String, arrival: UInt64) throws(OperationalError) {
-        var payload = datagram
-        if socket.gre && socket.ipv4 {
-            // An IPv4 raw socket hands over the IP header too.
-            guard payload.count >= 20, payload[0] >> 4 == 4, Int(payload[0] & 0xF) * 4 >= 20,
-                  Int(payload[0] & 0xF) * 4 <= payload.count else {
-                stats.malformed += 1
-                return
-            }
-            payload = UnsafeRawBufferPointer(rebasing: payload[(Int(payload[0] & 0xF) * 4)...])
-        }
-        guard let d = socket.gre ? DecodedTunnel.gre(payload) : DecodedTunnel.udp(payload),
-              payload.count - d.headerLength >= 14 else {
+        guard let (d, range) = DecodedTunnel.datagram(datagram, gre: socket.gre, ipv4: socket.ipv4) else {
             stats.malformed += 1
             return
         }
@@ -198,9 +187,8 @@ public final class Receiver {
             stats.otherID += 1
             return
         }
-        let frame = UnsafeRawBufferPointer(rebasing: payload[d.headerLength...])
-        try files.append(frame: frame, timestamp: d.timestamp ?? arrival, direction: d.direction,
-                         interface: .init(sender: sender, ifindex: d.ifindex))
+        try files.append(frame: UnsafeRawBufferPointer(rebasing: datagram[range]), timestamp: d.timestamp ?? arrival,
+                         direction: d.direction, interface: .init(sender: sender, ifindex: d.ifindex))
         stats.frames += 1
     }
 

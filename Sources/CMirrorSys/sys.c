@@ -188,9 +188,10 @@ int CMirrorSys_eventfd_drain(int fd)
 	return ret((int)read(fd, &v, sizeof(v)));
 }
 
-int CMirrorSys_link_events_open(void)
+/* A non-blocking NETLINK_ROUTE socket subscribed to `groups`. */
+static int netlink_events_open(unsigned groups)
 {
-	struct sockaddr_nl sa = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK };
+	struct sockaddr_nl sa = { .nl_family = AF_NETLINK, .nl_groups = groups };
 	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);
 
 	if (fd < 0)
@@ -204,51 +205,9 @@ int CMirrorSys_link_events_open(void)
 	return fd;
 }
 
-int CMirrorSys_link_events_drain(int fd)
-{
-	char buf[16384] __attribute__((aligned(4)));
-	int links = 0;
-
-	for (;;) {
-		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == ENOBUFS) {
-				links++;
-				continue;
-			}
-			return links;
-		}
-		if (n == 0)
-			return links;
-		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n))
-			if (h->nlmsg_type == RTM_NEWLINK || h->nlmsg_type == RTM_DELLINK)
-				links++;
-	}
-}
-
-int CMirrorSys_route_events_open(void)
-{
-	struct sockaddr_nl sa = {
-		.nl_family = AF_NETLINK,
-		.nl_groups = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_LINK,
-	};
-	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);
-
-	if (fd < 0)
-		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
-
-		close(fd);
-		return -e;
-	}
-	return fd;
-}
-
-int CMirrorSys_netlink_drain(int fd)
+/* Reads every pending message; counts those `count` accepts (all when
+ * NULL), and one more for an overrun. */
+static int netlink_drain(int fd, int (*count)(const struct nlmsghdr *))
 {
 	char buf[16384] __attribute__((aligned(4)));
 	int messages = 0;
@@ -268,8 +227,35 @@ int CMirrorSys_netlink_drain(int fd)
 		if (n == 0)
 			return messages;
 		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n))
-			messages++;
+			if (!count || count(h))
+				messages++;
 	}
+}
+
+static int is_link_message(const struct nlmsghdr *h)
+{
+	return h->nlmsg_type == RTM_NEWLINK || h->nlmsg_type == RTM_DELLINK;
+}
+
+int CMirrorSys_link_events_open(void)
+{
+	return netlink_events_open(RTMGRP_LINK);
+}
+
+int CMirrorSys_link_events_drain(int fd)
+{
+	return netlink_drain(fd, is_link_message);
+}
+
+int CMirrorSys_route_events_open(void)
+{
+	return netlink_events_open(RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR |
+				   RTMGRP_LINK);
+}
+
+int CMirrorSys_netlink_drain(int fd)
+{
+	return netlink_drain(fd, NULL);
 }
 
 int CMirrorSys_icmp_errors_open(int v6)

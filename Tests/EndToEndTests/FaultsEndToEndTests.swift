@@ -218,7 +218,7 @@ struct FaultsEndToEndTests {
         #expect(tshark.ok && tshark.stdout.split(separator: "\n").count == frames.count, "tshark reads it: \(tshark.stderr)")
     }
 
-    @Test("a target that is not there answers with ICMP: the errors are counted and logged; its link removed and restored under load: drops counted, copies back within 2 s")
+    @Test("a target that is not there answers with ICMP: the errors are counted and logged; its namespace removed and restored under load: drops counted, copies back within 2 s")
     func deadAndRestoredTarget() throws {
         let topo = try Topology()
         let lab = topo.lab
@@ -233,13 +233,16 @@ struct FaultsEndToEndTests {
         #expect(agent.stderr.contains("an endpoint answers copies with ICMP errors") && agent.stderr.contains("port unreachable"), "\(agent.stderr)")
         #expect(agent.stop() == 0)
 
-        // The link toward the target goes away under load, then comes back.
+        // The target's namespace goes away under load, then comes back.
         agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.1.2", "--direction", "ingress"])
         var restored = Date()
         var wire: Capture?
         _ = try Self.load(lab, topo, seconds: 4, events: [
-            (1, { try lab.ip(topo.mon, "link", "del", "m1") }),
+            // The target's namespace goes away (its veth with it), then a new one of that name.
+            (1, { try Shell.check(["ip", "netns", "del", topo.tgt]) }),
             (2, {
+                try Shell.check(["ip", "netns", "add", topo.tgt])
+                try lab.ip(topo.tgt, "link", "set", "lo", "up")
                 try lab.veth(topo.mon, "m1", topo.tgt, "t0")
                 try lab.ip(topo.mon, "addr", "add", "198.18.1.1/24", "dev", "m1")
                 try lab.ip(topo.tgt, "addr", "add", "198.18.1.2/24", "dev", "t0")
@@ -254,7 +257,7 @@ struct FaultsEndToEndTests {
         #expect(copies.count > 500, "copies flow again: \(copies.count)")
         if let first = copies.first {
             let recovery = Double(first.0) / 1e9 - restored.timeIntervalSince1970
-            print("faults: copies back at most \(String(format: "%.0f", recovery * 1000)) ms after the link was restored (the capture's own start included)")
+            print("faults: copies back at most \(String(format: "%.0f", recovery * 1000)) ms after the namespace was restored (the capture's own start included)")
             #expect(recovery < 2, "within 2 s: \(recovery) s")
         }
         m = try MetricsEndToEndTests.scrape(topo)

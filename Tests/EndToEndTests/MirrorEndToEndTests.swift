@@ -313,13 +313,8 @@ struct MirrorEndToEndTests {
 
     /// tshark decodes our datagrams as VXLAN with the right VNI.
     func checkWithTshark(datagrams: [[UInt8]], vni: UInt32) throws {
-        var file = PcapWriter.fileHeader()
-        for d in datagrams {
-            PcapWriter.appendRecordHeader(&file, timestampNanoseconds: 0, capturedLength: d.count, originalLength: d.count)
-            file += d
-        }
         let path = NSTemporaryDirectory() + "tm-tshark-\(getpid()).pcap"
-        FileManager.default.createFile(atPath: path, contents: Data(file))
+        writePcap(datagrams, to: path)
         defer { try? FileManager.default.removeItem(atPath: path) }
         let out = try Shell.check(["tshark", "-n", "-r", path, "-T", "fields", "-e", "vxlan.vni", "-e", "eth.type"])
         let lines = out.split(separator: "\n")

@@ -168,14 +168,8 @@ struct ReceiversEndToEndTests {
         }
 
         // tshark's own dissectors read the same fields.
-        var file = PcapWriter.fileHeader()
-        for d in datagrams {
-            PcapWriter.appendRecordHeader(&file, timestampNanoseconds: d.timestampNanoseconds, capturedLength: d.bytes.count,
-                                          originalLength: d.bytes.count)
-            file += d.bytes
-        }
         let wirePath = dir + "/wire.pcap"
-        FileManager.default.createFile(atPath: wirePath, contents: Data(file))
+        writePcap(datagrams.map { ($0.timestampNanoseconds, $0.bytes) }, to: wirePath)
         let out = try Shell.check(["tshark", "-n", "-r", wirePath, "-Y", "erspan", "-T", "fields", "-e", "erspan.version",
                                    "-e", "erspan.spanid", "-e", "gre.sequence_number", "-e", "erspan.truncated",
                                    "-e", "erspan.direction", "-e", "erspan.hw", "-e", "erspan.gra", "-e", "erspan.pid3.port_index"])

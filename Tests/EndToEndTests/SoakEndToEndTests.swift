@@ -85,8 +85,10 @@ struct SoakEndToEndTests {
         // After the first minute's warm-up (ring pages touched, caches filled).
         let steady = samples.filter { $0.at >= min(30, Double(seconds) / 2) }
         let rssSlope = Self.slope(steady.map(\.at), steady.map { Double($0.rssKiB) }) * 60
-        print(String(format: "soak: %d s, %.0f selected (%.0f pps), %.0f sent, %d reloads, %d endpoint downs; RSS slope %.0f KiB/min, fds %d...%d, threads %d...%d",
-                     seconds, selected, selected / Double(seconds), sent, reloads, downs, rssSlope,
+        let fdSlope = Self.slope(steady.map(\.at), steady.map { Double($0.fds) }) * 60
+        let threadSlope = Self.slope(steady.map(\.at), steady.map { Double($0.threads) }) * 60
+        print(String(format: "soak: %d s, %.0f selected (%.0f pps), %.0f sent, %d reloads, %d endpoint downs; slopes per minute: RSS %.0f KiB, fds %.2f, threads %.2f; fds %d...%d, threads %d...%d",
+                     seconds, selected, selected / Double(seconds), sent, reloads, downs, rssSlope, fdSlope, threadSlope,
                      samples.map(\.fds).min() ?? 0, samples.map(\.fds).max() ?? 0, samples.map(\.threads).min() ?? 0, samples.map(\.threads).max() ?? 0))
         #expect(selected > Double(seconds) * 100_000, "traffic at most half the rate lost before the hooks: \(selected); generator: \(generator.stdout) \(generator.stderr)")
         #expect(reloads >= seconds / 10 - 1, "\(reloads) reloads")

@@ -78,13 +78,8 @@ struct TargetsEndToEndTests {
         #expect(geneve.count > 50 && geneve.allSatisfy { $0.vni == 600 } && decoded.filter { $0.encapsulation == .vxlan }.allSatisfy { $0.vni == 500 })
 
         // tshark's own decoders agree: GENEVE on 6081, VXLAN on 4789.
-        var file = PcapWriter.fileHeader()
-        for d in datagrams {
-            PcapWriter.appendRecordHeader(&file, timestampNanoseconds: 0, capturedLength: d.count, originalLength: d.count)
-            file += d
-        }
         let path = NSTemporaryDirectory() + "\(lab.prefix)-geneve.pcap"
-        FileManager.default.createFile(atPath: path, contents: Data(file))
+        writePcap(datagrams, to: path)
         defer { try? FileManager.default.removeItem(atPath: path) }
         let out = try Shell.check(["tshark", "-n", "-r", path, "-T", "fields", "-e", "geneve.vni", "-e", "vxlan.vni", "-e", "geneve.proto_type"])
         let lines = out.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.isEmpty }
@@ -118,13 +113,8 @@ struct TargetsEndToEndTests {
         let received = try PcapReader(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: pcap)))).frames.map(\.bytes)
         #expect(received == frames, "\(received.count) of \(frames.count) frames received; the agent said: \(agent.stderr)")
 
-        var file = PcapWriter.fileHeader()
-        for d in datagrams {
-            PcapWriter.appendRecordHeader(&file, timestampNanoseconds: 0, capturedLength: d.count, originalLength: d.count)
-            file += d
-        }
         let path = NSTemporaryDirectory() + "\(lab.prefix)-v6-wire.pcap"
-        FileManager.default.createFile(atPath: path, contents: Data(file))
+        writePcap(datagrams, to: path)
         defer { try? FileManager.default.removeItem(atPath: path) }
         let out = try Shell.check(["tshark", "-n", "-r", path, "-o", "udp.check_checksum:TRUE", "-T", "fields",
                                    "-e", "udp.checksum.status", "-e", "vxlan.vni", "-e", "ipv6.dst"])

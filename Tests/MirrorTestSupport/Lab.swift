@@ -228,3 +228,18 @@ public final class Capture: @unchecked Sendable {
         return o
     }
 }
+
+/// Writes frames to `path` as a pcap file (for tshark), each stamped with
+/// its time or 0.
+public func writePcap(_ frames: [(timestamp: UInt64, bytes: [UInt8])], to path: String) {
+    var file = PcapWriter.fileHeader()
+    for f in frames {
+        PcapWriter.appendRecordHeader(&file, timestampNanoseconds: f.timestamp, capturedLength: f.bytes.count, originalLength: f.bytes.count)
+        file += f.bytes
+    }
+    FileManager.default.createFile(atPath: path, contents: Data(file))
+}
+
+public func writePcap(_ frames: [[UInt8]], to path: String) {
+    writePcap(frames.map { (0, $0) }, to: path)
+}

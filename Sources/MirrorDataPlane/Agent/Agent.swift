@@ -315,7 +315,7 @@ public final class Agent: @unchecked Sendable {
         for t in targets {
             if let e = t.endpoints.first(where: { !$0.address.isIPv4 }) {
                 let why = forwarding.forwarders.first?.ipv6Problem.map { "\($0)" } ?? "no IPv6 socket"
-                throw OperationalError("target \(t.name) endpoint \(e.endpointDescription): this host cannot send IPv6 (\(why)); enable IPv6 on the host or give the target an IPv4 address")
+                throw TargetResolver.noIPv6("target \(t.name) endpoint \(e.endpointDescription)", because: why)
             }
         }
     }

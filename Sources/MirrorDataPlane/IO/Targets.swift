@@ -84,7 +84,7 @@ public enum TargetResolver {
         let fd = CMirrorSys_socket(v4 ? AF_INET : AF_INET6, Int32(SOCK_DGRAM.rawValue), 0)
         guard fd >= 0 else {
             if !v4 && fd == -EAFNOSUPPORT {
-                throw OperationalError("\(what) (\(address)): this host cannot send IPv6 (\(SystemError("socket(AF_INET6)", code: fd))); enable IPv6 on the host or give the target an IPv4 address")
+                throw noIPv6("\(what) (\(address))", because: "\(SystemError("socket(AF_INET6)", code: fd))")
             }
             throw OperationalError("\(what): \(SystemError("socket", code: fd))")
         }
@@ -116,6 +116,11 @@ public enum TargetResolver {
         }
         return ResolvedEndpoint(key: HostPort(host: e.host, port: port == 0 ? nil : port).description, address: address, port: port,
                                 source: source, mtu: mtu, header: header)
+    }
+
+    /// An IPv6 endpoint on a host that gives the agent no IPv6 socket.
+    static func noIPv6(_ what: String, because why: String) -> OperationalError {
+        OperationalError("\(what): this host cannot send IPv6 (\(why)); enable IPv6 on the host or give the target an IPv4 address")
     }
 
     static let IPPROTO_IP_VALUE: Int32 = 0

@@ -111,6 +111,15 @@ public final class Lab: @unchecked Sendable {
         }
     }
 
+    /// One of a device's kernel counters (`/sys/class/net/DEV/statistics/NAME`).
+    public func statistic(_ ns: String, _ dev: String, _ name: String) throws -> UInt64 {
+        let text = try exec(ns, ["cat", "/sys/class/net/\(dev)/statistics/\(name)"])
+        guard let value = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw Failure("\(dev) \(name): not a counter: \(text)")
+        }
+        return value
+    }
+
     public func ifindex(_ ns: String, _ dev: String) throws -> Int32 {
         try inNamespace(ns) { CMirrorSys_if_nametoindex(dev) }
     }

@@ -64,7 +64,7 @@ struct BrokerEndToEndTests {
             }
         }
         try round(300, 1) // about 3.3 s
-        try wire.settle(quiet: 1.5)
+        try wire.settle()
         var m = try MetricsEndToEndTests.scrape(topo)
         let copies = try wire.frames().compactMap { Self.vxlan($0.bytes) }
         func of(_ vni: UInt32) -> [[UInt8]] { copies.filter { $0.vni == vni }.map(\.inner) }
@@ -109,7 +109,7 @@ struct BrokerEndToEndTests {
         let before = copies.count
         flows = [[], [], [], []]
         try round(100, 2)
-        try wire.settle(quiet: 1.5)
+        try wire.settle()
         let later = Array(try wire.frames().compactMap { Self.vxlan($0.bytes) }.dropFirst(before))
         #expect(later.filter { $0.vni == 12 }.map(\.inner) == Array(flows[1].prefix(50)), "the changed session mirrors 50 anew")
         #expect(later.filter { $0.vni != 12 }.isEmpty, "the unchanged ones stay ended: \(later.filter { $0.vni != 12 }.count) copies")
@@ -143,7 +143,7 @@ struct BrokerEndToEndTests {
         #expect(agent.stderr.contains("session ended") && agent.stderr.contains("max_packets"))
         // Past tcpdump's one-second block timeout: the last copies of a
         // burst are in a block it has not handed over yet.
-        try wire.settle(quiet: 1.5)
+        try wire.settle()
         let copies = try wire.stop().compactMap { Self.vxlan($0.bytes) }.map(\.inner)
         let frames = try sent.stop().map(\.bytes)
         // Copies of different flows (an ARP reply, the UDP frames) may pass each other.
@@ -203,7 +203,7 @@ struct BrokerEndToEndTests {
             let socket = try RawSocket(lab: lab, ns: topo.src, device: "s0")
             for f in frames { try socket.send(f); usleep(5000) }
             _ = try wire.waitFor(count: frames.count, timeout: 10)
-            try wire.settle(quiet: 1.5)
+            try wire.settle()
             #expect(agent.stop() == 0)
             return try wire.stop().compactMap { Self.vxlan($0.bytes)?.inner }.filter { c in frames.contains { $0.starts(with: c.prefix(40)) } }
         }
@@ -272,7 +272,7 @@ struct BrokerEndToEndTests {
                 s.sendto(b'%05d' % i + b'x' * 100, ('198.18.11.2', 9))
                 time.sleep(0.001)
             """])
-            try wire.settle(quiet: 1.5)
+            try wire.settle()
             let m = try MetricsEndToEndTests.scrape(topo)
             #expect(agent.stop() == 0)
             let datagrams = try wire.stop().map(\.bytes).filter { $0.count > 80 }

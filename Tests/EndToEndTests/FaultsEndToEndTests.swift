@@ -62,7 +62,7 @@ struct FaultsEndToEndTests {
             try lab.ip(topo.mon, "route", "replace", "198.18.1.0/24", "dev", "m1", "src", "198.18.1.3")
             changed = Date()
         }
-        try wire.settle(quiet: 1.5)
+        try wire.settle()
         var copies = try wire.frames().compactMap { d in Self.outer(d.bytes).map { (d.timestampNanoseconds, $0) } }
         let cut = UInt64(changed.timeIntervalSince1970 * 1e9)
         let first = copies.first { $0.1.source == [198, 18, 1, 3] }
@@ -84,7 +84,7 @@ struct FaultsEndToEndTests {
             try lab.ip(topo.mon, "link", "set", "m1", "mtu", "1400")
             changed = Date()
         }
-        try wire.settle(quiet: 1.5)
+        try wire.settle()
         copies = Array(try wire.frames().compactMap { d in Self.outer(d.bytes).map { (d.timestampNanoseconds, $0) } }.dropFirst(before))
         let small = copies.first { $0.1.length <= 1400 }
         #expect(small != nil && copies.allSatisfy { $0.1.fragment & 0x3FFF == 0 }, "cut to fit, never fragmented")
@@ -139,7 +139,7 @@ struct FaultsEndToEndTests {
         }
         let elapsed = Date().timeIntervalSince(started)
         sender.stop(signal: SIGINT)
-        try wire.settle(quiet: 1.5)
+        try wire.settle()
         let (m, received) = try MetricsEndToEndTests.scrapeWhenQuiet(topo, wire)
         let reloads = agent.stderr.components(separatedBy: "reloaded").count - 1
         #expect(reloads == 100, "\(reloads) reloads")
@@ -252,7 +252,7 @@ struct FaultsEndToEndTests {
                 wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
             }),
         ])
-        try wire?.settle(quiet: 1.5)
+        try wire?.settle()
         let copies = try wire?.stop().compactMap { d in Self.outer(d.bytes).map { (d.timestampNanoseconds, $0.inner) } } ?? []
         #expect(copies.count > 500, "copies flow again: \(copies.count)")
         if let first = copies.first {
@@ -297,7 +297,7 @@ struct FaultsEndToEndTests {
         #expect(agent.waitForStderr(timeout: 60) { $0.contains("mirroring") }, "\(agent.stderr)")
         let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
         _ = try lab.exec(topo.src, ["ping", "-c", "20", "-i", "0.01", "198.18.0.2"])
-        try wire.settle(quiet: 1.5)
+        try wire.settle()
         #expect(try wire.stop().count >= 20, "copies flow")
         #expect(agent.stop() == 0, "\(agent.stderr)")
     }

@@ -494,8 +494,8 @@ struct OffloadsEndToEndTests {
                             clientNS: topo.src, bytes: 3_000_000)
         try lab.exec(topo.src, ["bash", "-c", "for i in $(seq 50); do head -c $((i * 30)) /dev/zero > /dev/udp/198.18.0.2/9; done"])
         try lab.exec(topo.mon, ["bash", "-c", "for i in $(seq 50); do head -c $((i * 20)) /dev/zero > /dev/udp/198.18.0.1/9; done"])
-        try out.settle(quiet: 1.0)
-        try copies.settle(quiet: 1.0)
+        try out.settle()
+        try copies.settle()
         let metrics = try MetricsEndToEndTests.scrape(topo)
         // The kernel's own count of super-packets it sliced (per CPU, in the
         // scratch map of every agent running now; only this test slices GSO

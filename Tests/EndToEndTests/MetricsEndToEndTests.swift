@@ -22,7 +22,7 @@ struct MetricsEndToEndTests {
         var m = Exposition("")
         var received = -1
         for _ in 0..<5 {
-            try wire.settle(quiet: 1.0)
+            try wire.settle()
             let before = try wire.frames().count
             m = try scrape(topo)
             received = try wire.frames().count

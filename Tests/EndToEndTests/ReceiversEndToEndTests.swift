@@ -117,7 +117,7 @@ struct ReceiversEndToEndTests {
             frames.append(t)
         }
         try TargetsEndToEndTests.send(lab, try RawSocket(lab: lab, ns: topo.src, device: "s0"), frames)
-        try wire.settle(quiet: 1)
+        try wire.settle()
         #expect(agent.stop() == 0)
         receiver.stop(signal: SIGINT)
         let datagrams = try wire.stop()

@@ -204,7 +204,10 @@ public final class Capture: @unchecked Sendable {
     }
 
     /// Waits until no frame has arrived for `quiet` seconds (at most `timeout`).
-    public func settle(quiet: TimeInterval = 0.5, timeout: TimeInterval = 10) throws {
+    /// The default outlasts tcpdump's 1 s buffer timeout: libpcap gets the
+    /// kernel's frames in blocks, and a block that is not full is handed
+    /// over only when that timeout retires it.
+    public func settle(quiet: TimeInterval = 1.5, timeout: TimeInterval = 10) throws {
         let deadline = Date().addingTimeInterval(timeout)
         var last = try frames().count
         var since = Date()

@@ -496,6 +496,14 @@ uint64_t CMirrorSys_monotonic_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
+void CMirrorSys_sleep_until(uint64_t deadline)
+{
+	struct timespec ts = { .tv_sec = deadline / 1000000000ull, .tv_nsec = deadline % 1000000000ull };
+
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+		;
+}
+
 uint64_t CMirrorSys_realtime_ns(void)
 {
 	struct timespec ts;

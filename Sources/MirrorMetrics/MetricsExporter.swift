@@ -242,6 +242,14 @@ public final class MetricsExporter: Sendable {
                 counter("traffic_mirror_endpoint_sent_packets_total", "Copies handed to the network for an endpoint (with replicate, one per endpoint).", l, c?.packets ?? 0)
                 counter("traffic_mirror_endpoint_sent_bytes_total", "Bytes of those copies, outer IP packet included.", l, c?.bytes ?? 0)
                 counter("traffic_mirror_endpoint_send_errors_total", "Copies for an endpoint the network stack refused or a full socket held back.", l, c?.errors ?? 0)
+                if t.pacing != nil {
+                    counter("traffic_mirror_endpoint_pacing_waits_total", "Times a forwarding thread held copies for a paced endpoint until its schedule had room (target pacing).", l, c?.pacingWaits ?? 0)
+                    let held = registry.makeCounter(descriptor: Self.descriptor(
+                        "traffic_mirror_endpoint_pacing_wait_seconds_total",
+                        "Time forwarding threads held copies for a paced endpoint; meanwhile the rings fill, and what overflows counts as ring_full."), labels: l)
+                    held.reset()
+                    held.increment(by: Double(c?.pacingNanoseconds ?? 0) / 1e9)
+                }
             }
         }
         for (name, target) in s.sessionTargets.sorted(by: { $0.key < $1.key }) {

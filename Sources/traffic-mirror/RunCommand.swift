@@ -84,6 +84,12 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("End the quick session once it selected this many frame bytes (K/M/G suffix), then exit 0.", valueName: "bytes"))
     var maxBytes: ByteSize?
 
+    @Option(help: ArgumentHelp("Pace the quick target: at most N datagrams a second on average, 1...1000000000 (the target key pacing.packets_per_second; default: unpaced).", valueName: "pps"))
+    var pace: UInt64?
+
+    @Option(help: ArgumentHelp("With --pace: the most datagrams sent back to back, 1...\(Pacing.maxBurst) (default \(Pacing.defaultBurst)).", valueName: "n"))
+    var paceBurst: Int?
+
     @Option(help: ArgumentHelp("Where /metrics (Prometheus text format) and /healthz listen, HOST:PORT.", valueName: "host:port"))
     var metricsAddress: String = "127.0.0.1:9781"
 
@@ -122,7 +128,8 @@ struct RunCommand: AsyncParsableCommand {
             // The file describes the sessions; the quick flags would say it twice.
             let quick = [("--interface", !interfaces.isEmpty), ("--target", target != nil), ("--vni", vni != nil),
                          ("--direction", direction != nil), ("--packet-length", packetLength != nil),
-                         ("--duration", duration != nil), ("--count", count != nil), ("--max-bytes", maxBytes != nil)]
+                         ("--duration", duration != nil), ("--count", count != nil), ("--max-bytes", maxBytes != nil),
+                         ("--pace", pace != nil), ("--pace-burst", paceBurst != nil)]
             for (flag, given) in quick where given {
                 problems.append("\(flag): the config file describes the sessions; use either --config or the quick-session flags, not both")
             }
@@ -143,6 +150,11 @@ struct RunCommand: AsyncParsableCommand {
             problems.append("--duration: \"\(d)\" must be a time from 1ms to 366 days, e.g. 30s, 10m, 1h")
         }
         if count == 0 { problems.append("--count: must be at least 1") }
+        if let p = pace, !(1...1_000_000_000).contains(p) { problems.append("--pace: \(p) is out of range 1...1000000000 datagrams a second") }
+        if let b = paceBurst {
+            if pace == nil { problems.append("--pace-burst: only with --pace (the rate it bursts above)") }
+            if !(1...Pacing.maxBurst).contains(b) { problems.append("--pace-burst: \(b) is out of range 1...\(Pacing.maxBurst)") }
+        }
         if let m = maxBytes, m.bytes < 1 { problems.append("--max-bytes: must be at least 1") }
         if let p = packetLength, !(14...65535).contains(p) {
             problems.append("--packet-length: \(p) is out of range 14...65535 (an Ethernet header is 14 bytes)")
@@ -188,9 +200,11 @@ struct RunCommand: AsyncParsableCommand {
         let t = try HostPort(parsing: target!)
         let bounds = SessionBounds(duration: duration.flatMap(SessionBounds.seconds), maxPackets: count,
                                    maxBytes: maxBytes.map { UInt64($0.bytes) })
-        return (MirrorConfig.quick(interfaces: interfaces, target: t, vni: vni ?? 1,
-                                   direction: direction ?? .both, packetLength: packetLength,
-                                   bounds: bounds.isEmpty ? nil : bounds), nil)
+        var quick = MirrorConfig.quick(interfaces: interfaces, target: t, vni: vni ?? 1,
+                                       direction: direction ?? .both, packetLength: packetLength,
+                                       bounds: bounds.isEmpty ? nil : bounds)
+        quick.targets[0].pacing = pace.map { Pacing(packetsPerSecond: $0, burst: paceBurst ?? Pacing.defaultBurst) }
+        return (quick, nil)
     }
 
     func run() async throws {

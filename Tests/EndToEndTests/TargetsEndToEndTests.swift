@@ -24,6 +24,66 @@ struct TargetsEndToEndTests {
         }
     }
 
+    @Test("pacing toward a receiver with a 256-slot ring (XDP on its veth): every copy arrives, none dropped at the ring; departures keep the rate and the burst; the waits are counted")
+    func pacing() throws {
+        // veth takes XDP only up to a page per frame: the usual 1500 MTU.
+        let topo = try Topology(targetMTU: 1500)
+        let lab = topo.lab
+        // An XDP program on t0 puts a 256-slot ring, drained by NAPI,
+        // between m1 and the target's stack; what finds it full is dropped
+        // and counted as m1's tx_dropped.
+        let fx = try LifecycleEndToEndTests.fixtures()
+        defer { try? FileManager.default.removeItem(atPath: fx) }
+        try lab.ip(topo.tgt, "link", "set", "dev", "t0", "xdpdrv", "obj", fx, "sec", "xdp")
+        try lab.exec(topo.mon, ["ping", "-c", "1", "198.18.1.2"])
+        try lab.exec(topo.src, ["ping", "-c", "1", "198.18.0.2"])
+        let frames = 10000, rate = 20_000, burst = 16
+        func round(_ arguments: [String]) throws -> (sent: Int, arrived: Int, ringDrops: UInt64, departures: [UInt64], metrics: Exposition) {
+            let seen = try Capture(lab: lab, ns: topo.mon, device: "m0", filter: ["-Q", "in", "udp", "port", "7300"])
+            let out = try Capture(lab: lab, ns: topo.mon, device: "m1", filter: ["-Q", "out", "udp", "port", "4789"])
+            let arrived = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+            let dropped = try lab.statistic(topo.mon, "m1", "tx_dropped")
+            let agent = try topo.startAgent(["--interface", "m0", "--direction", "ingress", "--target", "198.18.1.2",
+                                             "--metrics-address", "127.0.0.1:\(MetricsEndToEndTests.port)"] + arguments)
+            try lab.exec(topo.src, ["python3", "-c", """
+                import socket, struct
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                for i in range(\(frames)): s.sendto(struct.pack("!I", i) + b"p" * 60, ("198.18.0.2", 7300))
+                """])
+            _ = try arrived.waitFor(count: frames, timeout: 10)
+            try arrived.settle()
+            let m = try MetricsEndToEndTests.scrape(topo)
+            #expect(agent.stop() == 0)
+            let ringDrops = try lab.statistic(topo.mon, "m1", "tx_dropped") - dropped
+            // Copies of the test flow only (ARP and the like are mirrored too).
+            func flow(_ frames: [PcapReader.Frame]) -> [PcapReader.Frame] {
+                frames.filter { Self.decode($0.bytes).map { $0.inner.count > 37 && $0.inner[23] == 17 && $0.inner[36] == 0x1C && $0.inner[37] == 0x84 } ?? false }
+            }
+            return (try seen.stop().count, flow(try arrived.stop()).count, ringDrops, flow(try out.stop()).map(\.timestampNanoseconds), m)
+        }
+
+        let unpaced = try round([])
+        print("pacing: unpaced, \(unpaced.sent) frames: \(unpaced.arrived) copies arrived, \(unpaced.ringDrops) dropped at the 256-slot ring")
+        let paced = try round(["--pace", "\(rate)", "--pace-burst", "\(burst)"])
+        let d = paced.departures.sorted()
+        let span = Double((d.last ?? 0) - (d.first ?? 0)) / 1e9
+        // The most departures in any 1 ms: the rate's 20 and one burst
+        // (tcpdump's timestamps are the kernel's, at the device).
+        var most = 0, j = 0
+        for i in d.indices {
+            while d[i] - d[j] >= 1_000_000 { j += 1 }
+            most = max(most, i - j + 1)
+        }
+        let waits = paced.metrics.all("traffic_mirror_endpoint_pacing_waits_total").reduce(0) { $0 + $1.1 }
+        print("pacing: \(rate) pps, burst \(burst): \(paced.sent) frames, \(paced.arrived) copies arrived, \(paced.ringDrops) dropped at the ring; departures over \(String(format: "%.3f", span)) s, at most \(most) in 1 ms; \(Int(waits)) waits")
+        #expect(paced.sent == frames, "m0 received every frame")
+        #expect(paced.arrived == paced.sent && paced.ringDrops == 0, "every copy through the ring: \(paced.arrived) of \(paced.sent), \(paced.ringDrops) dropped")
+        #expect(span >= Double(frames - burst) / Double(rate) * 0.95, "\(frames) copies at \(rate) pps take at least \(Double(frames) / Double(rate)) s: \(span) s")
+        #expect(most <= rate / 1000 + burst + 4, "at most the rate's \(rate / 1000) and a burst of \(burst) in any 1 ms: \(most)")
+        #expect(waits > 0)
+        MetricsEndToEndTests.checkInvariants(paced.metrics, sessions: ["default"], interfaces: ["m0"])
+    }
+
     @Test("receive writes exactly the frames that arrive, VXLAN and GENEVE, in order; tshark decodes both")
     func receiveAndGeneve() throws {
         let topo = try Topology()

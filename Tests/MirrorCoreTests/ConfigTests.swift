@@ -90,6 +90,10 @@ struct ConfigTests {
         ("erspan endpoint port", "targets:\n  ids: {endpoints: ['198.18.2.2:9'], encapsulation: erspan3}", "targets.ids.endpoints: 198.18.2.2:9: erspan3 runs over GRE, which has no port"),
         ("hardware_id range", "targets:\n  ids: {address: 198.18.2.2, encapsulation: erspan3, hardware_id: 64}", "targets.ids.hardware_id: 64 is out of range 0...63"),
         ("hardware_id not erspan3", "targets:\n  ids: {address: 198.18.2.2, encapsulation: erspan2, hardware_id: 1}", "targets.ids.hardware_id: only ERSPAN Type III carries a hardware ID"),
+        ("pacing without rate", "targets:\n  ids: {address: 198.18.2.2, pacing: {burst: 8}}", "targets.ids.pacing.packets_per_second: required"),
+        ("pacing rate range", "targets:\n  ids: {address: 198.18.2.2, pacing: {packets_per_second: 0}}", "targets.ids.pacing.packets_per_second: 0 is out of range 1...1000000000"),
+        ("pacing burst range", "targets:\n  ids: {address: 198.18.2.2, pacing: {packets_per_second: 10, burst: 5000}}", "targets.ids.pacing.burst: 5000 is out of range 1...4096"),
+        ("pacing unknown key", "targets:\n  ids: {address: 198.18.2.2, pacing: {rate: 10}}", "targets.ids.pacing.rate:"),
         ("origin not geneve", "targets:\n  ids: {address: 198.18.2.2, geneve_origin: true}", "targets.ids.geneve_origin: the origin option is a GENEVE option"),
         ("origin not boolean", "targets:\n  ids: {address: 198.18.2.2, encapsulation: geneve, geneve_origin: maybe}", "targets.ids.geneve_origin: expected true or false, got \"maybe\""),
         ("host_id without origin", "targets:\n  ids: {address: 198.18.2.2, encapsulation: geneve, host_id: 7}", "targets.ids.host_id: host_id is carried by the GENEVE origin option"),
@@ -143,6 +147,21 @@ struct ConfigTests {
                                       + "sessions:\n  - {name: a, interfaces: [e], target: g, number: 1}\n")
         #expect(g.targets[0].tunnel(hostName: "node-1") == Tunnel(.geneve, origin: .init(hostID: Tunnel.GeneveOrigin.hostID(hostName: "node-1"))))
         #expect(Tunnel.GeneveOrigin.hostID(hostName: "a") == 0xE40C_292C) // FNV-1a 32 of "a"
+    }
+
+    @Test("pacing loads per target, with the default burst; check shows it")
+    func pacingKeys() throws {
+        let c = try ConfigLoader.load(yaml: """
+        targets:
+          p: {address: 198.18.2.2, pacing: {packets_per_second: 400000, burst: 16}}
+          d: {address: 198.18.2.3, pacing: {packets_per_second: 1000}}
+          u: {address: 198.18.2.4}
+        sessions:
+          - {name: a, interfaces: [e], target: p, number: 1}
+        """)
+        #expect(c.targets.map(\.pacing) == [Pacing(packetsPerSecond: 400000, burst: 16), Pacing(packetsPerSecond: 1000, burst: 32), nil])
+        #expect(c.targets[0].pacing?.interval == 2500)
+        #expect(PlanDescription.render(c).contains("p: 198.18.2.2:4789 vxlan, paced at 400000 packets/s per endpoint (burst 16)"))
     }
 
     @Test("broker keys load: layer slices, masks, bounds in every unit, RFC 3339 times, deduplication windows")

@@ -197,4 +197,33 @@ static inline void CMirrorSys_store_relaxed_u32(uint32_t *p, uint32_t v)
 	__atomic_store_n(p, v, __ATOMIC_RELAXED);
 }
 
+/* Pacing by the generic cell rate algorithm on one shared clock: *tat is
+ * when the endpoint's schedule is next free (monotonic ns). Books `cost` ns
+ * of it (datagrams x interval) and returns how long to wait before sending
+ * so that no more than `depth` ns of schedule lie ahead: 0 when the send
+ * conforms now. Safe for several forwarding threads at once. */
+static inline uint64_t CMirrorSys_pace(uint64_t *tat, uint64_t now, uint64_t cost, uint64_t depth)
+{
+	uint64_t old = __atomic_load_n(tat, __ATOMIC_RELAXED), next;
+
+	do {
+		next = (old > now ? old : now) + cost;
+	} while (!__atomic_compare_exchange_n(tat, &old, next, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+	return next > now + depth ? next - now - depth : 0;
+}
+
+/* Raises *tat to at least `floor` (a send that left later than booked
+ * moves the schedule with it, so a late run and the next are never closer
+ * than the schedule says). */
+static inline void CMirrorSys_pace_floor(uint64_t *tat, uint64_t floor)
+{
+	uint64_t old = __atomic_load_n(tat, __ATOMIC_RELAXED);
+
+	while (old < floor && !__atomic_compare_exchange_n(tat, &old, floor, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+}
+
+/* Sleeps until the monotonic clock reads `deadline` (ns). */
+void CMirrorSys_sleep_until(uint64_t deadline);
+
 #endif /* CMIRROR_SYS_H */

@@ -198,7 +198,7 @@ struct Checker {
         guard self.name(name, node, path, what: "target name"),
               let pairs = mapping(node, path, allowed: [
                   "address", "endpoints", "port", "encapsulation", "mtu", "mode", "health_check", "description",
-                  "geneve_origin", "host_id", "hardware_id",
+                  "geneve_origin", "host_id", "hardware_id", "pacing",
               ], what: "a target")
         else { return nil }
         let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
@@ -254,13 +254,29 @@ struct Checker {
         if d["hardware_id"] != nil && enc != .erspan3 {
             fail("\(path).hardware_id", d["hardware_id"], "only ERSPAN Type III carries a hardware ID; set encapsulation: erspan3 or remove hardware_id")
         }
+        var pacing: Pacing?
+        if let node = d["pacing"] { pacing = self.pacing(node, "\(path).pacing") }
         guard problems.count == before else { return nil }
         var t = TargetConfig(name: name, endpoints: endpoints, port: port.map(UInt16.init), encapsulation: enc, mtu: mtu,
                              mode: mode, healthCheck: health ?? .init())
         t.geneveOrigin = origin ?? false
         t.hostID = hostID.map(UInt32.init)
         t.hardwareID = UInt8(hardwareID ?? 0)
+        t.pacing = pacing
         return t
+    }
+
+    mutating func pacing(_ node: Node, _ path: String) -> Pacing? {
+        guard let pairs = mapping(node, path, allowed: ["packets_per_second", "burst"], what: "pacing") else { return nil }
+        let d = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
+        guard d["packets_per_second"] != nil else {
+            fail("\(path).packets_per_second", node, "required: the most datagrams a second each endpoint takes, e.g. 500000")
+            return nil
+        }
+        let rate = integer(d["packets_per_second"], "\(path).packets_per_second", 1...1_000_000_000)
+        let burst = integer(d["burst"], "\(path).burst", 1...Pacing.maxBurst)
+        guard let rate else { return nil }
+        return Pacing(packetsPerSecond: UInt64(rate), burst: burst ?? Pacing.defaultBurst)
     }
 
     mutating func boolean(_ node: Node?, _ path: String) -> Bool? {

@@ -47,6 +47,9 @@ public struct TargetConfig: Equatable, Sendable {
     public var hostID: UInt32?
     /// ERSPAN III: the hardware ID field (`hardware_id`).
     public var hardwareID: UInt8 = 0
+    /// How fast copies may leave toward each endpoint (`pacing`); nil:
+    /// as fast as they come.
+    public var pacing: Pacing?
 
     public init(name: String, address: String, port: UInt16? = nil, encapsulation: Encapsulation = .vxlan, mtu: Int? = nil) {
         self.init(name: name, endpoints: [HostPort(host: address, port: nil)], port: port, encapsulation: encapsulation, mtu: mtu)
@@ -76,6 +79,26 @@ public struct TargetConfig: Equatable, Sendable {
 
     /// The first endpoint's host (a plain target's address).
     public var address: String { endpoints.first?.host ?? "" }
+}
+
+/// Pacing toward each endpoint of a target: at most `packetsPerSecond`
+/// datagrams a second on average, and never more than `burst` back to back
+/// (a UDP GSO message carries at most `burst` datagrams). For receivers
+/// whose receive ring is small (docs/configuration.md#pacing).
+public struct Pacing: Sendable, Equatable {
+    public var packetsPerSecond: UInt64
+    public var burst: Int
+
+    public static let maxBurst = 4096
+    public static let defaultBurst = 32
+
+    public init(packetsPerSecond: UInt64, burst: Int = Pacing.defaultBurst) {
+        self.packetsPerSecond = packetsPerSecond
+        self.burst = burst
+    }
+
+    /// Nanoseconds per datagram.
+    public var interval: UInt64 { 1_000_000_000 / max(1, packetsPerSecond) }
 }
 
 /// How a target with several endpoints uses them.

@@ -11,6 +11,7 @@ public enum PlanDescription {
             var line = "  \(t.name): \(endpoints.joined(separator: ", ")) \(t.encapsulation.rawValue)"
             if t.geneveOrigin { line += " with the origin option (host id \(t.hostID.map(String.init) ?? "from the host name"))" }
             if t.encapsulation == .erspan3 { line += " hardware id \(t.hardwareID)" }
+            if let p = t.pacing { line += ", paced at \(p.packetsPerSecond) packets/s per endpoint (burst \(p.burst))" }
             line += ", mtu \(t.mtu.map(String.init) ?? "of the route")"
             if t.endpoints.count > 1 {
                 let h = t.healthCheck

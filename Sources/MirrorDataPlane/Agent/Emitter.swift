@@ -293,27 +293,50 @@ final class Emitter {
 
     // MARK: sending
 
-    /// Sends everything built, then counts each packet once.
+    /// Sends everything built, then counts each packet once. Runs toward
+    /// unpaced endpoints go together, as few sendmmsg calls as there are
+    /// sockets; each run toward a paced endpoint goes by itself, once the
+    /// endpoint's schedule has room for it (the thread sleeps until then,
+    /// and the rings hold what comes meanwhile).
     func flush() {
         guard descriptorCount > 0, let table else { return }
         deadline = 0
-        formRuns()
+        formRuns(table)
+        var paced = 0
         for r in 0..<runCount {
             let run = runs[r]
-            let e = Int(descriptors[Int(run.first)].endpoint)
-            if let path = LinkPaths.read(table.paths, Int(table.endpointInfo[e].path)),
-               let socket = packetSocket(path.ifindex) {
-                addFrames(table, run, socket: socket, path: path)
+            if table.endpointInfo[Int(descriptors[Int(run.first)].endpoint)].pacingInterval != 0 {
+                paced += 1
             } else {
-                var d = Int(run.first)
-                while d >= 0 {
-                    addSingle(table, d)
-                    d = Int(descriptors[d].next)
-                }
+                addRun(table, run)
             }
         }
-        sendFrames(table)
-        sendSingles(table)
+        sendQueued(table)
+        if paced > 0 {
+            for r in 0..<runCount {
+                let run = runs[r]
+                let ep = table.endpointInfo[Int(descriptors[Int(run.first)].endpoint)]
+                guard ep.pacingInterval != 0 else { continue }
+                // Built first (the first send opens the packet socket), so
+                // the schedule is booked right before the send.
+                addRun(table, run)
+                let now = CMirrorSys_monotonic_ns()
+                let wait = counters.pace(endpoint: Int(ep.counter), datagrams: Int(run.count), interval: ep.pacingInterval,
+                                         burst: Int(ep.pacingBurst), now: now)
+                if wait > 0 {
+                    CMirrorSys_sleep_until(now + wait)
+                    let start = CMirrorSys_monotonic_ns()
+                    counters.addPacingWait(endpoint: Int(ep.counter), nanoseconds: start - now)
+                    // Woken late (a busy CPU): the next run keeps its distance.
+                    if start > now + wait + 10_000 {
+                        counters.paceLate(endpoint: Int(ep.counter), datagrams: Int(run.count), interval: ep.pacingInterval, start: start)
+                    }
+                    // A full socket's budget starts after the pacing.
+                    deadline = 0
+                }
+                sendQueued(table)
+            }
+        }
         for i in 0..<packets {
             let grp = groups[i]
             if grp.sent {
@@ -326,8 +349,6 @@ final class Emitter {
         piecesUsed = 0
         packets = 0
         runCount = 0
-        frameTotal = 0
-        frameIovUsed = 0
         generation &+= 1
         if generation == 0 {
             runGeneration.update(repeating: 0, count: tableSize)
@@ -335,9 +356,36 @@ final class Emitter {
         }
     }
 
+    /// Queues a run's copies: as frames of the packet socket on its path's
+    /// interface, or for the raw socket where there is none.
+    @inline(__always)
+    private func addRun(_ table: ForwardingTable, _ run: Run) {
+        let e = Int(descriptors[Int(run.first)].endpoint)
+        if let path = LinkPaths.read(table.paths, Int(table.endpointInfo[e].path)),
+           let socket = packetSocket(path.ifindex) {
+            addFrames(table, run, socket: socket, path: path)
+        } else {
+            var d = Int(run.first)
+            while d >= 0 {
+                addSingle(table, d)
+                d = Int(descriptors[d].next)
+            }
+        }
+    }
+
+    /// Sends what is queued (frames, then singles) and empties the queues.
+    @inline(__always)
+    private func sendQueued(_ table: ForwardingTable) {
+        sendFrames(table)
+        sendSingles(table)
+        frameTotal = 0
+        frameIovUsed = 0
+    }
+
     /// Joins copies into runs: same endpoint and flow, equal lengths (the
-    /// last may be shorter), in order, within the GSO limits.
-    private func formRuns() {
+    /// last may be shorter), in order, within the GSO limits and the
+    /// endpoint's pacing burst.
+    private func formRuns(_ table: ForwardingTable) {
         for d in 0..<descriptorCount {
             let desc = descriptors[d]
             let key = UInt64(UInt32(bitPattern: desc.endpoint)) << 32 | UInt64(desc.hash)
@@ -346,7 +394,8 @@ final class Emitter {
             if runGeneration[slot] == generation {
                 let r = Int(runIndex[slot])
                 var run = runs[r]
-                if run.open && run.count < Self.maxSegments && desc.length <= run.length
+                if run.open && run.count < min(Int32(Self.maxSegments), table.endpointInfo[Int(desc.endpoint)].pacingBurst)
+                    && desc.length <= run.length
                     && Int(run.bytes) + Int(desc.length) <= Self.maxGSOBytes {
                     descriptors[Int(run.last)].next = Int32(d)
                     run.last = Int32(d)

@@ -55,6 +55,10 @@ public final class ForwardingTable: @unchecked Sendable {
         var counter: Int32
         /// Slot of the endpoint's link-layer path in `paths`, or -1.
         var path: Int32
+        /// Pacing: nanoseconds per datagram (0: unpaced) and the most
+        /// datagrams back to back.
+        var pacingInterval: UInt64
+        var pacingBurst: Int32
     }
 
     public let targets: [ResolvedTarget]
@@ -143,7 +147,8 @@ public final class ForwardingTable: @unchecked Sendable {
                 (endpointInfo + e).initialize(to: EndpointInfo(
                     constants: ep.header.constants, tunnel: t.tunnel, addressLength: len, ipv6: !ep.address.isIPv4,
                     health: t.probed ? Int32(healthSlots[ep.key] ?? -1) : -1,
-                    seed: Rendezvous.seed(ep.key), counter: Int32(counter), path: Int32(pathSlots[ep.key] ?? -1)))
+                    seed: Rendezvous.seed(ep.key), counter: Int32(counter), path: Int32(pathSlots[ep.key] ?? -1),
+                    pacingInterval: t.pacing?.interval ?? 0, pacingBurst: Int32(t.pacing?.burst ?? Emitter.maxSegments)))
                 ep.header.writeTemplate(to: templates + e * 64)
                 e += 1
             }
@@ -352,8 +357,9 @@ public final class Forwarder: @unchecked Sendable {
     /// The loop. Returns after `stop()`, with the rings empty.
     public func run(name: String = "tm-forward") {
         CMirrorSys_set_thread_name(name)
-        // Sleeps of a fraction of the drain interval should end on time.
-        _ = CMirrorSys_set_timer_slack(settings.drainIntervalNanoseconds / 20)
+        // Sleeps of a fraction of the drain interval should end on time,
+        // and a paced endpoint's of a few microseconds too.
+        _ = CMirrorSys_set_timer_slack(min(settings.drainIntervalNanoseconds / 20, 2_000))
         running.store(true, ordering: .relaxed)
         defer { running.store(false, ordering: .relaxed) }
         // Adaptive batching: a full batch means a backlog, so the next

@@ -63,8 +63,13 @@ public final class ForwarderCounters: @unchecked Sendable {
     let sentBytes: UnsafeMutablePointer<UInt64>
     let drops: UnsafeMutablePointer<UInt64>
     let truncations: UnsafeMutablePointer<UInt64>
-    /// Per endpoint: datagrams sent, bytes sent, send errors.
+    /// Per endpoint: datagrams sent, bytes sent, send errors, pacing
+    /// waits and the nanoseconds spent in them.
     let endpointCounts: UnsafeMutablePointer<UInt64>
+    static let endpointFields = 5
+    /// Per endpoint: when its pacing schedule is next free (monotonic ns),
+    /// shared by the forwarding threads and kept across reloads.
+    let pacingSchedule: UnsafeMutablePointer<UInt64>
     let batches: UnsafeMutablePointer<UInt64>
     let backpressureWaits: UnsafeMutablePointer<UInt64>
     /// Nanoseconds spent in those waits.
@@ -125,8 +130,10 @@ public final class ForwarderCounters: @unchecked Sendable {
         let t = (Self.maxSessions + 1) * UserTruncation.allCases.count
         truncations = .allocate(capacity: t)
         truncations.initialize(repeating: 0, count: t)
-        endpointCounts = .allocate(capacity: 3 * (Self.maxEndpoints + 1))
-        endpointCounts.initialize(repeating: 0, count: 3 * (Self.maxEndpoints + 1))
+        endpointCounts = .allocate(capacity: Self.endpointFields * (Self.maxEndpoints + 1))
+        endpointCounts.initialize(repeating: 0, count: Self.endpointFields * (Self.maxEndpoints + 1))
+        pacingSchedule = .allocate(capacity: Self.maxEndpoints + 1)
+        pacingSchedule.initialize(repeating: 0, count: Self.maxEndpoints + 1)
         batches = .allocate(capacity: 1)
         batches.initialize(to: 0)
         backpressureWaits = .allocate(capacity: 1)
@@ -145,6 +152,7 @@ public final class ForwarderCounters: @unchecked Sendable {
         drops.deallocate()
         truncations.deallocate()
         endpointCounts.deallocate()
+        pacingSchedule.deallocate()
         batches.deallocate()
         backpressureWaits.deallocate()
         backpressureNanoseconds.deallocate()
@@ -195,13 +203,33 @@ public final class ForwarderCounters: @unchecked Sendable {
     @inline(__always)
     func addSentBytes(pair: Int, endpoint: Int, bytes: Int) {
         bump(sentBytes + pair, UInt64(bytes))
-        bump(endpointCounts + 3 * endpoint, 1)
-        bump(endpointCounts + 3 * endpoint + 1, UInt64(bytes))
+        bump(endpointCounts + Self.endpointFields * endpoint, 1)
+        bump(endpointCounts + Self.endpointFields * endpoint + 1, UInt64(bytes))
     }
 
     @inline(__always)
     func addEndpointError(endpoint: Int) {
-        bump(endpointCounts + 3 * endpoint + 2, 1)
+        bump(endpointCounts + Self.endpointFields * endpoint + 2, 1)
+    }
+
+    /// Books `datagrams` on the endpoint's pacing schedule; returns how long
+    /// to hold them (ns) so that at most `burst` lie ahead of now.
+    @inline(__always)
+    func pace(endpoint: Int, datagrams: Int, interval: UInt64, burst: Int, now: UInt64) -> UInt64 {
+        CMirrorSys_pace(pacingSchedule + endpoint, now, UInt64(datagrams) &* interval, UInt64(burst) &* interval)
+    }
+
+    /// A run leaves at `start`: when that is later than it was booked for,
+    /// the schedule moves by as much.
+    @inline(__always)
+    func paceLate(endpoint: Int, datagrams: Int, interval: UInt64, start: UInt64) {
+        CMirrorSys_pace_floor(pacingSchedule + endpoint, start &+ UInt64(datagrams) &* interval)
+    }
+
+    @inline(__always)
+    func addPacingWait(endpoint: Int, nanoseconds: UInt64) {
+        bump(endpointCounts + Self.endpointFields * endpoint + 3, 1)
+        bump(endpointCounts + Self.endpointFields * endpoint + 4, nanoseconds)
     }
 
     @inline(__always)
@@ -247,12 +275,21 @@ public final class ForwarderCounters: @unchecked Sendable {
     /// Batches forwarded so far (reads one counter; allocates nothing).
     public var batchCount: UInt64 { CMirrorSys_load_relaxed_u64(batches) }
 
+    public struct EndpointCounts: Sendable {
+        public var packets: UInt64
+        public var bytes: UInt64
+        public var errors: UInt64
+        public var pacingWaits: UInt64
+        public var pacingNanoseconds: UInt64
+    }
+
     public struct Snapshot: Sendable {
         public var sent: [Pair: (packets: UInt64, bytes: UInt64)]
         public var drops: [String: [UserDropReason: UInt64]]
         public var truncations: [String: [UserTruncation: UInt64]]
-        /// Per endpoint: datagrams and bytes sent, send errors.
-        public var endpoints: [Endpoint: (packets: UInt64, bytes: UInt64, errors: UInt64)]
+        /// Per endpoint: datagrams and bytes sent, send errors, pacing
+        /// waits and their nanoseconds.
+        public var endpoints: [Endpoint: EndpointCounts]
         /// What could not be attributed to a session: packets sent, and
         /// dropped by reason.
         public var unattributedSent: UInt64
@@ -283,10 +320,12 @@ public final class ForwarderCounters: @unchecked Sendable {
             }
             t[name] = tm
         }
-        var e = [Endpoint: (UInt64, UInt64, UInt64)]()
+        var e = [Endpoint: EndpointCounts]()
         for (key, slot) in endpoints {
-            e[key] = (CMirrorSys_load_relaxed_u64(endpointCounts + 3 * slot), CMirrorSys_load_relaxed_u64(endpointCounts + 3 * slot + 1),
-                      CMirrorSys_load_relaxed_u64(endpointCounts + 3 * slot + 2))
+            let c = endpointCounts + Self.endpointFields * slot
+            e[key] = EndpointCounts(packets: CMirrorSys_load_relaxed_u64(c), bytes: CMirrorSys_load_relaxed_u64(c + 1),
+                                    errors: CMirrorSys_load_relaxed_u64(c + 2), pacingWaits: CMirrorSys_load_relaxed_u64(c + 3),
+                                    pacingNanoseconds: CMirrorSys_load_relaxed_u64(c + 4))
         }
         var unattributed = [UserDropReason: UInt64]()
         for r in UserDropReason.allCases {

@@ -31,6 +31,8 @@ public struct ResolvedTarget: Sendable {
     public var mode: TargetMode
     public var healthCheck: HealthCheckConfig
     public var endpoints: [ResolvedEndpoint]
+    /// How fast copies may leave toward each endpoint; nil: unpaced.
+    public var pacing: Pacing? = nil
 
     /// Frame bytes that fit every endpoint's MTU after encapsulation.
     public var innerLimit: Int { endpoints.map(\.innerLimit).min() ?? 0 }
@@ -52,7 +54,7 @@ public enum TargetResolver {
             endpoints.append(try resolve(e, of: t, mark: mark))
         }
         return ResolvedTarget(name: t.name, tunnel: t.tunnel(hostName: hostName), mode: t.mode, healthCheck: t.healthCheck,
-                              endpoints: endpoints)
+                              endpoints: endpoints, pacing: t.pacing)
     }
 
     /// This host's name, for the GENEVE origin option's default host ID.

@@ -130,11 +130,12 @@ final class Schedule: @unchecked Sendable {
 
 struct Count: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Count and drop the IPv4 UDP datagrams to a port arriving at an interface (tc ingress); print the total every 50 ms.")
+        abstract: "Count and drop the IPv4 UDP datagrams to a port arriving at an interface (tc ingress, or XDP for a 256-slot veth ring); print the total every 50 ms.")
 
     @Option(help: "Benchmark object (scripts/build-bpf --bench).") var object: String
     @Option(help: "Interface to count at.") var interface: String
     @Option(help: "UDP destination port to count.") var port: UInt16 = 4789
+    @Option(help: "Where to count: tc (ingress, no ring) or xdp (a veth's 256-slot NAPI ring).") var hook = "tc"
 
     func run() throws {
         let obj = try openBenchObject(object)
@@ -143,7 +144,12 @@ struct Count: ParsableCommand {
         _ = CMirrorBPF_object_set_rodata(obj, "count_port", &p, 2)
         guard CMirrorBPF_object_load(obj, -1) == 0 else { throw ValidationError("cannot load the counter") }
         let ifindex = CMirrorSys_if_nametoindex(interface)
-        let link = CMirrorBPF_tcx_link(CMirrorBPF_object_prog_fd(obj, "tm_count"), ifindex, 0)
+        let link: Int32
+        switch hook {
+        case "tc": link = CMirrorBPF_tcx_link(CMirrorBPF_object_prog_fd(obj, "tm_count"), ifindex, 0)
+        case "xdp": link = CMirrorBPF_xdp_link(CMirrorBPF_object_prog_fd(obj, "tm_count_ring"), ifindex, 0)
+        default: throw ValidationError("--hook: tc or xdp, not \(hook)")
+        }
         guard link >= 0 else { throw ValidationError("cannot attach to \(interface): errno \(-link)") }
         defer { _ = CMirrorSys_close(link) }
         let map = CMirrorBPF_object_map_fd(obj, "count_frames")

@@ -7,14 +7,18 @@ struct Report {
     let machine: String
     let duration: Double
     let runs: Int
+    let placement: Placement
+    let receiver: Receiver
     let agentCPUs: String
     /// traffic-mirror's ingress hook and extra arguments in the UDP rounds.
     var agentSetup = ""
     var rounds: [(size: Int, round: Round)] = []
     var tcp: [TCPRound] = []
 
-    init(machine: String, duration: Double, runs: Int, agentCPUs: String) {
+    init(machine: String, duration: Double, runs: Int, placement: Placement, receiver: Receiver, agentCPUs: String) {
         self.machine = machine
+        self.placement = placement
+        self.receiver = receiver
         self.duration = duration
         self.runs = runs
         self.agentCPUs = agentCPUs
@@ -51,10 +55,20 @@ struct Report {
     }
 
     func markdown() -> String {
-        var out = "Machine: \(machine). \(runs) runs of every trial, \(Int(duration)) s of traffic each (CPU trials longer); "
+        var out = "## \(placement.rawValue) placement, \(receiver.rawValue) receiver\n\n"
+        out += "Machine: \(machine). \(runs) runs of every trial, \(Int(duration)) s of traffic each (CPU trials longer); "
         out += "figures are medians, ratios are traffic-mirror over tc mirred, median first, then each run's. "
-        out += "The generator and the hooks run on CPU 0; traffic-mirror runs on "
-        out += agentCPUs.isEmpty ? "any CPU" : "CPU \(agentCPUs) (taskset)"
+        switch placement {
+        case .separate:
+            out += "The generator and the hooks run on CPU 0; traffic-mirror runs on "
+            out += agentCPUs.isEmpty ? "any CPU" : "CPU \(agentCPUs) (taskset)"
+        case .shared:
+            out += "The generator runs on CPU 0; m0's receive work (RPS: the tc hooks, tc mirred, the sink) and traffic-mirror share CPU 1"
+        }
+        switch receiver {
+        case .socket: out += "; the target counts at tc ingress"
+        case .ring: out += "; the target counts at XDP behind a 256-slot veth ring drained on CPU 0"
+        }
         out += agentSetup.isEmpty ? ".\n" : ", with \(agentSetup).\n"
         for size in Set(rounds.map(\.size)).sorted() {
             let rs = rounds.filter { $0.size == size }.map(\.round)

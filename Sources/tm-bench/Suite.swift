@@ -10,10 +10,18 @@ import MirrorTestSupport
 ///
 /// The generator (CPU 0) sends UDP to a sink in mon, whose kernel counts
 /// what production receives (UDP InDatagrams + InErrors). Every frame m0
-/// sees is mirrored to 198.18.1.2:4789, where a tc program on t0 counts
-/// and drops each datagram that arrives, like the NIC of a separate host:
-/// a batched or segmented send counts once per datagram on the wire, and
-/// the target's own stack costs the measured CPUs nothing.
+/// sees is mirrored to 198.18.1.2:4789, where a program on t0 counts and
+/// drops each datagram that arrives, like the NIC of a separate host: a
+/// batched or segmented send counts once per datagram on the wire.
+///
+/// Two placements: `separate`, the monitored host's receive work (m0's
+/// NAPI) on CPU 0 with the generator and the agent on CPU 1 of its own;
+/// `shared`, m0's receive work steered to CPU 1 by RPS (the tc hooks,
+/// tc mirred and the sink run there) and the agent pinned to CPU 1 too, a
+/// host whose production CPU is also the agent's. Two
+/// receivers: `socket`, counted at t0's tc ingress (no ring to overflow),
+/// and `ring`, counted at XDP on t0, whose veth ring has 256 slots and is
+/// drained by a NAPI thread on CPU 0, like a sensor's small receive ring.
 struct Suite: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "suite",
@@ -28,33 +36,52 @@ struct Suite: ParsableCommand {
     @Option(help: "Seconds of iperf3 per trial (0 skips TCP).") var tcpDuration = 5.0
     @Option(help: "Arguments added to traffic-mirror run (quoted, split on spaces).") var agentArguments = ""
     @Option(help: "traffic-mirror's ingress hook for the UDP rounds: tc (its default) or xdp. TCP rounds use tc.") var ingressHook = "tc"
-    @Option(help: "CPUs traffic-mirror runs on (a taskset list; empty: anywhere). The generator and the hooks take CPU 0.")
+    @Option(help: "CPUs traffic-mirror runs on in the separate placement (a taskset list; empty: anywhere). The generator and the hooks take CPU 0.")
     var agentCPUs = "1"
+    @Option(parsing: .upToNextOption, help: "Placements: separate (the agent on a CPU of its own) and shared (the agent on the CPU that takes the traffic).")
+    var placements: [Placement] = Placement.allCases
+    @Option(parsing: .upToNextOption, help: "Receivers: socket (counted at tc, no ring) and ring (XDP on a 256-slot veth ring).")
+    var receivers: [Receiver] = Receiver.allCases
     @Option(help: "Also write the Markdown results to this file.") var output: String?
 
     func run() throws {
-        let bench = try BenchNet(agent: agent, object: object, agentArguments: agentArguments.split(separator: " ").map(String.init),
-                                 agentCPUs: agentCPUs, ingressHook: ingressHook)
-        Suite.current = bench
         Suite.trapSignals()
+        let machine = try Report.machine()
+        var text = ""
+        var first = true
+        for placement in placements {
+            for receiver in receivers {
+                text += try section(placement, receiver, machine: machine, tcp: first && tcpDuration > 0)
+                first = false
+                if let output { try text.write(toFile: output, atomically: true, encoding: .utf8) }
+            }
+        }
+        print(text)
+    }
+
+    /// One placement and receiver: every size, `runs` times (and TCP).
+    func section(_ placement: Placement, _ receiver: Receiver, machine: String, tcp: Bool) throws -> String {
+        let bench = try BenchNet(agent: agent, object: object, agentArguments: agentArguments.split(separator: " ").map(String.init),
+                                 agentCPUs: placement == .shared ? "1" : agentCPUs, ingressHook: ingressHook,
+                                 placement: placement, receiver: receiver)
+        Suite.current = bench
         defer { bench.lab.teardown() }
-        var report = Report(machine: try Report.machine(), duration: duration, runs: runs, agentCPUs: agentCPUs)
+        var report = Report(machine: machine, duration: duration, runs: runs, placement: placement, receiver: receiver,
+                            agentCPUs: bench.agentCPUs)
         report.agentSetup = (["--ingress-hook \(ingressHook)"] + (agentArguments.isEmpty ? [] : [agentArguments])).joined(separator: " ")
         for size in sizes {
             for r in 0..<runs {
-                note("== \(size)-byte frames, run \(r + 1) of \(runs)\n")
+                note("== \(placement.rawValue) placement, \(receiver.rawValue) receiver, \(size)-byte frames, run \(r + 1) of \(runs)\n")
                 report.add(size: size, try bench.round(size: size, duration: duration, cpuDuration: cpuDuration))
             }
         }
-        if tcpDuration > 0 {
+        if tcp {
             for r in 0..<runs {
                 note("== iperf3 TCP, run \(r + 1) of \(runs)\n")
                 report.addTCP(try bench.tcpRound(duration: tcpDuration))
             }
         }
-        let text = report.markdown()
-        print(text)
-        if let output { try text.write(toFile: output, atomically: true, encoding: .utf8) }
+        return report.markdown()
     }
 
     nonisolated(unsafe) static var current: BenchNet?
@@ -68,6 +95,14 @@ struct Suite: ParsableCommand {
             }
         }
     }
+}
+
+enum Placement: String, CaseIterable, ExpressibleByArgument {
+    case separate, shared
+}
+
+enum Receiver: String, CaseIterable, ExpressibleByArgument {
+    case socket, ring
 }
 
 enum Scenario: String, CaseIterable {
@@ -147,7 +182,8 @@ final class BenchNet: @unchecked Sendable {
     /// The agent's ingress hook in the UDP rounds.
     let ingressHook: String
 
-    init(agent: String, object: String, agentArguments: [String], agentCPUs: String, ingressHook: String) throws {
+    init(agent: String, object: String, agentArguments: [String], agentCPUs: String, ingressHook: String,
+         placement: Placement, receiver: Receiver) throws {
         self.ingressHook = ingressHook
         lab = try Lab()
         self.agent = agent
@@ -177,10 +213,37 @@ final class BenchNet: @unchecked Sendable {
         g0MAC = Self.format(try lab.mac(gen, "g0"))
         m0MAC = Self.format(try lab.mac(mon, "m0"))
         _ = try lab.start(mon, [benchBinary, "sink", "--port", "9999"])
-        counter = try lab.start(tgt, [benchBinary, "count", "--object", object, "--interface", "t0", "--port", "4789"])
+        counter = try lab.start(tgt, [benchBinary, "count", "--object", object, "--interface", "t0", "--port", "4789",
+                                      "--hook", receiver == .ring ? "xdp" : "tc"])
+        _ = try targetCount()
+        if placement == .shared {
+            // RPS: m0's NAPI takes the frames off the ring on CPU 0, and
+            // the stack (tc hooks, tc mirred, the sink) runs on CPU 1.
+            try lab.exec(mon, ["sh", "-c", "echo 2 > /sys/class/net/m0/queues/rx-0/rps_cpus"])
+        }
+        if receiver == .ring { try pinNAPI(tgt, "t0", cpu: 0) }
         // Resolve the neighbours once so no trial waits for ARP.
         try lab.exec(gen, ["ping", "-c", "1", "-W", "1", "198.18.0.2"])
         try lab.exec(mon, ["ping", "-c", "1", "-W", "1", "198.18.1.2"])
+    }
+
+    /// Moves a veth's NAPI into kernel threads (`threaded`) pinned to `cpu`.
+    func pinNAPI(_ ns: String, _ dev: String, cpu: Int) throws {
+        let before = Set(Self.napiThreads(dev))
+        try lab.exec(ns, ["sh", "-c", "echo 1 > /sys/class/net/\(dev)/threaded"])
+        let threads = Self.napiThreads(dev).filter { !before.contains($0) }
+        guard !threads.isEmpty else { throw Failure("no NAPI thread for \(dev) after threaded=1") }
+        for pid in threads { _ = try Shell.check(["taskset", "-p", "-c", "\(cpu)", "\(pid)"]) }
+    }
+
+    /// Kernel threads named napi/DEV-ID.
+    static func napiThreads(_ dev: String) -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
+            guard let pid = Int32(entry),
+                  let comm = try? String(contentsOfFile: "/proc/\(entry)/comm", encoding: .utf8),
+                  comm.hasPrefix("napi/\(dev)-") else { return nil }
+            return pid
+        }
     }
 
     static func format(_ mac: [UInt8]) -> String { mac.map { String(format: "%02x", $0) }.joined(separator: ":") }

@@ -56,13 +56,13 @@ struct MetricsEndToEndTests {
         #expect(selectedAll == sourceSelectedAll, "sessions' selected \(selectedAll) = interfaces' selected \(sourceSelectedAll)", sourceLocation: sourceLocation)
     }
 
-    @Test("a ring overflowed on purpose: ring_full counted, both invariants exact, scraping changes nothing; promtool accepts the exposition")
+    @Test("a ring overflowed on purpose (the target paced, so every metric is emitted): ring_full counted, both invariants exact, scraping changes nothing; promtool accepts the exposition")
     func ringOverflow() throws {
         let topo = try Topology()
         let lab = topo.lab
         let config = """
         targets:
-          a: {address: 198.18.1.2}
+          a: {address: 198.18.1.2, pacing: {packets_per_second: 1000000}}
         filters:
           udp:
             ingress:

@@ -602,6 +602,20 @@ static __noinline int tm_session_open(const struct tm_session *s, __u32 segs, __
 	return 1;
 }
 
+/* Whether bounded session `s` still selects: inside its window and not
+ * ended. Unlike tm_session_open, it uses up nothing. */
+static __noinline int tm_session_live(const struct tm_session *s)
+{
+	struct tm_session_usage *u;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 slot = s->usage_slot;
+
+	if (now < s->start_ns || now >= s->stop_ns)
+		return 0;
+	u = bpf_map_lookup_elem(&tm_session_usage, &slot);
+	return !u || !u->ended;
+}
+
 /* The end of the headers of the layer a session slices after, plus its
  * bytes; the fixed fallback for a frame without that layer. */
 static __always_inline __u32 tm_layer_limit(const struct tm_src *src, const int xdp,
@@ -643,9 +657,10 @@ static __noinline __u32 tm_layer_limit_xdp(const struct tm_src *src, const struc
  * limit), the addresses, and the first 16 bytes of the transport header
  * (TCP: ports, sequence, acknowledgement, flags, window; UDP: ports, length,
  * checksum and 8 payload bytes; ICMP: type, code, checksum, id, sequence and
- * 8 more). Not the MACs, VLAN tags, TTL or IPv4 header checksum. */
+ * 8 more), and the session: one session's sighting never holds back
+ * another's copy. Not the MACs, VLAN tags, TTL or IPv4 header checksum. */
 static __always_inline __u64 tm_dedup_key(const struct tm_src *src, const int xdp,
-					  const struct tm_pkt *p)
+					  const struct tm_pkt *p, __u32 session)
 {
 	__u64 w[4] = {}, h = 0x746d697264757021ULL;
 	int i;
@@ -656,7 +671,7 @@ static __always_inline __u64 tm_dedup_key(const struct tm_src *src, const int xd
 		w[0] &= bpf_cpu_to_be64(0xFFFFFFFFFFFFFF00ULL);
 	if (p->l4_off && !(p->flags & TM_PKT_NONFIRST))
 		tm_load(src, xdp, p->l4_off, &w[1], 16);
-	w[3] = p->family;
+	w[3] = p->family | (__u64)session << 8;
 #pragma unroll
 	for (i = 0; i < 4; i++)
 		h = (h ^ w[i]) * 0x9E3779B97F4A7C15ULL;
@@ -670,18 +685,19 @@ static __always_inline __u64 tm_dedup_key(const struct tm_src *src, const int xd
 	return h;
 }
 
-/* Whether the packet was seen on another mirrored interface or direction
- * (`where`) within `window` ns: the copy is held back. Otherwise this
- * sighting is remembered. */
+/* Whether session `session` (`s`) saw the packet on another mirrored
+ * interface or direction (`where`) within its window: the copy is held
+ * back. Otherwise this sighting is remembered. */
 static __always_inline int tm_duplicate(const struct tm_src *src, const int xdp,
-					const struct tm_pkt *p, __u32 where, __u64 window)
+					const struct tm_pkt *p, __u32 where,
+					const struct tm_session *s, __u32 session)
 {
 	struct tm_dedup_seen *e, v = {};
-	__u64 key, now;
+	__u64 key, now, window = s->dedup_window_ns;
 
 	if (!(p->flags & TM_PKT_IP))
 		return 0;
-	key = tm_dedup_key(src, xdp, p);
+	key = tm_dedup_key(src, xdp, p, session);
 	now = bpf_ktime_get_ns();
 	e = bpf_map_lookup_elem(&tm_dedup, &key);
 	if (e && e->where != where && now - e->seen_ns < window)
@@ -693,15 +709,15 @@ static __always_inline int tm_duplicate(const struct tm_src *src, const int xdp,
 }
 
 static __noinline int tm_duplicate_skb(const struct tm_src *src, const struct tm_pkt *p, __u32 where,
-				       __u64 window)
+				       const struct tm_session *s, __u32 session)
 {
-	return tm_duplicate(src, 0, p, where, window);
+	return tm_duplicate(src, 0, p, where, s, session);
 }
 
 static __noinline int tm_duplicate_xdp(const struct tm_src *src, const struct tm_pkt *p, __u32 where,
-				       __u64 window)
+				       const struct tm_session *s, __u32 session)
 {
-	return tm_duplicate(src, 1, p, where, window);
+	return tm_duplicate(src, 1, p, where, s, session);
 }
 
 /* tm_own, out of line: its headers and keys would take the hooks' stack. */
@@ -789,17 +805,24 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	if (!s || !sc)
 		goto no_match;
 	frame_len = src->len + (m->vlan_tags ? 4 : 0);
+	/* A duplicate is held back before the limits see it: they count what
+	 * the session mirrors. An ended session's duplicates match nothing,
+	 * like the rest of its packets. */
+	if (s->dedup_window_ns &&
+	    (xdp ? tm_duplicate_xdp(src, p, slot * TM_DIR_COUNT + m->dir, s, session) :
+		   tm_duplicate_skb(src, p, slot * TM_DIR_COUNT + m->dir, s, session))) {
+		if ((s->flags & TM_SESSION_BOUNDED) && !tm_session_live(s))
+			goto no_match;
+		ic->count[TM_IO_SELECTED] += segs;
+		sc->count[TM_SO_SELECTED] += segs;
+		sc->count[TM_SO_DROP_DUPLICATE] += segs;
+		return;
+	}
 	/* Outside its window or past its limits a session selects nothing. */
 	if ((s->flags & TM_SESSION_BOUNDED) && !tm_session_open(s, segs, frame_len))
 		goto no_match;
 	ic->count[TM_IO_SELECTED] += segs;
 	sc->count[TM_SO_SELECTED] += segs;
-	if (s->dedup_window_ns &&
-	    (xdp ? tm_duplicate_xdp(src, p, slot * TM_DIR_COUNT + m->dir, s->dedup_window_ns) :
-		   tm_duplicate_skb(src, p, slot * TM_DIR_COUNT + m->dir, s->dedup_window_ns))) {
-		sc->count[TM_SO_DROP_DUPLICATE] += segs;
-		return;
-	}
 
 	taken = tm_sample(s, skey, segs, &first);
 	if (taken < segs)

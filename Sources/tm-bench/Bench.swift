@@ -29,7 +29,16 @@ func openBenchObject(_ path: String) throws -> OpaquePointer {
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Send UDP frames out of an interface with BPF_PROG_RUN live frames; print what was sent as JSON.")
+        abstract: "Send UDP frames out of an interface with BPF_PROG_RUN live frames; print what was sent as JSON.",
+        discussion: """
+        Where the kernel refuses live frames (EPERM: some sandboxes and hardened kernels), or with \
+        --method packet, the frames go out of an AF_PACKET socket with sendmmsg instead: slower \
+        (the sending thread's CPU does what the live frames' softirq would), enough for a paced rate.
+        """)
+
+    enum Method: String, ExpressibleByArgument, CaseIterable {
+        case auto, live, packet
+    }
 
     @Option(help: "Benchmark object (scripts/build-bpf --bench).") var object: String
     @Option(help: "Interface to send out of.") var interface: String
@@ -42,6 +51,8 @@ struct Generate: ParsableCommand {
     @Option(help: "UDP flows (source ports) to rotate through.") var flows: UInt32 = 1
     @Option(help: "Frames per second; 0 for as many as the kernel takes.") var rate = 0
     @Option(help: "Seconds to send.") var duration = 5.0
+    @Option(help: "How to send: live (BPF_PROG_RUN live frames), packet (AF_PACKET sendmmsg), auto (live where the kernel allows it).")
+    var method = Method.auto
 
     func run() throws {
         let obj = try openBenchObject(object)
@@ -57,6 +68,12 @@ struct Generate: ParsableCommand {
         let payload = max(0, frameSize - 42)
         let frame = Array(Frames(dst: mac(dstMac), src: mac(srcMac), from: IPAddress(src)!.bytes, to: IPAddress(dst)!.bytes,
                                  port: port, payload: payload).bytes)
+        var probe: UInt32 = 0
+        let live = method == .live
+            || method == .auto && frame.withUnsafeBytes { CMirrorBPF_prog_run_live(prog, $0.baseAddress, UInt32($0.count), 1, 1, &probe) } != -EPERM
+        guard live else {
+            return try sendPackets(frame, ifindex: Int32(bitPattern: ifindex))
+        }
         // Each BPF_PROG_RUN call sleeps about a grace period (~25 ms here)
         // when it tears its page pool down, so several threads take turns:
         // one sleeps while another sends. Paced, each call is 20 ms of the
@@ -85,7 +102,7 @@ struct Generate: ParsableCommand {
         }
         group.wait()
         if state.failure != 0 { throw ValidationError("BPF_PROG_RUN live frames: errno \(-state.failure)") }
-        let sent = state.claimed
+        let sent = state.claimed + (method == .auto ? 1 : 0) // the probe's frame
         let seconds = Double(CMirrorSys_monotonic_ns() - start) / 1e9
         print("{\"sent\": \(sent), \"seconds\": \(seconds)}")
     }
@@ -93,6 +110,54 @@ struct Generate: ParsableCommand {
 
 extension Generate {
     static let threads = 4
+    static let packetBatch = 64
+
+    /// The AF_PACKET way: one thread, sendmmsg of 64 frames at a time,
+    /// each the next flow's (the source port the live program would set).
+    func sendPackets(_ frame: [UInt8], ifindex: Int32) throws {
+        let fd = CMirrorSys_packet_socket(ifindex)
+        guard fd >= 0 else { throw ValidationError("AF_PACKET socket on \(interface): errno \(-fd)") }
+        defer { _ = CMirrorSys_close(fd) }
+        // The socket takes a virtio_net_hdr before each frame (PACKET_VNET_HDR): zeros, no offload.
+        let vnet = 10, stride = vnet + frame.count, nflows = Int(max(1, flows))
+        let frames = UnsafeMutableRawPointer.allocate(byteCount: stride * nflows, alignment: 8)
+        defer { frames.deallocate() }
+        for f in 0..<nflows {
+            let at = frames + f * stride
+            at.initializeMemory(as: UInt8.self, repeating: 0, count: vnet)
+            frame.withUnsafeBytes { (at + vnet).copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
+            let sport = UInt16(10000 + f)
+            at.storeBytes(of: sport.bigEndian, toByteOffset: vnet + 34, as: UInt16.self)
+        }
+        let batch = Self.packetBatch
+        let iovs = UnsafeMutablePointer<iovec>.allocate(capacity: batch)
+        let msgs = UnsafeMutablePointer<CMirrorSys_mmsghdr>.allocate(capacity: batch)
+        defer { iovs.deallocate(); msgs.deallocate() }
+        let start = CMirrorSys_monotonic_ns()
+        let end = start + UInt64(duration * 1e9)
+        let schedule = Schedule(start: start, rate: rate, chunk: UInt32(batch))
+        var sent: UInt64 = 0, next = 0
+        while true {
+            let now = CMirrorSys_monotonic_ns()
+            guard now < end else { break }
+            let wait = schedule.claim(now: now)
+            if wait > 0 { usleep(UInt32(min(2_000, wait / 1000))); continue }
+            for i in 0..<batch {
+                iovs[i] = iovec(iov_base: frames + ((next + i) % nflows) * stride, iov_len: stride)
+                var h = msghdr()
+                h.msg_iov = iovs + i
+                h.msg_iovlen = 1
+                msgs[i] = CMirrorSys_mmsghdr(msg_hdr: h, msg_len: 0)
+            }
+            next = (next + batch) % nflows
+            let n = CMirrorSys_sendmmsg(fd, msgs, UInt32(batch), 0)
+            if n > 0 { sent += UInt64(n) } else if n != -ENOBUFS && n != -EAGAIN {
+                throw ValidationError("AF_PACKET sendmmsg on \(interface): errno \(-n)")
+            }
+        }
+        let seconds = Double(CMirrorSys_monotonic_ns() - start) / 1e9
+        print("{\"sent\": \(sent), \"seconds\": \(seconds), \"method\": \"packet\"}")
+    }
 }
 
 /// The generator's schedule: frames its threads claimed, and the first

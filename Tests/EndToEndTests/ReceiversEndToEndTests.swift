@@ -65,7 +65,33 @@ struct ReceiversEndToEndTests {
         return c
     }
 
-    @Test("ERSPAN II/III and GENEVE with origin: tshark decodes them; session IDs, sequences, T and D bits, hook times; receive writes pcapng across rotations")
+    static func le32(_ b: [UInt8], _ o: Int) -> Int {
+        Int(b[o]) | Int(b[o + 1]) << 8 | Int(b[o + 2]) << 16 | Int(b[o + 3]) << 24
+    }
+
+    /// The if_name of every interface description block of a pcapng file,
+    /// by walking its blocks (little-endian, as the section header says).
+    static func interfaceNames(_ b: [UInt8]) -> [String]? {
+        guard b.count >= 28, le32(b, 0) == 0x0A0D0D0A, le32(b, 8) == 0x1A2B3C4D else { return nil }
+        var names = [String](), o = 0
+        while o + 12 <= b.count {
+            let type = le32(b, o), length = le32(b, o + 4)
+            guard length >= 12, o + length <= b.count else { return nil }
+            if type == 1 {
+                var p = o + 16
+                while p + 4 <= o + length - 4 {
+                    let code = Int(b[p]) | Int(b[p + 1]) << 8, l = Int(b[p + 2]) | Int(b[p + 3]) << 8
+                    if code == 0 || p + 4 + l > o + length { break }
+                    if code == 2 { names.append(String(decoding: b[(p + 4)..<(p + 4 + l)], as: UTF8.self)) }
+                    p += 4 + (l + 3) & ~3
+                }
+            }
+            o += length
+        }
+        return names
+    }
+
+    @Test("ERSPAN II/III and GENEVE with origin: tshark decodes them; session IDs, sequences per session across a reload, T and D bits, hook times; receive writes pcapng with one interface per source interface across rotations")
     func erspanGenevePcapng() throws {
         let topo = try Topology()
         let lab = topo.lab
@@ -88,7 +114,8 @@ struct ReceiversEndToEndTests {
         sessions:
           - {name: icmp, interfaces: [m0], target: e3, filter: icmp, number: 1, vni: 5}
           - {name: udp, interfaces: [m0], target: e2, filter: udp, number: 2, erspan_session_id: 100, packet_length: 60, direction: ingress}
-          - {name: tcp, interfaces: [m0], target: gn, filter: tcp, number: 3, vni: 900, direction: ingress}
+          - {name: tcp, interfaces: [m0], target: gn, filter: tcp, number: 3, vni: 900, direction: ingress, packet_length: 80}
+          - {name: loop, interfaces: [lo], target: e3, filter: icmp, number: 4, vni: 6, packet_length: 60}
         """
         let check = try Shell.run([try trafficMirrorBinary(), "check", "--config", try topo.writeConfig(config, name: "check")])
         #expect(check.status == 0 && check.stdout.contains("erspan3 session id 5") && check.stdout.contains("erspan2 session id 100"),
@@ -96,15 +123,25 @@ struct ReceiversEndToEndTests {
         let receiver = try lab.start(topo.tgt, [try trafficMirrorBinary(), "receive", "--listen", "0.0.0.0:6081",
                                                 "--listen-gre", "0.0.0.0", "--format", "pcapng",
                                                 "--write", dir + "/rx-%Y%m%dT%H%M%S.pcapng", "--rotate-bytes", "30000"])
-        let agent = try topo.startAgent(["--config", try topo.writeConfig(config)])
+        let agent = try topo.startAgent(["--config", try topo.writeConfig(config), "--no-watch-config"])
         let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "(ip proto 47) or (udp port 6081)"])
         let s0out = try Capture(lab: lab, ns: topo.src, device: "s0", filter: ["-Q", "out", "ip"])
         let s0in = try Capture(lab: lab, ns: topo.src, device: "s0", filter: ["-Q", "in", "ip"])
         _ = try lab.exec(topo.src, ["ping", "-c", "1", "-W", "2", "198.18.0.2"])
 
-        // Kernel traffic both ways (ICMP echo), frames of every length
-        // (UDP, many cut by packet_length 60), TCP segments.
-        _ = try lab.exec(topo.src, ["ping", "-c", "150", "-i", "0.005", "-s", "200", "-q", "198.18.0.2"], timeout: 30)
+        // Kernel traffic both ways (ICMP echo, on m0 and on the monitored
+        // host's loopback, whose copies are cut at 60 bytes), with a reload
+        // halfway that must not restart the sequence numbers; frames of
+        // every length (UDP, many cut by packet_length 60), TCP segments
+        // (cut at 80).
+        for half in 0..<2 {
+            _ = try lab.exec(topo.src, ["ping", "-c", "75", "-i", "0.005", "-s", "200", "-q", "198.18.0.2"], timeout: 30)
+            _ = try lab.exec(topo.mon, ["ping", "-c", "20", "-i", "0.005", "-s", "200", "-q", "127.0.0.1"], timeout: 30)
+            if half == 0 {
+                kill(agent.pid, SIGHUP)
+                #expect(agent.waitForStderr(timeout: 10) { $0.contains("reloaded") }, "reloaded: \(agent.stderr)")
+            }
+        }
         let m0 = try lab.mac(topo.mon, "m0"), s0 = try lab.mac(topo.src, "s0")
         var frames = [[UInt8]]()
         for i in 0..<150 {
@@ -122,24 +159,27 @@ struct ReceiversEndToEndTests {
         receiver.stop(signal: SIGINT)
         let datagrams = try wire.stop()
         let sent = try s0out.stop(), back = try s0in.stop()
-        let m0index = UInt32(try lab.ifindex(topo.mon, "m0"))
+        let m0index = UInt32(try lab.ifindex(topo.mon, "m0")), loIndex = UInt32(try lab.ifindex(topo.mon, "lo"))
 
         let copies = datagrams.compactMap { d in Self.decode(d.bytes).map { (d, $0) } }
         #expect(copies.count == datagrams.count, "every datagram decodes by hand")
-        let three = copies.filter { $0.1.kind == "III" }, two = copies.filter { $0.1.kind == "II" }
+        let all3 = copies.filter { $0.1.kind == "III" }, two = copies.filter { $0.1.kind == "II" }
+        let three = all3.filter { $0.1.id == 5 }, loop = all3.filter { $0.1.id == 6 }
         let geneve = copies.filter { $0.1.kind == "GENEVE" }
-        #expect(three.count >= 300 && two.count == 150 && geneve.count == 150,
-                "ERSPAN III \(three.count) (ICMP both ways), II \(two.count), GENEVE \(geneve.count)")
+        #expect(three.count >= 300 && loop.count >= 160 && loop.count + three.count == all3.count && two.count == 150 && geneve.count == 150,
+                "ERSPAN III \(three.count) (ICMP both ways on m0), \(loop.count) (lo), II \(two.count), GENEVE \(geneve.count)")
 
-        // Sequence numbers: consecutive per session, from the first.
-        for (name, group) in [("III", three), ("II", two)] {
+        // Sequence numbers: consecutive per session (two share target e3),
+        // from the first, across the reload.
+        for (name, group) in [("III session 5", three), ("III session 6", loop), ("II", two)] {
             let seqs = group.map { $0.1.sequence ?? 0 }
             #expect(seqs == Array(seqs.first!..<(seqs.first! + UInt32(seqs.count))), "\(name): sequences consecutive: \(seqs.prefix(8))")
         }
-        // Inner frames equal the wire's; direction from the side captured.
+        // Inner frames are the wire's (whole, or cut: T set); direction
+        // from the side captured.
         func wireFrame(_ inner: [UInt8]) -> (frame: PcapReader.Frame, egress: Bool)? {
-            if let f = sent.first(where: { $0.bytes == inner }) { return (f, false) }
-            if let f = back.first(where: { $0.bytes == inner }) { return (f, true) }
+            if let f = sent.first(where: { $0.bytes.starts(with: inner) }) { return (f, false) }
+            if let f = back.first(where: { $0.bytes.starts(with: inner) }) { return (f, true) }
             return nil
         }
         var worst: UInt64 = 0
@@ -148,8 +188,10 @@ struct ReceiversEndToEndTests {
                 Issue.record("\(c.kind) copy of \(c.inner.count) bytes matches no frame on s0")
                 continue
             }
+            let limit = c.kind == "GENEVE" ? 80 : Int.max
             #expect(c.egress == egress, "\(c.kind): direction bit")
-            #expect(c.ifindex == m0index && c.truncated == false)
+            #expect(c.ifindex == m0index && c.inner.count == min(w.bytes.count, limit) && c.truncated == (w.bytes.count > limit),
+                    "\(c.kind): a copy of \(c.inner.count) bytes of a \(w.bytes.count)-byte frame, truncated \(c.truncated.map(String.init) ?? "-")")
             let t = c.timestamp ?? 0
             let skew = t > w.timestampNanoseconds ? t - w.timestampNanoseconds : w.timestampNanoseconds - t
             worst = max(worst, skew)
@@ -157,6 +199,11 @@ struct ReceiversEndToEndTests {
         #expect(worst < 1_000_000, "hook times within 1 ms of the wire's capture times (worst \(worst) ns)")
         #expect(three.allSatisfy { $0.1.id == 5 && $0.1.hardwareID == 42 }, "ERSPAN III: session ID from the VNI, hardware ID 42")
         #expect(three.contains { $0.1.egress == true } && three.contains { $0.1.egress == false })
+        #expect(geneve.contains { $0.1.truncated == true } && geneve.contains { $0.1.truncated == false })
+        // Loopback: every echo leaves and enters lo; cut at 60 bytes, T set.
+        #expect(loop.allSatisfy { $0.1.ifindex == loIndex && $0.1.inner.count == 60 && $0.1.truncated == true && $0.1.hardwareID == 42 },
+                "lo copies: index \(loIndex), 60 bytes, T set")
+        #expect(loop.filter { $0.1.egress == true }.count == loop.filter { $0.1.egress == false }.count, "lo: as many egress as ingress copies")
         #expect(geneve.allSatisfy { $0.1.id == 900 && $0.1.hostID == 7 && $0.1.egress == false })
         for (_, c) in two {
             guard let original = sent.first(where: { $0.bytes.starts(with: c.inner) && $0.bytes.count >= c.inner.count }) else {
@@ -174,12 +221,13 @@ struct ReceiversEndToEndTests {
                                    "-e", "erspan.spanid", "-e", "gre.sequence_number", "-e", "erspan.truncated",
                                    "-e", "erspan.direction", "-e", "erspan.hw", "-e", "erspan.gra", "-e", "erspan.pid3.port_index"])
         let rows = out.split(separator: "\n").map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
-        #expect(rows.count == three.count + two.count, "tshark decodes \(rows.count) ERSPAN packets")
+        #expect(rows.count == all3.count + two.count, "tshark decodes \(rows.count) ERSPAN packets")
         for (row, (_, c)) in zip(rows, copies.filter { $0.1.kind != "GENEVE" }) where row.count >= 8 {
             #expect(row[0] == (c.kind == "II" ? "1" : "2") && row[1] == "\(c.id)" && row[2] == "\(c.sequence ?? 0)"
-                    && (row[3] == "1") == c.truncated, "tshark: \(row) for \(c.kind) seq \(c.sequence ?? 0)")
+                    && (row[3] == "1" || row[3] == "True") == c.truncated, "tshark: \(row) for \(c.kind) seq \(c.sequence ?? 0)")
             if c.kind == "III" {
-                #expect((row[4] == "1" || row[4] == "True") == c.egress && row[5] == "42" && row[6] == "2" && row[7] == "\(m0index)",
+                #expect((row[4] == "1" || row[4] == "True") == c.egress && row[5] == "42" && row[6] == "2"
+                        && row[7] == "\(c.ifindex ?? 0)",
                         "tshark ERSPAN III fields: \(row)")
             }
         }
@@ -189,8 +237,11 @@ struct ReceiversEndToEndTests {
         let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("rx-") }.sorted()
         #expect(files.count >= 2, "rotated into \(files.count) files")
         var total = 0
+        var interfacesSeen = Set<String>()
         for name in files {
             let path = dir + "/" + name
+            // One description block per (sender, source interface) the file uses.
+            let names = Self.interfaceNames(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
             let fields = try Shell.check(["tshark", "-n", "-r", path, "-T", "fields", "-e", "frame.interface_name",
                                           "-e", "frame.packet_flags_direction", "-e", "frame.time_epoch"])
             let lines = fields.split(separator: "\n").map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
@@ -198,15 +249,23 @@ struct ReceiversEndToEndTests {
             _ = try Shell.check(["tshark", "-r", path, "-F", "nsecpcap", "-w", converted])
             let bytes = try PcapReader(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: converted)))).frames
             #expect(lines.count == bytes.count)
+            let used = Set(lines.compactMap(\.first))
+            #expect(names != nil && names!.count == Set(names!).count && Set(names!) == used,
+                    "\(name): description blocks \(names ?? []) for the interfaces its frames use \(used.sorted())")
+            interfacesSeen.formUnion(used)
             total += bytes.count
             for (line, f) in zip(lines, bytes) where line.count >= 3 {
-                #expect(line[0] == "198.18.1.1 ifindex \(m0index)", "one interface: the sender and m0: \(line[0])")
-                guard let (w, egress) = wireFrame(f.bytes) else {
-                    // ERSPAN II copies are cut: no direction, arrival time.
-                    #expect(line[1].isEmpty, "a cut ERSPAN II frame carries no direction: \(line)")
+                if line[0] == "198.18.1.1 ifindex \(loIndex)" {
+                    #expect(f.bytes.count == 60 && (line[1] == "0x00000002" || line[1] == "0x00000001" || line[1] == "2" || line[1] == "1"),
+                            "a lo copy: cut, with its direction: \(line)")
                     continue
                 }
+                #expect(line[0] == "198.18.1.1 ifindex \(m0index)", "the sender and m0: \(line[0])")
                 let isTwo = two.contains { $0.1.inner == f.bytes }
+                guard let (w, egress) = wireFrame(f.bytes) else {
+                    Issue.record("a frame of \(f.bytes.count) bytes in \(name) matches no frame on s0")
+                    continue
+                }
                 if isTwo {
                     #expect(line[1].isEmpty)
                 } else {
@@ -219,7 +278,8 @@ struct ReceiversEndToEndTests {
             }
         }
         #expect(total == copies.count, "files hold \(total) frames; \(copies.count) copies arrived")
-        print("receivers: ERSPAN III \(three.count), II \(two.count) (\(two.filter { $0.1.truncated == true }.count) cut), GENEVE \(geneve.count); "
+        #expect(interfacesSeen == ["198.18.1.1 ifindex \(m0index)", "198.18.1.1 ifindex \(loIndex)"], "interfaces: \(interfacesSeen.sorted())")
+        print("receivers: ERSPAN III \(three.count) + \(loop.count) on lo, II \(two.count) (\(two.filter { $0.1.truncated == true }.count) cut), GENEVE \(geneve.count); "
               + "tshark rows \(rows.count); worst hook-to-wire skew \(worst) ns; \(files.count) pcapng files, \(total) frames; \(receiver.stderr)")
     }
 

@@ -63,10 +63,10 @@ struct SoakEndToEndTests {
         while Date().timeIntervalSince(start) < Double(seconds) {
             usleep(5_000_000)
             tick += 1
+            // The second endpoint goes away for 5 s of every 20.
+            try lab.ip(second, "link", "set", "t0", tick % 4 == 0 ? "down" : "up")
             if tick % 2 == 0 {
                 kill(agent.pid, SIGHUP)
-                // The second endpoint goes away for 5 s of every 20.
-                try lab.ip(second, "link", "set", "t0", tick % 4 == 0 ? "down" : "up")
                 let s = Sample(at: Date().timeIntervalSince(start), rssKiB: FaultsEndToEndTests.rssKiB(agent.pid),
                                fds: FaultsEndToEndTests.openFDs(agent.pid), threads: Self.threads(agent.pid))
                 samples.append(s)
@@ -92,6 +92,7 @@ struct SoakEndToEndTests {
                      samples.map(\.fds).min() ?? 0, samples.map(\.fds).max() ?? 0, samples.map(\.threads).min() ?? 0, samples.map(\.threads).max() ?? 0))
         #expect(selected > Double(seconds) * 100_000, "traffic at most half the rate lost before the hooks: \(selected); generator: \(generator.stdout) \(generator.stderr)")
         #expect(reloads >= seconds / 10 - 1, "\(reloads) reloads")
+        #expect(downs >= max(1, seconds / 20 - 1), "the flapping endpoint was marked down \(downs) times")
         #expect(rssSlope < 2048, "RSS grows \(rssSlope) KiB/min")
         #expect((samples.map(\.fds).max() ?? 0) - (samples.map(\.fds).min() ?? 0) <= 2, "fds \(samples.map(\.fds))")
         // A worker of Swift's concurrency pool or the reload queue may come and go.

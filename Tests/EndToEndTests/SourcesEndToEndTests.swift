@@ -76,16 +76,22 @@ struct SourcesEndToEndTests {
                 // Deleted with copies in flight: a sender that keeps going
                 // (bounded) while the interface goes.
                 try address("pd0", "pq0")
-                sender = try lab.start(topo.src, ["python3", "-c", """
-                    import socket, struct, time
+                // It says when it has begun (python's start takes long on a busy host).
+                let first = i * 100_000
+                let s = try lab.start(topo.src, ["python3", "-c", """
+                    import socket, struct, sys, time
                     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    end = time.time() + 0.5
-                    for i in range(\(i * 100_000), \(i * 100_000 + 20_000)):
+                    end = time.time() + 2
+                    for i in range(\(first), \(first + 20_000)):
                         if time.time() > end: break
                         try: s.sendto(struct.pack("!I", i) + b"f" * 96, ("198.18.5.1", 7778))
                         except OSError: break
+                        if i == \(first + 50):
+                            sys.stderr.write("sending\\n"); sys.stderr.flush()
+                        time.sleep(0.0001)
                     """])
-                usleep(100_000)
+                #expect(s.waitForStderr(timeout: 10) { $0.contains("sending") }, "the in-flight sender began")
+                sender = s
             }
             t = Date()
             try lab.exec(topo.mon, ["ip", "link", "del", "pd0"])

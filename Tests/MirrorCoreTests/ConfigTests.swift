@@ -85,7 +85,7 @@ struct ConfigTests {
         ("max_bytes", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, max_bytes: 1Q}", "sessions[0].max_bytes: \"1Q\" must be a byte count"),
         ("start_at", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, start_at: tomorrow}", "sessions[0].start_at: \"tomorrow\" is not an RFC 3339 date-time"),
         ("window order", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, start_at: '2026-12-04T10:00:00Z', stop_at: '2026-12-04T09:00:00Z'}", "sessions[0].stop_at: stop_at is not after start_at"),
-        ("dedup window", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, deduplicate: 2s}", "sessions[0].deduplicate: \"2s\": the window must be"),
+        ("dedup window", "sessions:\n  - {name: a, interfaces: [e], target: ids, number: 1, deduplicate: 2s}", "sessions[0].deduplicate: \"2s\": true, false or the window, which must be 1e-06 to 1.0 seconds, as a number or with a unit (us, ms, s, m, h), e.g. 1ms"),
         ("erspan port", "targets:\n  ids: {address: 198.18.2.2, encapsulation: erspan2, port: 4789}", "targets.ids.port: erspan2 runs over GRE (IP protocol 47), which has no port; remove port"),
         ("erspan endpoint port", "targets:\n  ids: {endpoints: ['198.18.2.2:9'], encapsulation: erspan3}", "targets.ids.endpoints: 198.18.2.2:9: erspan3 runs over GRE, which has no port"),
         ("hardware_id range", "targets:\n  ids: {address: 198.18.2.2, encapsulation: erspan3, hardware_id: 64}", "targets.ids.hardware_id: 64 is out of range 0...63"),

@@ -569,7 +569,8 @@ struct Checker {
             if let text = n.string, ["true", "false", "yes", "no", "on", "off"].contains(text) {
                 dedup = boolean(n, "\(path).deduplicate") == true ? SessionConfig.defaultDedupWindow : nil
             } else {
-                dedup = duration(n, "\(path).deduplicate", 0.000_001...1, what: "the window")
+                dedup = duration(n, "\(path).deduplicate", 0.000_001...1,
+                                 what: "true, false or the window, which", example: "1ms")
             }
         }
         let direction = choice(d["direction"], "\(path).direction", DirectionSelection.self, all: DirectionSelection.allCases)
@@ -623,7 +624,7 @@ struct Checker {
     /// duration, max_packets, max_bytes, start_at, stop_at; nil when none is given.
     mutating func bounds(_ d: [String: Node], _ path: String) -> SessionBounds? {
         var b = SessionBounds()
-        b.duration = duration(d["duration"], "\(path).duration", 0.001...31_622_400, what: "the duration")
+        b.duration = duration(d["duration"], "\(path).duration", 0.001...31_622_400, what: "the duration", example: "10m")
         b.maxPackets = integer(d["max_packets"], "\(path).max_packets", 1...Int.max).map(UInt64.init)
         b.maxBytes = byteCount(d["max_bytes"], "\(path).max_bytes")
         for (key, keyPath) in [("start_at", \SessionBounds.startAt), ("stop_at", \SessionBounds.stopAt)] {
@@ -638,10 +639,11 @@ struct Checker {
     }
 
     /// Seconds, with an optional unit: us, ms, s, m, h.
-    mutating func duration(_ node: Node?, _ path: String, _ range: ClosedRange<Double>, what: String) -> Double? {
+    mutating func duration(_ node: Node?, _ path: String, _ range: ClosedRange<Double>, what: String,
+                           example: String) -> Double? {
         guard let text = scalar(node, path) else { return nil }
         guard let v = SessionBounds.seconds(text), range.contains(v) else {
-            fail(path, node, "\"\(text)\": \(what) must be \(range.lowerBound) to \(range.upperBound) seconds, as a number or with a unit (us, ms, s, m, h), e.g. 10m")
+            fail(path, node, "\"\(text)\": \(what) must be \(range.lowerBound) to \(range.upperBound) seconds, as a number or with a unit (us, ms, s, m, h), e.g. \(example)")
             return nil
         }
         return v

@@ -29,11 +29,18 @@ final class CaptureFiles {
     }
 
     /// One capture interface of a pcapng file: a sender and, when the
-    /// encapsulation names it, the source interface there.
+    /// encapsulation names it, the source interface there (its index: the
+    /// sender's interfaces in different namespaces with one index share it).
     struct Interface: Hashable {
         var sender: String
         var ifindex: UInt32?
     }
+
+    /// Interfaces per pcapng file: anyone can send to `receive`, and each
+    /// new (sender, interface) would otherwise grow memory and the file.
+    static let maxInterfaces = 1024
+    /// Where frames of interfaces past `maxInterfaces` go.
+    static let otherInterfaces = Interface(sender: "other senders and interfaces")
 
     let format: Format
     let pattern: String
@@ -48,6 +55,9 @@ final class CaptureFiles {
     private var sequence = 0
     /// Frames per file, in the order the files were written.
     private(set) var framesPerFile = [Int]()
+    /// Frames written to `otherInterfaces` because a file had
+    /// `maxInterfaces` already.
+    private(set) var foldedFrames = 0
     /// The reader of standard output went away.
     private(set) var readerGone = false
 
@@ -68,7 +78,9 @@ final class CaptureFiles {
     /// Appends one frame, rotating first when the current file is full or old.
     func append(frame: UnsafeRawBufferPointer, timestamp: UInt64, direction: Direction?, interface: Interface) throws(OperationalError) {
         if rotation.enabled && framesPerFile.last ?? 0 > 0 {
-            let size = written + buffer.count + recordLength(frame.count, direction: direction)
+            // A frame of an interface new to this file brings its description block.
+            var size = written + buffer.count + recordLength(frame.count, direction: direction)
+            if format == .pcapng && interfaces[interface] == nil { size += Self.interfaceBlock(interface).count }
             if rotation.bytes > 0 && size > rotation.bytes
                 || rotation.seconds > 0 && CMirrorSys_monotonic_ns() - opened >= UInt64(rotation.seconds) * 1_000_000_000 {
                 try flush()
@@ -92,14 +104,28 @@ final class CaptureFiles {
         format == .pcap ? 16 + length : PcapngWriter.packetBlockLength(length, direction: direction != nil)
     }
 
+    /// The file's number for `i`, writing its description block when new;
+    /// past `maxInterfaces`, the one for all others.
     private func interfaceID(_ i: Interface) -> UInt32 {
         if let id = interfaces[i] { return id }
+        var i = i
+        if interfaces.count >= Self.maxInterfaces - 1 {
+            foldedFrames += 1
+            i = Self.otherInterfaces
+            if let id = interfaces[i] { return id }
+        }
         let id = UInt32(interfaces.count)
         interfaces[i] = id
-        let name = i.ifindex.map { "\(i.sender) ifindex \($0)" } ?? i.sender
-        PcapngWriter.appendInterface(&buffer, name: name, description: "copies from traffic-mirror at \(i.sender)"
-                                     + (i.ifindex.map { ", source interface index \($0)" } ?? ", source interface not carried"))
+        buffer.append(contentsOf: Self.interfaceBlock(i))
         return id
+    }
+
+    /// The description block of `i`: named `SENDER[ ifindex N]`.
+    private static func interfaceBlock(_ i: Interface) -> [UInt8] {
+        var block = [UInt8]()
+        PcapngWriter.appendInterface(&block, name: i.ifindex.map { "\(i.sender) ifindex \($0)" } ?? i.sender, description: "copies from traffic-mirror at \(i.sender)"
+                                     + (i.ifindex.map { ", source interface index \($0)" } ?? ", source interface not carried"))
+        return block
     }
 
     /// Writes what is buffered.

@@ -53,6 +53,9 @@ public final class Receiver {
         /// Frames written to each file, in order (the last is the open one).
         public var framesPerFile = [Int]()
         public var files = [String]()
+        /// pcapng frames written under one interface for all others: their
+        /// file had CaptureFiles.maxInterfaces interfaces already.
+        public var foldedFrames = 0
     }
 
     static let batch = 64
@@ -139,6 +142,7 @@ public final class Receiver {
             buffers.deallocate(); controls.deallocate(); iovs.deallocate(); msgs.deallocate(); names.deallocate()
             stats.framesPerFile = files.framesPerFile
             stats.files = files.paths
+            stats.foldedFrames = files.foldedFrames
         }
         var pfds = sockets.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
         while CMirrorSys_stop_requested() == 0 && !readerGone {

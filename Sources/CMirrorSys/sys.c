@@ -283,7 +283,8 @@ int CMirrorSys_icmp_errors_open(int v6)
 	return fd;
 }
 
-int CMirrorSys_icmp_error_read(int fd, int v6, uint8_t *dst, uint16_t *port, uint8_t *type, uint8_t *code)
+int CMirrorSys_icmp_error_read(int fd, int v6, uint8_t *dst, uint16_t *port, uint8_t *type, uint8_t *code,
+			       uint32_t *mtu)
 {
 	uint8_t buf[1500];
 	ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
@@ -300,6 +301,8 @@ int CMirrorSys_icmp_error_read(int fd, int v6, uint8_t *dst, uint16_t *port, uin
 
 		*type = icmp[0];
 		*code = icmp[1];
+		/* Packet too big: the MTU in the second word. */
+		*mtu = icmp[0] == 2 ? (uint32_t)icmp[4] << 24 | icmp[5] << 16 | icmp[6] << 8 | icmp[7] : 0;
 		memcpy(dst, ip + 24, 16);
 		*port = (ip[6] == IPPROTO_UDP && end - l4 >= 4) ? (uint16_t)(l4[2] << 8 | l4[3]) : 0;
 		return ip[6] == IPPROTO_UDP || ip[6] == 47 ? 16 : 0;
@@ -313,6 +316,8 @@ int CMirrorSys_icmp_error_read(int fd, int v6, uint8_t *dst, uint16_t *port, uin
 
 	*type = icmp[0];
 	*code = icmp[1];
+	/* Fragmentation needed: the next hop's MTU (RFC 1191). */
+	*mtu = icmp[0] == 3 && icmp[1] == 4 ? (uint32_t)(icmp[6] << 8 | icmp[7]) : 0;
 	memcpy(dst, ip + 16, 4);
 	*port = (ip[9] == IPPROTO_UDP && end - l4 >= 4) ? (uint16_t)(l4[2] << 8 | l4[3]) : 0;
 	return ip[9] == IPPROTO_UDP || ip[9] == 47 ? 4 : 0;

@@ -12,6 +12,7 @@ struct Report {
     let agentCPUs: String
     /// traffic-mirror's ingress hook and extra arguments in the UDP rounds.
     var agentSetup = ""
+    var generatorMethods = Set<String>()
     var rounds: [(size: Int, round: Round)] = []
     var tcp: [TCPRound] = []
 
@@ -69,7 +70,9 @@ struct Report {
         case .socket: out += "; the target counts at tc ingress"
         case .ring: out += "; the target counts at XDP behind a 256-slot veth ring drained on CPU 0"
         }
-        out += agentSetup.isEmpty ? ".\n" : ", with \(agentSetup).\n"
+        out += agentSetup.isEmpty ? "." : ", with \(agentSetup)."
+        out += generatorMethods.contains("packet")
+            ? " The generator sent from AF_PACKET (the kernel refused live frames): saturation figures do not compare with live-frame runs.\n" : "\n"
         for size in Set(rounds.map(\.size)).sorted() {
             let rs = rounds.filter { $0.size == size }.map(\.round)
             out += "\n### \(size)-byte frames\n\n"

@@ -73,6 +73,7 @@ struct Suite: ParsableCommand {
             for r in 0..<runs {
                 note("== \(placement.rawValue) placement, \(receiver.rawValue) receiver, \(size)-byte frames, run \(r + 1) of \(runs)\n")
                 report.add(size: size, try bench.round(size: size, duration: duration, cpuDuration: cpuDuration))
+                report.generatorMethods = bench.generatorMethods
             }
         }
         if tcp {
@@ -170,6 +171,8 @@ struct TCPRound {
 
 /// The namespaces and the three ways to run them.
 final class BenchNet: @unchecked Sendable {
+    /// How the generator sent (tm-bench generate's "method"): live, packet.
+    var generatorMethods = Set<String>()
     let lab: Lab
     let gen: String, mon: String, tgt: String
     let agent: String, object: String, agentArguments: [String]
@@ -310,9 +313,10 @@ final class BenchNet: @unchecked Sendable {
         try settle()
         let cpuAfter = try CPUTime.read()
         let monAfter = try Snmp(lab, mon), tgtAfter = try targetCount()
-        let json = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Double] ?? [:]
-        t.offered = json["sent"] ?? 0
-        t.seconds = json["seconds"] ?? duration
+        let json = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] ?? [:]
+        t.offered = (json["sent"] as? NSNumber)?.doubleValue ?? 0
+        t.seconds = (json["seconds"] as? NSNumber)?.doubleValue ?? duration
+        generatorMethods.insert(json["method"] as? String ?? "live")
         t.production = monAfter.udpIn - monBefore.udpIn
         // The monitored host only receives: what m0 carried is production.
         t.expected = t.production

@@ -102,6 +102,54 @@ struct FaultsEndToEndTests {
         _ = try wire.stop()
     }
 
+    @Test("a router on the way has a smaller MTU (1000): its ICMP fragmentation-needed lowers the endpoint's path MTU within 1 s; copies cut to fit, never fragmented")
+    func pathMTUFromICMP() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        // mon m7 198.18.7.1 --- r0 198.18.7.2 [rtr] r1 198.18.8.1 --(mtu 1000)-- f0 198.18.8.2 [far]
+        let rtr = try lab.namespace("rtr"), far = try lab.namespace("far")
+        try lab.veth(topo.mon, "m7", rtr, "r0")
+        try lab.veth(rtr, "r1", far, "f0", mtu: 1000)
+        try lab.ip(topo.mon, "addr", "add", "198.18.7.1/24", "dev", "m7")
+        try lab.ip(rtr, "addr", "add", "198.18.7.2/24", "dev", "r0")
+        try lab.ip(rtr, "addr", "add", "198.18.8.1/24", "dev", "r1")
+        try lab.ip(far, "addr", "add", "198.18.8.2/24", "dev", "f0")
+        try lab.ip(topo.mon, "route", "add", "198.18.8.0/24", "via", "198.18.7.2")
+        try lab.ip(far, "route", "add", "default", "via", "198.18.8.1")
+        try lab.exec(rtr, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        try lab.exec(topo.mon, ["ethtool", "-K", "m7", "tx-udp-segmentation", "off", "tx-checksumming", "off"])
+        _ = try lab.exec(topo.mon, ["ping", "-c", "1", "-W", "2", "198.18.8.2"])
+        _ = try lab.exec(topo.src, ["ping", "-c", "1", "-W", "2", "198.18.0.2"])
+        let agent = try topo.startAgent(["--interface", "m0", "--target", "198.18.8.2", "--direction", "ingress"])
+        let wire = try Capture(lab: lab, ns: far, device: "f0", filter: ["-Q", "in", "udp", "port", "4789"])
+        let start = Date()
+        // Frames of 1444 bytes: their copies (1494) fit the first link, not the second.
+        let frames = try Self.load(lab, topo, seconds: 2, payload: 1400)
+        try wire.settle()
+        let copies = try wire.frames().compactMap { d in Self.outer(d.bytes).map { (d.timestampNanoseconds, $0) } }
+        let m = try MetricsEndToEndTests.scrape(topo)
+        #expect(agent.stop() == 0)
+        _ = try wire.stop()
+        let first = copies.first
+        #expect(first != nil, "copies get through: \(agent.stderr)")
+        if let first {
+            let delay = Double(first.0 - UInt64(start.timeIntervalSince1970 * 1e9)) / 1e6
+            print("faults: path MTU 1000 learnt from ICMP, the first copy through \(String(format: "%.1f", delay)) ms after the traffic began; "
+                  + "\(frames.count - copies.count) of \(frames.count) copies lost before")
+            #expect(delay < 1000, "within 1 s: \(delay) ms")
+        }
+        #expect(copies.allSatisfy { $0.1.length <= 1000 && $0.1.fragment == 0x4000 },
+                "every copy fits 1000, DF set, not a fragment: lengths \(Set(copies.map(\.1.length))), fragment fields \(Set(copies.map(\.1.fragment)))")
+        #expect(copies.allSatisfy { c in c.1.inner.count == 964 && frames.contains { $0.starts(with: c.1.inner) } },
+                "each copy is a sent frame's first 964 bytes (1000 less outer IPv4, UDP, VXLAN): \(Set(copies.map(\.1.inner.count)))")
+        #expect(copies.count > frames.count * 8 / 10, "most copies arrive: \(copies.count) of \(frames.count)")
+        #expect(agent.stderr.contains("ICMP lowered a target's path MTU"), "\(agent.stderr)")
+        #expect(m.all("traffic_mirror_endpoint_mtu_bytes").map(\.1) == [1000], "\(m.all("traffic_mirror_endpoint_mtu_bytes"))")
+        #expect((m.value("traffic_mirror_truncated_packets_total", ["session": "default", "reason": "mtu"]) ?? 0) >= Double(copies.count))
+        #expect(m.all("traffic_mirror_endpoint_icmp_errors_total").map(\.1).reduce(0, +) >= 1)
+        MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["m0"])
+    }
+
     static func openFDs(_ pid: Int32) -> Int {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
     }

@@ -73,7 +73,8 @@ int CMirrorSys_icmp_errors_open(int v6);
  * quoted destination goes to `dst` (4 or 16 bytes, the return value), its
  * UDP port to `port` (0 for GRE), and the ICMP type and code; 0 for any
  * other message; -1 when nothing is pending. */
-int CMirrorSys_icmp_error_read(int fd, int v6, uint8_t *dst, uint16_t *port, uint8_t *type, uint8_t *code);
+int CMirrorSys_icmp_error_read(int fd, int v6, uint8_t *dst, uint16_t *port, uint8_t *type, uint8_t *code,
+			       uint32_t *mtu);
 
 /* Joins the calling thread to the network namespace of `fd` (a file of
  * /run/netns or /proc/PID/ns/net). */

@@ -91,7 +91,14 @@ public final class Agent: @unchecked Sendable {
         /// ICMP errors about copies, by "target/endpoint", and when each was last logged.
         var icmpErrors: [String: UInt64] = [:]
         var icmpLogged: [String: UInt64] = [:]
+        /// Path MTUs that ICMP taught ("fragmentation needed", "packet too
+        /// big"), by endpoint address, and when each expires (monotonic ns).
+        var learnedMTU: [IPAddress: (mtu: Int, expires: UInt64)] = [:]
     }
+
+    /// How long a path MTU learnt from ICMP holds, as the kernel's
+    /// net.ipv4.route.mtu_expires: then the route's is tried again.
+    static let learnedMTUSeconds: UInt64 = 600
 
     /// A session with a window or limits: its kernel usage slot and when it
     /// was first put in force, kept across reloads while it is unchanged.
@@ -265,9 +272,7 @@ public final class Agent: @unchecked Sendable {
         startTargetMonitor()
         var resolved = [ResolvedTarget]()
         do throws(OperationalError) {
-            for t in config.targets {
-                resolved.append(try TargetResolver.resolve(t, mark: options.socketMark))
-            }
+            resolved = try resolve(config.targets)
             try checkFamilies(resolved)
         } catch {
             noteRejectedConfig()
@@ -332,7 +337,7 @@ public final class Agent: @unchecked Sendable {
             guard let source, let applied, !stopped else { return }
             var fresh = [ResolvedTarget]()
             do throws(OperationalError) {
-                for t in source.targets { fresh.append(try TargetResolver.resolve(t, mark: options.socketMark)) }
+                fresh = try resolve(source.targets)
             } catch {
                 let first = state.withLock { s in
                     s.targetResolveFailures += 1
@@ -361,40 +366,83 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
+    /// Every target's path (TargetResolver), each endpoint's MTU lowered to
+    /// what ICMP taught of its path while that holds.
+    private func resolve(_ targets: [TargetConfig]) throws(OperationalError) -> [ResolvedTarget] {
+        var resolved = [ResolvedTarget]()
+        for t in targets { resolved.append(try TargetResolver.resolve(t, mark: options.socketMark)) }
+        let now = CMirrorSys_monotonic_ns()
+        let learned = state.withLock { s in
+            s.learnedMTU = s.learnedMTU.filter { $0.value.expires > now }
+            return s.learnedMTU
+        }
+        for i in resolved.indices {
+            for j in resolved[i].endpoints.indices {
+                if let l = learned[resolved[i].endpoints[j].address], l.mtu < resolved[i].endpoints[j].mtu {
+                    resolved[i].endpoints[j].mtu = l.mtu
+                }
+            }
+        }
+        return resolved
+    }
+
     /// An ICMP error quoting a datagram to an endpoint: counted, and logged
     /// at most once a minute per endpoint (a target that is not there, or
-    /// nothing listening on its port).
+    /// nothing listening on its port). A "fragmentation needed" or "packet
+    /// too big" below the endpoint's MTU lowers it at once, for
+    /// `learnedMTUSeconds`: copies are cut to fit the path (DF is set on
+    /// every copy, and the kernel learns nothing for a socket that sent
+    /// none of them).
     func noteUnreachable(_ u: TargetMonitor.Unreachable) {
         let now = CMirrorSys_monotonic_ns()
-        let logged: (String, String)? = state.withLock { s in
-            guard let targets = s.applied?.targets else { return nil }
+        let minimum = u.address.isIPv4 ? 68 : 1280
+        let (logged, lowered): ((String, String)?, Int?) = state.withLock { s in
+            guard let targets = s.applied?.targets else { return (nil, nil) }
             for t in targets {
                 for e in t.endpoints where e.address == u.address && (u.port == 0 ? t.encapsulation.isERSPAN : e.port == u.port) {
                     let key = "\(t.name)/\(e.key)"
                     s.icmpErrors[key, default: 0] += 1
-                    if now - (s.icmpLogged[key] ?? 0) < 60_000_000_000 && s.icmpLogged[key] != nil { return nil }
+                    var lowered: Int?
+                    if u.mtu >= minimum && u.mtu < e.mtu && u.mtu < s.learnedMTU[u.address]?.mtu ?? .max {
+                        s.learnedMTU[u.address] = (u.mtu, now + Self.learnedMTUSeconds * 1_000_000_000)
+                        lowered = u.mtu
+                    }
+                    if now - (s.icmpLogged[key] ?? 0) < 60_000_000_000 && s.icmpLogged[key] != nil { return (nil, lowered) }
                     s.icmpLogged[key] = now
-                    return (t.name, e.endpointDescription)
+                    return ((t.name, e.endpointDescription), lowered)
                 }
             }
-            return nil
+            return (nil, nil)
         }
-        guard let (target, endpoint) = logged else { return }
-        let what = u.address.isIPv4
-            ? (u.type == 3 ? (u.code == 3 ? "port unreachable: nothing listens there" : u.code == 1 ? "host unreachable" : "destination unreachable, code \(u.code)") : "time exceeded")
-            : (u.type == 1 ? (u.code == 4 ? "port unreachable: nothing listens there" : "destination unreachable, code \(u.code)") : u.type == 2 ? "packet too big" : "ICMPv6 error type \(u.type)")
-        logger.warning("an endpoint answers copies with ICMP errors", metadata: [
-            "target": "\(target)", "endpoint": "\(endpoint)", "error": "\(what)",
-        ])
+        if let (target, endpoint) = logged {
+            let what = u.address.isIPv4
+                ? (u.type == 3 ? (u.code == 3 ? "port unreachable: nothing listens there" : u.code == 1 ? "host unreachable"
+                                  : u.code == 4 ? "fragmentation needed, MTU \(u.mtu)" : "destination unreachable, code \(u.code)") : "time exceeded")
+                : (u.type == 1 ? (u.code == 4 ? "port unreachable: nothing listens there" : "destination unreachable, code \(u.code)")
+                   : u.type == 2 ? "packet too big, MTU \(u.mtu)" : "ICMPv6 error type \(u.type)")
+            logger.warning("an endpoint answers copies with ICMP errors", metadata: [
+                "target": "\(target)", "endpoint": "\(endpoint)", "error": "\(what)",
+            ])
+        }
+        if let lowered {
+            logger.notice("ICMP lowered a target's path MTU; copies are cut to fit it", metadata: [
+                "address": "\(u.address)", "mtu": "\(lowered)", "for": "\(Self.learnedMTUSeconds) s",
+            ])
+            refreshTargets()
+        }
     }
 
     private func startTargetMonitor() {
         targetMonitor.withLock { m in
             guard m == nil else { return }
             do {
-                m = try TargetMonitor(resolveInterval: options.resolveInterval,
-                                      changed: { [weak self] _ in self?.refreshTargets() },
-                                      unreachable: { [weak self] u in self?.noteUnreachable(u) })
+                let monitor = try TargetMonitor(resolveInterval: options.resolveInterval,
+                                                changed: { [weak self] _ in self?.refreshTargets() },
+                                                unreachable: { [weak self] u in self?.noteUnreachable(u) })
+                if !monitor.seesICMPErrors {
+                    logger.warning("cannot open raw ICMP sockets: ICMP errors about copies (a dead target, a smaller path MTU) go unseen")
+                }
+                m = monitor
             } catch {
                 logger.error("cannot watch routes and addresses: target paths are looked at only on reload", metadata: ["error": "\(error)"])
             }

@@ -10,7 +10,7 @@ import Glibc
 /// changed: a route, an address or a link of the agent's namespace
 /// (netlink, within `settle` of the event), and every `resolveInterval`
 /// seconds in any case, for host names whose answer may have changed and
-/// anything netlink does not announce (a path MTU learnt from ICMP).
+/// anything netlink does not announce (a route MTU set by a daemon); and ICMP errors that quote copies (a dead target, a smaller path MTU).
 final class TargetMonitor: @unchecked Sendable {
     // @unchecked: `fd` is read-only after init; `stopping` is atomic.
     private let fd: Int32
@@ -23,6 +23,8 @@ final class TargetMonitor: @unchecked Sendable {
     /// that quote a copy tell of a target that is not there.
     private let icmp4: Int32
     private let icmp6: Int32
+    /// Whether ICMP errors about copies are seen (the raw sockets opened).
+    var seesICMPErrors: Bool { icmp4 >= 0 && icmp6 >= 0 }
 
     /// An ICMP error about a datagram to `address`:`port` (0 for GRE).
     struct Unreachable {
@@ -30,6 +32,8 @@ final class TargetMonitor: @unchecked Sendable {
         var port: UInt16
         var type: UInt8
         var code: UInt8
+        /// The MTU a "fragmentation needed" or "packet too big" gives, else 0.
+        var mtu: Int
     }
 
     init(resolveInterval: Double, changed: @escaping @Sendable (_ periodic: Bool) -> Void,
@@ -57,15 +61,15 @@ final class TargetMonitor: @unchecked Sendable {
         while !stopping.load(ordering: .acquiring) {
             guard poll(&pfds, nfds_t(pfds.count), 200) >= 0 else { continue }
             for k in 1...2 where pfds[k].revents & Int16(POLLIN) != 0 {
-                var port: UInt16 = 0, type: UInt8 = 0, code: UInt8 = 0
+                var port: UInt16 = 0, type: UInt8 = 0, code: UInt8 = 0, mtu: UInt32 = 0
                 while true {
                     let n = quoted.withUnsafeMutableBufferPointer {
-                        CMirrorSys_icmp_error_read(pfds[k].fd, k == 2 ? 1 : 0, $0.baseAddress, &port, &type, &code)
+                        CMirrorSys_icmp_error_read(pfds[k].fd, k == 2 ? 1 : 0, $0.baseAddress, &port, &type, &code, &mtu)
                     }
                     if n < 0 { break }
                     if n > 0 {
                         let address: IPAddress = n == 4 ? .v4(Array(quoted[0..<4])) : .v6(quoted)
-                        unreachable(Unreachable(address: address, port: port, type: type, code: code))
+                        unreachable(Unreachable(address: address, port: port, type: type, code: code, mtu: Int(mtu)))
                     }
                 }
             }

@@ -10,7 +10,8 @@ import Glibc
 /// changed: a route, an address or a link of the agent's namespace
 /// (netlink, within `settle` of the event), and every `resolveInterval`
 /// seconds in any case, for host names whose answer may have changed and
-/// anything netlink does not announce (a route MTU set by a daemon); and ICMP errors that quote copies (a dead target, a smaller path MTU).
+/// anything netlink does not announce; and of ICMP errors that quote
+/// copies (a dead target, a smaller path MTU).
 final class TargetMonitor: @unchecked Sendable {
     // @unchecked: `fd` is read-only after init; `stopping` is atomic.
     private let fd: Int32

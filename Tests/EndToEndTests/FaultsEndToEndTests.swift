@@ -177,6 +177,39 @@ struct FaultsEndToEndTests {
         MetricsEndToEndTests.checkInvariants(m, sessions: ["default"], interfaces: ["m0"])
     }
 
+    @Test("a target's host name comes to resolve elsewhere (/etc/hosts edited in place): copies follow within two --resolve-interval periods")
+    func dnsAnswerChanges() throws {
+        let topo = try Topology()
+        let lab = topo.lab
+        let second = try topo.addTarget(2)
+        try lab.addHost(topo.mon, "sensor.test", "198.18.1.2")
+        _ = try lab.exec(topo.mon, ["ping", "-c", "1", "-W", "2", "198.18.2.2"])
+        _ = try lab.exec(topo.src, ["ping", "-c", "1", "-W", "2", "198.18.0.2"])
+        let agent = try topo.startAgent(["--interface", "m0", "--target", "sensor.test", "--direction", "ingress", "--resolve-interval", "1"])
+        let wire = try Capture(lab: lab, ns: second, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        var changed = Date()
+        _ = try Self.load(lab, topo, seconds: 4, after: 0.5) {
+            // In place: `ip netns exec` bind-mounts this file over /etc/hosts.
+            let path = "/etc/netns/\(topo.mon)/hosts"
+            let hosts = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "198.18.1.2 sensor.test", with: "198.18.2.2 sensor.test")
+            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+            try h.truncate(atOffset: 0)
+            try h.write(contentsOf: Data(hosts.utf8))
+            try h.close()
+            changed = Date()
+        }
+        try wire.settle()
+        let copies = try wire.stop()
+        #expect(agent.stop() == 0)
+        #expect(!copies.isEmpty, "copies reach the name's new address: \(agent.stderr)")
+        if let first = copies.first {
+            let delay = Double(first.timestampNanoseconds - UInt64(changed.timeIntervalSince1970 * 1e9)) / 1e6
+            print("faults: a changed host-name answer in force \(String(format: "%.0f", delay)) ms after the edit (--resolve-interval 1)")
+            #expect(delay < 2000, "within two intervals: \(delay) ms")
+        }
+        #expect(agent.stderr.contains("a target's path changed"))
+    }
+
     static func openFDs(_ pid: Int32) -> Int {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
     }

@@ -563,8 +563,9 @@ static __always_inline int tm_own(const struct tm_src *src, const int xdp,
 /* Whether bounded session `s` may select a packet of `segs` wire packets
  * and `bytes` frame bytes now: inside its window, and within its limits
  * across all CPUs. A packet that does not fit a limit is not selected and
- * ends the session (later ones are refused at once), so the session selects
- * exactly max_packets packets of one segment each. Not inlined: the hooks'
+ * ends the session (later ones are refused at once), so the session mirrors
+ * exactly max_packets packets of one segment each (the duplicates it holds
+ * back are selected, not counted here). Not inlined: the hooks'
  * stack has no room for it. */
 static __noinline int tm_session_open(const struct tm_session *s, __u32 segs, __u32 bytes)
 {
@@ -602,7 +603,7 @@ static __noinline int tm_session_open(const struct tm_session *s, __u32 segs, __
 	return 1;
 }
 
-/* Whether bounded session `s` still selects: inside its window and not
+/* Whether bounded session `s` may still select: inside its window and not
  * ended. Unlike tm_session_open, it uses up nothing. */
 static __noinline int tm_session_live(const struct tm_session *s)
 {
@@ -685,15 +686,15 @@ static __always_inline __u64 tm_dedup_key(const struct tm_src *src, const int xd
 	return h;
 }
 
-/* Whether session `session` (`s`) saw the packet on another mirrored
- * interface or direction (`where`) within its window: the copy is held
- * back. Otherwise this sighting is remembered. */
+/* Whether session `session` saw the packet on another mirrored interface
+ * or direction (`where`) within `window` ns: the copy is held back.
+ * Otherwise this sighting is remembered. */
 static __always_inline int tm_duplicate(const struct tm_src *src, const int xdp,
-					const struct tm_pkt *p, __u32 where,
-					const struct tm_session *s, __u32 session)
+					const struct tm_pkt *p, __u32 where, __u64 window,
+					__u32 session)
 {
 	struct tm_dedup_seen *e, v = {};
-	__u64 key, now, window = s->dedup_window_ns;
+	__u64 key, now;
 
 	if (!(p->flags & TM_PKT_IP))
 		return 0;
@@ -709,15 +710,15 @@ static __always_inline int tm_duplicate(const struct tm_src *src, const int xdp,
 }
 
 static __noinline int tm_duplicate_skb(const struct tm_src *src, const struct tm_pkt *p, __u32 where,
-				       const struct tm_session *s, __u32 session)
+				       __u64 window, __u32 session)
 {
-	return tm_duplicate(src, 0, p, where, s, session);
+	return tm_duplicate(src, 0, p, where, window, session);
 }
 
 static __noinline int tm_duplicate_xdp(const struct tm_src *src, const struct tm_pkt *p, __u32 where,
-				       const struct tm_session *s, __u32 session)
+				       __u64 window, __u32 session)
 {
-	return tm_duplicate(src, 1, p, where, s, session);
+	return tm_duplicate(src, 1, p, where, window, session);
 }
 
 /* tm_own, out of line: its headers and keys would take the hooks' stack. */
@@ -805,20 +806,20 @@ static __always_inline void tm_mirror(const struct tm_src *src, const int xdp,
 	if (!s || !sc)
 		goto no_match;
 	frame_len = src->len + (m->vlan_tags ? 4 : 0);
-	/* A duplicate is held back before the limits see it: they count what
-	 * the session mirrors. An ended session's duplicates match nothing,
-	 * like the rest of its packets. */
+	/* Outside its window or ended a session selects nothing, and
+	 * remembers nothing for deduplication. A duplicate is held back
+	 * before the limits see it: they count what the session mirrors. */
+	if ((s->flags & TM_SESSION_BOUNDED) && !tm_session_live(s))
+		goto no_match;
 	if (s->dedup_window_ns &&
-	    (xdp ? tm_duplicate_xdp(src, p, slot * TM_DIR_COUNT + m->dir, s, session) :
-		   tm_duplicate_skb(src, p, slot * TM_DIR_COUNT + m->dir, s, session))) {
-		if ((s->flags & TM_SESSION_BOUNDED) && !tm_session_live(s))
-			goto no_match;
+	    (xdp ? tm_duplicate_xdp(src, p, slot * TM_DIR_COUNT + m->dir, s->dedup_window_ns, session) :
+		   tm_duplicate_skb(src, p, slot * TM_DIR_COUNT + m->dir, s->dedup_window_ns, session))) {
 		ic->count[TM_IO_SELECTED] += segs;
 		sc->count[TM_SO_SELECTED] += segs;
 		sc->count[TM_SO_DROP_DUPLICATE] += segs;
 		return;
 	}
-	/* Outside its window or past its limits a session selects nothing. */
+	/* Past its limits a session selects nothing. */
 	if ((s->flags & TM_SESSION_BOUNDED) && !tm_session_open(s, segs, frame_len))
 		goto no_match;
 	ic->count[TM_IO_SELECTED] += segs;

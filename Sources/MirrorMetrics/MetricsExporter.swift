@@ -230,7 +230,7 @@ public final class MetricsExporter: Sendable {
                 info("traffic_mirror_endpoint_info", "An endpoint of a target: its address and the source address copies leave with.",
                      l + [("address", e.endpointDescription), ("source", e.source.description)])
                 gauge("traffic_mirror_endpoint_mtu_bytes", "Path MTU toward an endpoint: the outer packet never exceeds it.", l, Double(e.mtu))
-                counter("traffic_mirror_endpoint_icmp_errors_total", "ICMP errors that quote a copy to an endpoint (port or host unreachable, time exceeded, packet too big): the endpoint is not taking them.",
+                counter("traffic_mirror_endpoint_icmp_errors_total", "ICMP errors that quote a copy to an endpoint (port or host unreachable, time exceeded, fragmentation needed, packet too big): the endpoint is not taking them, or a router on the way cannot forward them whole.",
                         l, s.endpointICMPErrors["\(t.name)/\(e.key)"] ?? 0)
                 let h = health["\(t.name)/\(e.key)"]
                 gauge("traffic_mirror_endpoint_up", "1 while an endpoint gets copies: it answers its health check, or it is not probed.", l, h.map { $0.up ? 1 : 0 } ?? 1)

@@ -104,7 +104,7 @@ struct Generate: ParsableCommand {
         if state.failure != 0 { throw ValidationError("BPF_PROG_RUN live frames: errno \(-state.failure)") }
         let sent = state.claimed + (method == .auto ? 1 : 0) // the probe's frame
         let seconds = Double(CMirrorSys_monotonic_ns() - start) / 1e9
-        print("{\"sent\": \(sent), \"seconds\": \(seconds)}")
+        print("{\"sent\": \(sent), \"seconds\": \(seconds), \"method\": \"live\"}")
     }
 }
 
@@ -119,14 +119,14 @@ extension Generate {
         guard fd >= 0 else { throw ValidationError("AF_PACKET socket on \(interface): errno \(-fd)") }
         defer { _ = CMirrorSys_close(fd) }
         // The socket takes a virtio_net_hdr before each frame (PACKET_VNET_HDR): zeros, no offload.
-        let vnet = 10, stride = vnet + frame.count, nflows = Int(max(1, flows))
+        let vnet = MemoryLayout<CMirrorSys_vnet_hdr>.size, stride = vnet + frame.count, nflows = Int(max(1, flows))
         let frames = UnsafeMutableRawPointer.allocate(byteCount: stride * nflows, alignment: 8)
         defer { frames.deallocate() }
         for f in 0..<nflows {
             let at = frames + f * stride
             at.initializeMemory(as: UInt8.self, repeating: 0, count: vnet)
             frame.withUnsafeBytes { (at + vnet).copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
-            let sport = UInt16(10000 + f)
+            let sport = UInt16(truncatingIfNeeded: 10000 + f)
             at.storeBytes(of: sport.bigEndian, toByteOffset: vnet + 34, as: UInt16.self)
         }
         let batch = Self.packetBatch

@@ -102,6 +102,6 @@ struct ReceiveCommand: ParsableCommand {
         }
         let s = receiver.stats
         let files = s.files.count > 1 ? " in \(s.files.count) files (\(s.framesPerFile.map(String.init).joined(separator: " + ")))" : ""
-        writeStderr("traffic-mirror receive: \(s.datagrams) datagrams, \(s.frames) frames written\(files), \(s.otherID) of other VNIs or sessions, \(s.malformed) malformed\(s.foldedFrames > 0 ? ", \(s.foldedFrames) under \"other senders and interfaces\" (a file describes 1024 interfaces at most)" : "")\(receiver.readerGone ? "; stopped: the reader of the output went away" : "")\n")
+        writeStderr("traffic-mirror receive: \(s.datagrams) datagrams, \(s.frames) frames written\(files), \(s.otherID) of other VNIs or sessions, \(s.malformed) malformed\(s.foldedFrames > 0 ? ", \(s.foldedFrames) under \"other senders and interfaces\" (a file describes \(Receiver.maxCaptureInterfaces) interfaces at most)" : "")\(receiver.readerGone ? "; stopped: the reader of the output went away" : "")\n")
     }
 }

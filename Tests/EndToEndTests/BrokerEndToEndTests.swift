@@ -237,7 +237,7 @@ struct BrokerEndToEndTests {
         }
     }
 
-    @Test("deduplication: a packet routed between two mirrored interfaces arrives once, duplicates counted; without it twice")
+    @Test("deduplication: a packet routed between two mirrored interfaces arrives once, duplicates counted; without it twice; per session; before max_packets counts")
     func deduplication() throws {
         let topo = try Topology()
         let lab = topo.lab
@@ -254,15 +254,18 @@ struct BrokerEndToEndTests {
         _ = try lab.exec(topo.mon, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         _ = try lab.exec(a, ["ping", "-c", "1", "-W", "2", "198.18.11.2"])
 
-        func run(dedup: Bool) throws -> (copies: [[UInt8]], times: [UInt64], metrics: Exposition) {
+        func run(dedup: Bool) throws -> (copies: [[UInt8]], vnis: [UInt32], times: [UInt64], metrics: Exposition) {
+            try run("  - {name: s, interfaces: [ra, rb], target: t, filter: udp, number: 1\(dedup ? ", deduplicate: true" : "")}\n")
+        }
+        func run(_ sessions: String) throws -> (copies: [[UInt8]], vnis: [UInt32], times: [UInt64], metrics: Exposition) {
             let config = """
             targets:
               t: {address: 198.18.1.2, encapsulation: geneve, geneve_origin: true}
             filters:
               udp: {ingress: [{rule: 1, action: accept, protocol: udp}], egress: [{rule: 1, action: accept, protocol: udp}]}
             sessions:
-              - {name: s, interfaces: [ra, rb], target: t, filter: udp, number: 1\(dedup ? ", deduplicate: true" : "")}
-            """
+
+            """ + sessions
             let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "6081"])
             let agent = try topo.startAgent(["--config", try topo.writeConfig(config)])
             _ = try lab.exec(a, ["python3", "-c", """
@@ -279,7 +282,8 @@ struct BrokerEndToEndTests {
             // GENEVE with the origin option: inner frame after 14+20+8+32.
             let inner = datagrams.map { Array($0[74...]) }
             let times = datagrams.map { d in (12..<20).reduce(UInt64(0)) { $0 << 8 | UInt64(d[42 + $1]) } }
-            return (inner, times, m)
+            let vnis = datagrams.map { d in UInt32(d[46]) << 16 | UInt32(d[47]) << 8 | UInt32(d[48]) }
+            return (inner, vnis, times, m)
         }
         let without = try run(dedup: false)
         let with = try run(dedup: true)
@@ -297,5 +301,22 @@ struct BrokerEndToEndTests {
         let gaps = withoutKeys.values.map { ix in ix.map { without.times[$0] } }.map { $0.max()! - $0.min()! }.sorted()
         print("dedup: the two sightings of a routed packet are p50 \(gaps[gaps.count / 2]) ns, p99 \(gaps[gaps.count * 99 / 100]) ns, max \(gaps.last!) ns apart")
         #expect(gaps.last! < 1_000_000, "both sightings within the default 1 ms window")
+
+        // Per session: one session's sighting on ra never holds back
+        // another session's on rb.
+        let two = try run("""
+          - {name: s, interfaces: [ra], target: t, filter: udp, number: 1, vni: 1, deduplicate: true}
+          - {name: s2, interfaces: [rb], target: t, filter: udp, number: 2, vni: 2, deduplicate: true}
+
+        """)
+        #expect(two.vnis.filter { $0 == 1 }.count == 500 && two.vnis.filter { $0 == 2 }.count == 500,
+                "each session mirrors all 500: \(two.vnis.filter { $0 == 1 }.count) and \(two.vnis.filter { $0 == 2 }.count)")
+        // Bounded: the duplicates do not use up max_packets.
+        let bounded = try run("  - {name: s, interfaces: [ra, rb], target: t, filter: udp, number: 1, deduplicate: true, max_packets: 300}\n")
+        #expect(bounded.copies.count == 300 && Set(bounded.copies.map(key)).count == 300,
+                "300 distinct packets mirrored: \(bounded.copies.count), \(Set(bounded.copies.map(key)).count) distinct")
+        #expect(bounded.metrics.value("traffic_mirror_dropped_packets_total", ["session": "s", "reason": "duplicate"]) == 300,
+                "the 300 mirrored packets' second sightings held back")
+        MetricsEndToEndTests.checkInvariants(bounded.metrics, sessions: ["s"], interfaces: ["ra", "rb"])
     }
 }

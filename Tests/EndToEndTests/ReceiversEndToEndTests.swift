@@ -241,7 +241,9 @@ struct ReceiversEndToEndTests {
         for name in files {
             let path = dir + "/" + name
             // One description block per (sender, source interface) the file uses.
-            let names = Self.interfaceNames(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
+            let content = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+            #expect(content.count <= 30000, "\(name): \(content.count) bytes, within --rotate-bytes 30000")
+            let names = Self.interfaceNames(content)
             let fields = try Shell.check(["tshark", "-n", "-r", path, "-T", "fields", "-e", "frame.interface_name",
                                           "-e", "frame.packet_flags_direction", "-e", "frame.time_epoch"])
             let lines = fields.split(separator: "\n").map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }

@@ -51,7 +51,8 @@ struct PayloadMaskTests {
         }
     }
 
-    static let payload = (0..<200).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+    /// Odd: a mask that runs to the end of a segment ends on a lone byte.
+    static let payload = (0..<201).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
 
     /// (name, frame, l4 offset, protocol)
     static let frames: [(String, [UInt8], Int, UInt8)] = [
@@ -64,7 +65,7 @@ struct PayloadMaskTests {
     ]
 
     @Test("masked copies verify, at even and odd offsets, short and past the end; only the masked bytes and the checksum change",
-          arguments: [(0, 16), (1, 16), (3, 7), (5, 1), (190, 50)], [UInt8(0x00), 0xFF, 0x5A])
+          arguments: [(0, 16), (1, 16), (3, 7), (5, 1), (190, 50), (191, 50)], [UInt8(0x00), 0xFF, 0x5A])
     func checksumsVerify(_ at: (Int, Int), _ pattern: UInt8) throws {
         for (name, frame, l4, proto) in Self.frames {
             #expect(Self.verifies(frame), "\(name): the original verifies")

@@ -378,7 +378,8 @@ public final class Agent: @unchecked Sendable {
         }
         for i in resolved.indices {
             for j in resolved[i].endpoints.indices {
-                if let l = learned[resolved[i].endpoints[j].address], l.mtu < resolved[i].endpoints[j].mtu {
+                let e = resolved[i].endpoints[j]
+                if let l = learned[e.address], l.mtu < e.mtu, e.header.innerLimit(mtu: l.mtu) >= 14 {
                     resolved[i].endpoints[j].mtu = l.mtu
                 }
             }
@@ -395,7 +396,9 @@ public final class Agent: @unchecked Sendable {
     /// none of them).
     func noteUnreachable(_ u: TargetMonitor.Unreachable) {
         let now = CMirrorSys_monotonic_ns()
-        let minimum = u.address.isIPv4 ? 68 : 1280
+        // The kernel's floors (net.ipv4.route.min_pmtu, IPv6's minimum link
+        // MTU): a forged ICMP error cannot cut copies shorter than that.
+        let minimum = u.address.isIPv4 ? 552 : 1280
         let (logged, lowered): ((String, String)?, Int?) = state.withLock { s in
             guard let targets = s.applied?.targets else { return (nil, nil) }
             for t in targets {
@@ -420,7 +423,7 @@ public final class Agent: @unchecked Sendable {
                                   : u.code == 4 ? "fragmentation needed, MTU \(u.mtu)" : "destination unreachable, code \(u.code)") : "time exceeded")
                 : (u.type == 1 ? (u.code == 4 ? "port unreachable: nothing listens there" : "destination unreachable, code \(u.code)")
                    : u.type == 2 ? "packet too big, MTU \(u.mtu)" : "ICMPv6 error type \(u.type)")
-            logger.warning("an endpoint answers copies with ICMP errors", metadata: [
+            logger.warning(u.mtu > 0 ? "the path to an endpoint answers copies with ICMP errors" : "an endpoint answers copies with ICMP errors", metadata: [
                 "target": "\(target)", "endpoint": "\(endpoint)", "error": "\(what)",
             ])
         }
@@ -439,8 +442,9 @@ public final class Agent: @unchecked Sendable {
                 let monitor = try TargetMonitor(resolveInterval: options.resolveInterval,
                                                 changed: { [weak self] _ in self?.refreshTargets() },
                                                 unreachable: { [weak self] u in self?.noteUnreachable(u) })
-                if !monitor.seesICMPErrors {
-                    logger.warning("cannot open raw ICMP sockets: ICMP errors about copies (a dead target, a smaller path MTU) go unseen")
+                if !monitor.missingICMPFamilies.isEmpty {
+                    logger.warning("cannot open a raw ICMP socket: ICMP errors about copies (a dead target, a smaller path MTU) go unseen",
+                                   metadata: ["families": "\(monitor.missingICMPFamilies.joined(separator: ", "))"])
                 }
                 m = monitor
             } catch {

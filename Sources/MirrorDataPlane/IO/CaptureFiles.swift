@@ -80,7 +80,7 @@ final class CaptureFiles {
         if rotation.enabled && framesPerFile.last ?? 0 > 0 {
             // A frame of an interface new to this file brings its description block.
             var size = written + buffer.count + recordLength(frame.count, direction: direction)
-            if format == .pcapng && interfaces[interface] == nil { size += Self.interfaceBlock(interface).count }
+            if format == .pcapng, case let i = effective(interface), interfaces[i] == nil { size += Self.interfaceBlock(i).count }
             if rotation.bytes > 0 && size > rotation.bytes
                 || rotation.seconds > 0 && CMirrorSys_monotonic_ns() - opened >= UInt64(rotation.seconds) * 1_000_000_000 {
                 try flush()
@@ -104,16 +104,16 @@ final class CaptureFiles {
         format == .pcap ? 16 + length : PcapngWriter.packetBlockLength(length, direction: direction != nil)
     }
 
-    /// The file's number for `i`, writing its description block when new;
-    /// past `maxInterfaces`, the one for all others.
-    private func interfaceID(_ i: Interface) -> UInt32 {
+    /// `i`, or past `maxInterfaces` new to the file, the one for all others.
+    private func effective(_ i: Interface) -> Interface {
+        interfaces[i] == nil && interfaces.count >= Self.maxInterfaces - 1 ? Self.otherInterfaces : i
+    }
+
+    /// The file's number for `i`, writing its description block when new.
+    private func interfaceID(_ given: Interface) -> UInt32 {
+        let i = effective(given)
+        if i != given { foldedFrames += 1 }
         if let id = interfaces[i] { return id }
-        var i = i
-        if interfaces.count >= Self.maxInterfaces - 1 {
-            foldedFrames += 1
-            i = Self.otherInterfaces
-            if let id = interfaces[i] { return id }
-        }
         let id = UInt32(interfaces.count)
         interfaces[i] = id
         buffer.append(contentsOf: Self.interfaceBlock(i))

@@ -58,6 +58,8 @@ public final class Receiver {
         public var foldedFrames = 0
     }
 
+    /// pcapng interfaces a file describes at most (the rest share one).
+    public static let maxCaptureInterfaces = CaptureFiles.maxInterfaces
     static let batch = 64
     static let bufferSize = 65536
     static let IPPROTO_GRE_VALUE: Int32 = 47

@@ -24,8 +24,8 @@ final class TargetMonitor: @unchecked Sendable {
     /// that quote a copy tell of a target that is not there.
     private let icmp4: Int32
     private let icmp6: Int32
-    /// Whether ICMP errors about copies are seen (the raw sockets opened).
-    var seesICMPErrors: Bool { icmp4 >= 0 && icmp6 >= 0 }
+    /// The families whose ICMP errors about copies go unseen (no raw socket).
+    var missingICMPFamilies: [String] { (icmp4 < 0 ? ["IPv4"] : []) + (icmp6 < 0 ? ["IPv6"] : []) }
 
     /// An ICMP error about a datagram to `address`:`port` (0 for GRE).
     struct Unreachable {

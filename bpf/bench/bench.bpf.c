@@ -68,10 +68,10 @@ struct {
 	__type(value, __u64);
 } count_frames SEC(".maps");
 
-SEC("tc")
-int tm_count(struct __sk_buff *skb)
+/* Counts a frame between data and end if it is an IPv4 UDP datagram to
+ * count_port: whether it was one (and is to be dropped). */
+static __always_inline int tm_counted(void *data, void *end)
 {
-	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
 	struct udphdr *udp;
@@ -79,35 +79,26 @@ int tm_count(struct __sk_buff *skb)
 	__u64 *n;
 
 	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->protocol != IPPROTO_UDP)
-		return TC_ACT_OK;
+		return 0;
 	udp = (void *)ip + ip->ihl * 4;
 	if ((void *)(udp + 1) > end || udp->dest != bpf_htons(count_port))
-		return TC_ACT_OK;
+		return 0;
 	n = bpf_map_lookup_elem(&count_frames, &zero);
 	if (n)
 		(*n)++;
-	return TC_ACT_SHOT;
+	return 1;
+}
+
+SEC("tc")
+int tm_count(struct __sk_buff *skb)
+{
+	return tm_counted((void *)(long)skb->data, (void *)(long)skb->data_end) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 SEC("xdp")
 int tm_count_ring(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	struct udphdr *udp;
-	__u32 zero = 0;
-	__u64 *n;
-
-	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->protocol != IPPROTO_UDP)
-		return XDP_PASS;
-	udp = (void *)ip + ip->ihl * 4;
-	if ((void *)(udp + 1) > end || udp->dest != bpf_htons(count_port))
-		return XDP_PASS;
-	n = bpf_map_lookup_elem(&count_frames, &zero);
-	if (n)
-		(*n)++;
-	return XDP_DROP;
+	return tm_counted((void *)(long)ctx->data, (void *)(long)ctx->data_end) ? XDP_DROP : XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

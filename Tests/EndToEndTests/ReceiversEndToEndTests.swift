@@ -285,7 +285,7 @@ struct ReceiversEndToEndTests {
               + "tshark rows \(rows.count); worst hook-to-wire skew \(worst) ns; \(files.count) pcapng files, \(total) frames; \(receiver.stderr)")
     }
 
-    @Test("ERSPAN III over IPv6; GENEVE origin copies of one flow in UDP GSO runs; receive rotates by time and keeps the newest files")
+    @Test("ERSPAN II and III over IPv6, decoded by hand and by tshark; GENEVE origin copies of one flow in UDP GSO runs; receive rotates by time and keeps the newest files")
     func ipv6RunsAndRotation() throws {
         let topo = try Topology()
         let lab = topo.lab
@@ -296,15 +296,19 @@ struct ReceiversEndToEndTests {
         let config = """
         targets:
           e6: {address: 'fd00:1::2', encapsulation: erspan3}
+          e26: {address: 'fd00:1::2', encapsulation: erspan2}
           g4: {address: 198.18.1.2, encapsulation: geneve, geneve_origin: true}
         filters:
           udp:
             ingress: [{rule: 1, action: accept, protocol: udp}]
           tcp:
             ingress: [{rule: 1, action: accept, protocol: tcp}]
+          icmp:
+            ingress: [{rule: 1, action: accept, protocol: icmp}]
         sessions:
           - {name: flow, interfaces: [m0], target: g4, filter: udp, number: 1, vni: 33, direction: ingress}
           - {name: tcp, interfaces: [m0], target: e6, filter: tcp, number: 2, vni: 6, direction: ingress}
+          - {name: icmp, interfaces: [m0], target: e26, filter: icmp, number: 3, erspan_session_id: 77, direction: ingress}
         """
         let receiver = try lab.start(topo.tgt, [try trafficMirrorBinary(), "receive", "--listen", "0.0.0.0:6081", "--listen-gre", "::",
                                                 "--write", dir + "/rx.pcap", "--rotate-seconds", "1", "--keep", "2"])
@@ -336,11 +340,13 @@ struct ReceiversEndToEndTests {
             }
             usleep(1_200_000)
         }
-        _ = try wire.waitFor(count: flow.count + other.count, timeout: 10)
+        _ = try lab.exec(topo.src, ["ping", "-c", "20", "-i", "0.01", "-q", "198.18.0.2"], timeout: 30)
+        _ = try wire.waitFor(count: flow.count + other.count + 20, timeout: 10)
         try wire.settle()
         #expect(agent.stop() == 0)
         receiver.stop(signal: SIGINT)
-        let copies = try wire.stop().compactMap { d -> (Bool, Copy)? in
+        let datagrams = try wire.stop()
+        let copies = datagrams.compactMap { d -> (Bool, Copy)? in
             let f = d.bytes
             if f.count > 54, f[12] == 0x86, f[13] == 0xDD, f[20] == 47 {
                 // Rewrite as IPv4 framing for the decoder: ERSPAN after a 40-byte IPv6 header.
@@ -350,9 +356,23 @@ struct ReceiversEndToEndTests {
             }
             return Self.decode(f).map { (false, $0) }
         }
-        let erspan = copies.filter { $0.0 }.map(\.1), geneve = copies.filter { !$0.0 }.map(\.1)
+        let erspan = copies.filter { $0.0 && $0.1.kind == "III" }.map(\.1), geneve = copies.filter { !$0.0 }.map(\.1)
+        let two = copies.filter { $0.0 && $0.1.kind == "II" }.map(\.1)
         #expect(erspan.count == other.count && erspan.map(\.inner) == other, "ERSPAN III over IPv6: \(erspan.count) of \(other.count), in order")
-        #expect(erspan.allSatisfy { $0.kind == "III" && $0.id == 6 } && erspan.map { $0.sequence ?? 0 } == Array(0..<UInt32(erspan.count)))
+        #expect(erspan.allSatisfy { $0.id == 6 } && erspan.map { $0.sequence ?? 0 } == Array(0..<UInt32(erspan.count)))
+        #expect(two.count == 20 && two.allSatisfy { $0.id == 77 && $0.truncated == false && $0.inner.count == 98 }
+                && two.map { $0.sequence ?? 0 } == Array(0..<20), "ERSPAN II over IPv6: the 20 echo requests whole, session 77, in sequence")
+        // tshark's dissectors on the IPv6 wire: GRE sequence and ERSPAN versions and session IDs.
+        let wirePath = dir + "/wire6.pcap"
+        writePcap(datagrams.filter { $0.bytes.count > 54 && $0.bytes[12] == 0x86 }.map { ($0.timestampNanoseconds, $0.bytes) }, to: wirePath)
+        let rows = try Shell.check(["tshark", "-n", "-r", wirePath, "-Y", "erspan", "-T", "fields", "-e", "erspan.version",
+                                    "-e", "erspan.spanid", "-e", "gre.sequence_number"])
+            .split(separator: "\n").map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
+        #expect(rows.filter { $0.first == "1" }.map { $0.dropFirst().joined(separator: " ") } == (0..<20).map { "77 \($0)" },
+                "tshark: ERSPAN II over IPv6")
+        #expect(rows.filter { $0.first == "2" }.map { $0.dropFirst().joined(separator: " ") } == (0..<erspan.count).map { "6 \($0)" },
+                "tshark: ERSPAN III over IPv6")
+        try? FileManager.default.removeItem(atPath: wirePath)
         #expect(geneve.count == flow.count && geneve.map(\.inner) == flow, "GENEVE: every copy of the flow, whole and in order (\(geneve.count))")
         let times = geneve.compactMap(\.timestamp)
         #expect(times.count == flow.count && zip(times, times.dropFirst()).allSatisfy { $0 <= $1 }, "an origin option on every copy, times in order")
@@ -367,6 +387,6 @@ struct ReceiversEndToEndTests {
             let frames = try PcapReader(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/" + name)))).frames
             #expect(frames.count == tally[tally.count - 2 + k], "\(name): \(frames.count) frames")
         }
-        print("rotation: \(tally) frames per file, kept \(kept); ERSPAN/IPv6 \(erspan.count), GENEVE \(geneve.count)")
+        print("rotation: \(tally) frames per file, kept \(kept); ERSPAN III/IPv6 \(erspan.count), II/IPv6 \(two.count), GENEVE \(geneve.count)")
     }
 }

@@ -349,7 +349,7 @@ public final class Agent: @unchecked Sendable {
             }
             state.withLock { $0.targetProblem = nil }
             func paths(_ ts: [ResolvedTarget]) -> [String] {
-                ts.flatMap { t in t.endpoints.map { "\(t.name) \($0.key) \($0.address) from \($0.source) mtu \($0.mtu)" } }
+                ts.flatMap { t in t.endpoints.map { "\(t.name) \($0.key) \($0.address) from \($0.source) via ifindex \($0.interface) mtu \($0.mtu)" } }
             }
             let before = paths(applied.targets), after = paths(fresh)
             guard before != after else { return }

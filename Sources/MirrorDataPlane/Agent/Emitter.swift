@@ -357,11 +357,15 @@ final class Emitter {
     }
 
     /// Queues a run's copies: as frames of the packet socket on its path's
-    /// interface, or for the raw socket where there is none.
+    /// interface, or for the raw socket where there is none, or where the
+    /// path has moved to an interface the header was not made for (a
+    /// failover the agent has not put in force yet: the kernel then fills
+    /// in the source).
     @inline(__always)
     private func addRun(_ table: ForwardingTable, _ run: Run) {
         let e = Int(descriptors[Int(run.first)].endpoint)
-        if let path = LinkPaths.read(table.paths, Int(table.endpointInfo[e].path)),
+        let ep = table.endpointInfo[e]
+        if let path = LinkPaths.read(table.paths, Int(ep.path)), ep.interface == 0 || path.ifindex == ep.interface,
            let socket = packetSocket(path.ifindex) {
             addFrames(table, run, socket: socket, path: path)
         } else {
@@ -439,6 +443,13 @@ final class Emitter {
         identification &+= 1
         OuterHeader.finish(h, ep.constants, sourcePort: desc.port, payloadLength: Int(desc.length),
                            identification: identification, payloadSum: sum)
+        // IPv4 through the stack: a zero source is the route's preferred
+        // one, filled in by the kernel (raw_send_hdrinc, which also redoes
+        // the header checksum), so a copy sent while the path is changing
+        // never carries an address the host no longer has. Nothing else in
+        // the copy depends on it (the UDP checksum is 0). IPv6 keeps the
+        // template's: its UDP checksum covers the source.
+        if !ep.ipv6 { h.storeBytes(of: UInt32(0), toByteOffset: 12, as: UInt32.self) }
         let v = msgIov + d * Self.iovPerSingle
         v[0] = iovec(iov_base: h, iov_len: ep.constants.length)
         v[1] = tunnel

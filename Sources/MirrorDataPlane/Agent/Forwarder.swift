@@ -55,6 +55,8 @@ public final class ForwardingTable: @unchecked Sendable {
         var counter: Int32
         /// Slot of the endpoint's link-layer path in `paths`, or -1.
         var path: Int32
+        /// The interface the header's source was taken for (0: any).
+        var interface: Int32
         /// Pacing: nanoseconds per datagram (0: unpaced) and the most
         /// datagrams back to back.
         var pacingInterval: UInt64
@@ -147,7 +149,7 @@ public final class ForwardingTable: @unchecked Sendable {
                 (endpointInfo + e).initialize(to: EndpointInfo(
                     constants: ep.header.constants, tunnel: t.tunnel, addressLength: len, ipv6: !ep.address.isIPv4,
                     health: t.probed ? Int32(healthSlots[ep.key] ?? -1) : -1,
-                    seed: Rendezvous.seed(ep.key), counter: Int32(counter), path: Int32(pathSlots[ep.key] ?? -1),
+                    seed: Rendezvous.seed(ep.key), counter: Int32(counter), path: Int32(pathSlots[ep.key] ?? -1), interface: ep.interface,
                     pacingInterval: t.pacing?.interval ?? 0, pacingBurst: Int32(t.pacing?.burst ?? Emitter.maxSegments)))
                 ep.header.writeTemplate(to: templates + e * 64)
                 e += 1

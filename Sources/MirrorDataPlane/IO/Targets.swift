@@ -16,6 +16,10 @@ public struct ResolvedEndpoint: Sendable {
     /// Path MTU toward the endpoint (configured, or the route's).
     public var mtu: Int
     public var header: OuterHeader
+    /// The route's output interface when `source` was taken (0: unknown):
+    /// a link-layer path by another interface is not used with this
+    /// header, whose source may not be that interface's.
+    public var interface: Int32 = 0
 
     /// Frame bytes that fit the MTU after encapsulation.
     public var innerLimit: Int { header.innerLimit(mtu: mtu) }
@@ -116,8 +120,15 @@ public enum TargetResolver {
         guard header.innerLimit(mtu: mtu) >= 14 else {
             throw OperationalError("\(what): mtu \(mtu) leaves no room for a frame after \(header.overhead) bytes of encapsulation")
         }
-        return ResolvedEndpoint(key: HostPort(host: e.host, port: port == 0 ? nil : port).description, address: address, port: port,
-                                source: source, mtu: mtu, header: header)
+        var endpoint = ResolvedEndpoint(key: HostPort(host: e.host, port: port == 0 ? nil : port).description, address: address,
+                                        port: port, source: source, mtu: mtu, header: header)
+        var destination = address.bytes + [UInt8](repeating: 0, count: 16 - address.bytes.count)
+        var gateway = [UInt8](repeating: 0, count: 16)
+        var oif: Int32 = 0, hasGateway: Int32 = 0, type: Int32 = 0
+        if CMirrorSys_route_get(v4 ? AF_INET : AF_INET6, &destination, mark, &oif, &gateway, &hasGateway, &type) == 0 {
+            endpoint.interface = oif
+        }
+        return endpoint
     }
 
     /// An IPv6 endpoint on a host that gives the agent no IPv6 socket.

@@ -73,9 +73,9 @@ struct Suite: ParsableCommand {
             for r in 0..<runs {
                 note("== \(placement.rawValue) placement, \(receiver.rawValue) receiver, \(size)-byte frames, run \(r + 1) of \(runs)\n")
                 report.add(size: size, try bench.round(size: size, duration: duration, cpuDuration: cpuDuration))
-                report.generatorMethods = bench.generatorMethods
             }
         }
+        report.generatorMethods = bench.generatorMethods
         if tcp {
             for r in 0..<runs {
                 note("== iperf3 TCP, run \(r + 1) of \(runs)\n")
@@ -316,7 +316,7 @@ final class BenchNet: @unchecked Sendable {
         let json = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] ?? [:]
         t.offered = (json["sent"] as? NSNumber)?.doubleValue ?? 0
         t.seconds = (json["seconds"] as? NSNumber)?.doubleValue ?? duration
-        generatorMethods.insert(json["method"] as? String ?? "live")
+        if let method = json["method"] as? String { generatorMethods.insert(method) }
         t.production = monAfter.udpIn - monBefore.udpIn
         // The monitored host only receives: what m0 carried is production.
         t.expected = t.production

@@ -81,7 +81,9 @@ struct BrokerEndToEndTests {
         let inside = wireTimes.filter { Double($0.timestampNanoseconds) / 1e9 < stop - 0.002 }.map(\.bytes)
         let after = wireTimes.filter { Double($0.timestampNanoseconds) / 1e9 > stop + 0.002 }.map(\.bytes)
         let timed = of(11)
-        #expect(inside.count > 150 && after.count > 50, "the window closes mid-run: \(inside.count) before, \(after.count) after")
+        // Enough on both sides that the membership checks mean something
+        // (about 200 and 100 on a quiet host; a loaded CI host sends fewer).
+        #expect(inside.count > 50 && after.count > 50, "the window closes mid-run: \(inside.count) before, \(after.count) after")
         #expect(Array(timed.prefix(inside.count)) == inside && timed.allSatisfy { !after.contains($0) },
                 "timed: \(timed.count) copies, all \(inside.count) sent inside the window, none of the \(after.count) after")
         // start_at and stop_at: exactly the frames sent inside the window.
@@ -91,7 +93,7 @@ struct BrokerEndToEndTests {
         let within = flow4.filter { at($0) > open + 0.002 && at($0) < close - 0.002 }.map(\.bytes)
         let outside = flow4.filter { at($0) < open - 0.002 || at($0) > close + 0.002 }.map(\.bytes)
         let windowed = of(14)
-        #expect(within.count > 50 && outside.count > 100 && within.allSatisfy { windowed.contains($0) }
+        #expect(within.count > 10 && outside.count > 100 && within.allSatisfy { windowed.contains($0) }
                 && windowed.allSatisfy { !outside.contains($0) },
                 "window: \(windowed.count) copies, all \(within.count) sent inside, none of the \(outside.count) outside")
         for (s, reason) in [("timed", "duration"), ("counted", "max_packets"), ("sized", "max_bytes"), ("window", "stop_at")] {

@@ -129,6 +129,17 @@ static int set_rodata(struct bpf_object *obj, const char *var, const void *value
 	return -ENOENT;
 }
 
+/* Every ring carries BPF_F_NUMA_NODE, the template of tm_rings too (the
+ * kernel puts only rings of the template's flags in the array); node -1
+ * (NUMA_NO_NODE) leaves the memory where the kernel allocates it. */
+static int ringbuf_create(const char *name, uint32_t bytes, int node)
+{
+	LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = BPF_F_NUMA_NODE,
+		    .numa_node = node >= 0 ? (uint32_t)node : (uint32_t)-1);
+
+	return bpf_map_create(BPF_MAP_TYPE_RINGBUF, name, 0, 0, bytes, &opts);
+}
+
 int CMirrorBPF_object_configure(struct bpf_object *obj, uint32_t ring_bytes, uint32_t cpus, int *template_fd)
 {
 	struct bpf_map *rings = bpf_object__find_map_by_name(obj, "tm_rings");
@@ -141,7 +152,7 @@ int CMirrorBPF_object_configure(struct bpf_object *obj, uint32_t ring_bytes, uin
 	err = bpf_map__set_max_entries(rings, cpus);
 	if (err)
 		return err;
-	fd = bpf_map_create(BPF_MAP_TYPE_RINGBUF, "tm_ring_tmpl", 0, 0, ring_bytes, NULL);
+	fd = ringbuf_create("tm_ring_tmpl", ring_bytes, -1);
 	if (fd < 0)
 		return -errno;
 	err = bpf_map__set_inner_map_fd(rings, fd);
@@ -209,9 +220,9 @@ int CMirrorBPF_map_next_key(int fd, const void *key, void *next)
 	return neg_errno(bpf_map_get_next_key(fd, key, next));
 }
 
-int CMirrorBPF_ringbuf_create(const char *name, uint32_t bytes)
+int CMirrorBPF_ringbuf_create(const char *name, uint32_t bytes, int node)
 {
-	return neg_errno(bpf_map_create(BPF_MAP_TYPE_RINGBUF, name, 0, 0, bytes, NULL));
+	return neg_errno(ringbuf_create(name, bytes, node));
 }
 
 /* Writes entries 0..count-1 of an array in one call. */

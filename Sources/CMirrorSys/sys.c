@@ -449,6 +449,23 @@ int CMirrorSys_pin_thread(int cpu)
 	return -pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
+int CMirrorSys_narrow_thread(const int32_t *cpus, int count)
+{
+	cpu_set_t now, want;
+	int err = pthread_getaffinity_np(pthread_self(), sizeof(now), &now);
+
+	if (err)
+		return -err;
+	CPU_ZERO(&want);
+	for (int i = 0; i < count; i++)
+		if (cpus[i] >= 0 && cpus[i] < CPU_SETSIZE && CPU_ISSET(cpus[i], &now))
+			CPU_SET(cpus[i], &want);
+	if (CPU_COUNT(&want) == 0)
+		return CPU_COUNT(&now);
+	err = pthread_setaffinity_np(pthread_self(), sizeof(want), &want);
+	return err ? -err : CPU_COUNT(&want);
+}
+
 int CMirrorSys_cpu_count(void)
 {
 	return (int)sysconf(_SC_NPROCESSORS_ONLN);

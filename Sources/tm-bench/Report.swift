@@ -67,7 +67,8 @@ struct Report {
             out += "The generator runs on CPU 0; m0's receive work (RPS: the tc hooks, tc mirred, the sink) and traffic-mirror share CPU 1"
         }
         switch receiver {
-        case .socket: out += "; the target counts at tc ingress"
+        case .socket: out += "; the target counts at tc ingress, UDP GSO cut into datagrams on m1"
+        case .uso: out += "; the target counts at tc ingress, UDP GSO crossing m1 whole (as with a NIC's segmentation offload)"
         case .ring: out += "; the target counts at XDP behind a 256-slot veth ring drained on CPU 0"
         }
         out += agentSetup.isEmpty ? "." : ", with \(agentSetup)."

@@ -19,9 +19,12 @@ import MirrorTestSupport
 /// `shared`, m0's receive work steered to CPU 1 by RPS (the tc hooks,
 /// tc mirred and the sink run there) and the agent pinned to CPU 1 too, a
 /// host whose production CPU is also the agent's. Two
-/// receivers: `socket`, counted at t0's tc ingress (no ring to overflow),
-/// and `ring`, counted at XDP on t0, whose veth ring has 256 slots and is
-/// drained by a NAPI thread on CPU 0, like a sensor's small receive ring.
+/// receivers: `socket`, counted at t0's tc ingress (no ring to overflow);
+/// `uso`, the same with UDP GSO messages crossing m1 whole, as a NIC with
+/// UDP segmentation offload sends them (counted by the datagrams they
+/// carry); and `ring`, counted at XDP on t0, whose veth ring has 256 slots
+/// and is drained by a NAPI thread on CPU 0, like a sensor's small receive
+/// ring.
 struct Suite: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "suite",
@@ -40,8 +43,8 @@ struct Suite: ParsableCommand {
     var agentCPUs = "1"
     @Option(parsing: .upToNextOption, help: "Placements: separate (the agent on a CPU of its own) and shared (the agent on the CPU that takes the traffic).")
     var placements: [Placement] = Placement.allCases
-    @Option(parsing: .upToNextOption, help: "Receivers: socket (counted at tc, no ring) and ring (XDP on a 256-slot veth ring).")
-    var receivers: [Receiver] = Receiver.allCases
+    @Option(parsing: .upToNextOption, help: "Receivers: socket (counted at tc, no ring, UDP GSO cut into datagrams before the link), uso (the same, GSO crossing the link whole as a NIC with UDP segmentation offload sends it) and ring (XDP on a 256-slot veth ring, GSO cut).")
+    var receivers: [Receiver] = [.uso, .ring]
     @Option(help: "Also write the Markdown results to this file.") var output: String?
 
     func run() throws {
@@ -103,7 +106,13 @@ enum Placement: String, CaseIterable, ExpressibleByArgument {
 }
 
 enum Receiver: String, CaseIterable, ExpressibleByArgument {
-    case socket, ring
+    /// Counted at t0's tc ingress, UDP GSO cut into datagrams on m1.
+    case socket
+    /// Counted at t0's tc ingress, UDP GSO crossing whole (m1's default
+    /// offloads, like a NIC with UDP segmentation offload).
+    case uso
+    /// Counted at XDP behind t0's 256-slot veth ring, GSO cut on m1.
+    case ring
 }
 
 enum Scenario: String, CaseIterable {
@@ -210,9 +219,14 @@ final class BenchNet: @unchecked Sendable {
         // gives m0 one even without an XDP program.
         try lab.exec(mon, ["ethtool", "-K", "m0", "gro", "on"])
         // The link to the target behaves like a wire: what leaves is cut to
-        // datagrams before the peer, for both kinds of mirror.
-        try lab.exec(mon, ["ethtool", "-K", "m1", "tx-udp-segmentation", "off", "tx-udp_tnl-segmentation", "off",
-                           "tx-udp_tnl-csum-segmentation", "off"])
+        // datagrams before the peer, for both kinds of mirror; with the
+        // uso receiver, m1 keeps its default offloads and a UDP GSO message
+        // crosses whole, as a NIC with UDP segmentation offload takes it
+        // (the target counts its datagrams).
+        if receiver != .uso {
+            try lab.exec(mon, ["ethtool", "-K", "m1", "tx-udp-segmentation", "off", "tx-udp_tnl-segmentation", "off",
+                               "tx-udp_tnl-csum-segmentation", "off"])
+        }
         g0MAC = Self.format(try lab.mac(gen, "g0"))
         m0MAC = Self.format(try lab.mac(mon, "m0"))
         _ = try lab.start(mon, [benchBinary, "sink", "--port", "9999"])

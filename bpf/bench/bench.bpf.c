@@ -11,7 +11,10 @@
  * tm_count, the target: attached to the target's interface at tc ingress
  * (tcx), it counts the IPv4 UDP datagrams to `count_port` and drops them, as
  * a NIC of another host would take them away: the target's own stack costs
- * the benchmark next to nothing, whichever mirror sends.
+ * the benchmark next to nothing, whichever mirror sends. A UDP GSO message
+ * that crossed the link whole (the sending NIC cuts it, as one with UDP
+ * segmentation offload does) counts as the datagrams it carries
+ * (gso_segs, which the sending device's transmit path computed).
  *
  * tm_count_ring, the small-ring target: the same count at XDP. A veth with
  * an XDP program takes what its peer sends into a 256-slot ring drained by
@@ -68,9 +71,9 @@ struct {
 	__type(value, __u64);
 } count_frames SEC(".maps");
 
-/* Counts a frame between data and end if it is an IPv4 UDP datagram to
- * count_port: whether it was one (and is to be dropped). */
-static __always_inline int tm_counted(void *data, void *end)
+/* Counts a frame between data and end as `datagrams` if it is an IPv4 UDP
+ * datagram to count_port: whether it was one (and is to be dropped). */
+static __always_inline int tm_counted(void *data, void *end, __u32 datagrams)
 {
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
@@ -85,20 +88,23 @@ static __always_inline int tm_counted(void *data, void *end)
 		return 0;
 	n = bpf_map_lookup_elem(&count_frames, &zero);
 	if (n)
-		(*n)++;
+		*n += datagrams;
 	return 1;
 }
 
 SEC("tc")
 int tm_count(struct __sk_buff *skb)
 {
-	return tm_counted((void *)(long)skb->data, (void *)(long)skb->data_end) ? TC_ACT_SHOT : TC_ACT_OK;
+	__u32 segs = skb->gso_segs;
+
+	return tm_counted((void *)(long)skb->data, (void *)(long)skb->data_end, segs > 1 ? segs : 1) ?
+		TC_ACT_SHOT : TC_ACT_OK;
 }
 
 SEC("xdp")
 int tm_count_ring(struct xdp_md *ctx)
 {
-	return tm_counted((void *)(long)ctx->data, (void *)(long)ctx->data_end) ? XDP_DROP : XDP_PASS;
+	return tm_counted((void *)(long)ctx->data, (void *)(long)ctx->data_end, 1) ? XDP_DROP : XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

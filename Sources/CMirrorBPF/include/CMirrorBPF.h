@@ -58,8 +58,9 @@ int CMirrorBPF_map_update(int fd, const void *key, const void *value, uint64_t f
 int CMirrorBPF_map_lookup(int fd, const void *key, void *value);
 int CMirrorBPF_map_delete(int fd, const void *key);
 int CMirrorBPF_map_next_key(int fd, const void *key, void *next);
-/* Creates a BPF_MAP_TYPE_RINGBUF of `bytes`; returns its fd. */
-int CMirrorBPF_ringbuf_create(const char *name, uint32_t bytes);
+/* Creates a BPF_MAP_TYPE_RINGBUF of `bytes` whose memory lives on NUMA
+ * node `node` (-1: wherever the kernel allocates); returns its fd. */
+int CMirrorBPF_ringbuf_create(const char *name, uint32_t bytes, int node);
 /* Creates and fills the classifier tables of one scope (tm_abi.h): the
  * value-class array (TM_CLASS_ELEMENTS elements), the address bounds
  * (`bound_count`) and the bitmaps (`class_count`). On success returns 0 with

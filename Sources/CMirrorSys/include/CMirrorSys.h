@@ -128,6 +128,10 @@ int CMirrorSys_resolve(const char *host, struct sockaddr_storage *out, socklen_t
 
 /* Pins the calling thread to one CPU; -1 lets it run on all again. */
 int CMirrorSys_pin_thread(int cpu);
+/* Narrows the calling thread's CPUs to those of `cpus` it may already run
+ * on; where none of them is allowed it stays as it was. Returns how many
+ * CPUs it runs on now, or -errno. */
+int CMirrorSys_narrow_thread(const int32_t *cpus, int count);
 /* Number of CPUs online. */
 int CMirrorSys_cpu_count(void);
 

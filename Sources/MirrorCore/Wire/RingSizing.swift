@@ -43,6 +43,37 @@ public enum RingSizing {
         return "\(cpus) online CPU\(cpus == 1 ? "" : "s") × \(mib(ring)) = \(mib(cpus * ring)) (per ring: \(how))"
     }
 
+    /// The rings one forwarding thread drains: CPUs of one NUMA node
+    /// (`node` nil where the host tells none).
+    public struct Group: Equatable, Sendable {
+        public var node: Int?
+        public var cpus: [Int]
+        public init(node: Int?, cpus: [Int]) {
+            self.node = node
+            self.cpus = cpus
+        }
+    }
+
+    /// Cuts the rings of `cpus` into forwarding groups of at most
+    /// `perThread`: node by node (`nodes`: each NUMA node's id and CPUs, as
+    /// /sys/devices/system/node lists them), so a thread never merges
+    /// rings of two nodes, then in the order of `cpus` within a node. CPUs
+    /// that no node names come last, grouped the same way.
+    public static func groups(cpus: [Int], nodes: [(id: Int, cpus: [Int])], perThread: Int) -> [Group] {
+        let size = max(1, perThread)
+        var nodeOf = [Int: Int]()
+        for n in nodes { for c in n.cpus where nodeOf[c] == nil { nodeOf[c] = n.id } }
+        var out = [Group]()
+        func cut(_ list: [Int], _ node: Int?) {
+            for first in stride(from: 0, to: list.count, by: size) {
+                out.append(Group(node: node, cpus: Array(list[first..<min(first + size, list.count)])))
+            }
+        }
+        for id in Set(nodes.map(\.id)).sorted() { cut(cpus.filter { nodeOf[$0] == id }, id) }
+        cut(cpus.filter { nodeOf[$0] == nil }, nil)
+        return out
+    }
+
     static func mib(_ bytes: Int) -> String {
         bytes % (1 << 20) == 0 ? "\(bytes >> 20) MiB" : "\(bytes >> 10) KiB"
     }

@@ -236,6 +236,7 @@ public final class Agent: @unchecked Sendable {
             "rings": "\(forwarding.count)", "ring_bytes": "\(forwarding.bytesPerRing)",
             "ring_memory": "\(forwarding.count * Int(forwarding.bytesPerRing))",
             "batch": "\(options.forwarder.batchSize)", "forwarding_threads": "\(forwarding.forwarders.count)",
+            "numa_nodes": "\(forwarding.nodeCount)",
         ])
     }
 

@@ -1,14 +1,17 @@
+import CMirrorSys
 import Logging
 import MirrorCore
 
 /// The forwarding threads: the CPUs' rings cut into groups of at most
-/// `ringsPerThread` consecutive CPUs, each group with its own RingSet, its
-/// own Forwarder (sockets, emitter, batch) and its own thread. One thread
-/// merges its group's rings by timestamp, so the merge's cost per record is
-/// bounded by the group size however many CPUs the host has, and the groups
-/// forward side by side. The copies of a connection keep their order when
-/// its packets are hooked on CPUs of one group (every CPU, with one group:
-/// the default on hosts of up to 16 CPUs); across groups they may not.
+/// `ringsPerThread` CPUs of one NUMA node (RingSizing.groups), each group
+/// with its own RingSet (its memory on that node), its own Forwarder
+/// (sockets, emitter, batch) and its own thread, which runs on that node's
+/// CPUs where the agent may. One thread merges its group's rings by
+/// timestamp, so the merge's cost per record is bounded by the group size
+/// however many CPUs the host has, and the groups forward side by side.
+/// The copies of a connection keep their order when its packets are hooked
+/// on CPUs of one group (every CPU, with one group: the default on hosts of
+/// up to 16 CPUs); across groups they may not.
 /// The counters are shared (atomic adds once there are two threads).
 public final class ForwardingGroups: @unchecked Sendable {
     // @unchecked: everything is set once in init; each part is thread-safe
@@ -17,15 +20,18 @@ public final class ForwardingGroups: @unchecked Sendable {
     public let rings: [RingSet]
     public let forwarders: [Forwarder]
     public let counters: ForwarderCounters
+    /// NUMA nodes the groups span (0 where the host shows none).
+    public let nodeCount: Int
     private let threads: [DedicatedThread]
 
     public init(program: MirrorProgram, ringsPerThread: Int, mark: UInt32, own: OwnOutput,
                 settings: Forwarder.Settings, logger: Logger) throws(OperationalError) {
         let cpus = MirrorProgram.onlineCPUs().filter { $0 < program.cpuCount }
-        let size = max(1, ringsPerThread)
-        let groups = stride(from: 0, to: cpus.count, by: size).map { Array(cpus[$0..<min($0 + size, cpus.count)]) }
+        let nodes = MirrorProgram.numaNodes()
+        let groups = RingSizing.groups(cpus: cpus, nodes: nodes, perThread: ringsPerThread)
+        nodeCount = Set(groups.compactMap(\.node)).count
         do {
-            rings = try groups.map { g throws(SystemError) in try RingSet(program: program, cpus: g) }
+            rings = try groups.map { g throws(SystemError) in try RingSet(program: program, cpus: g.cpus, node: g.node) }
         } catch {
             throw OperationalError("cannot create the ring buffers: \(error); raise the memlock limit or lower --ring-size")
         }
@@ -39,10 +45,19 @@ public final class ForwardingGroups: @unchecked Sendable {
             throw OperationalError("cannot open the sending sockets: \(error); the agent needs CAP_NET_RAW")
         }
         threads = forwarders.map { _ in DedicatedThread() }
+        // With more than one node, a group's thread keeps to its node's CPUs
+        // (those the agent may use; all of them where it may use none).
+        let homes: [[Int32]] = nodeCount > 1
+            ? groups.map { g in (nodes.first { $0.id == g.node }?.cpus ?? []).map { Int32($0) } }
+            : groups.map { _ in [] }
         for (i, (t, f)) in zip(threads, forwarders).enumerated() {
             let name = forwarders.count == 1 ? "tm-forward" : "tm-forward-\(i)"
+            let home = homes[i]
             do {
-                try t.start { f.run(name: name) }
+                try t.start {
+                    if !home.isEmpty { _ = home.withUnsafeBufferPointer { CMirrorSys_narrow_thread($0.baseAddress, Int32($0.count)) } }
+                    f.run(name: name)
+                }
             } catch {
                 for (s, g) in zip(threads[..<i], forwarders[..<i]) { g.stop(); s.join() }
                 throw OperationalError("cannot start the forwarding thread: \(error)")

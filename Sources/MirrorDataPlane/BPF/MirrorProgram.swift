@@ -37,6 +37,18 @@ public final class MirrorProgram: @unchecked Sendable {
         return Array(0..<max(1, Int(CMirrorBPF_num_possible_cpus())))
     }
 
+    /// The NUMA nodes with CPUs and their CPUs (/sys/devices/system/node);
+    /// empty where the kernel shows none (no NUMA support).
+    public static func numaNodes() -> [(id: Int, cpus: [Int])] {
+        guard let list = try? String(contentsOfProcFile: "/sys/devices/system/node/online"),
+              let ids = RingSizing.cpus(list: list) else { return [] }
+        return ids.compactMap { id in
+            guard let text = try? String(contentsOfProcFile: "/sys/devices/system/node/node\(id)/cpulist"),
+                  let cpus = RingSizing.cpus(list: text) else { return nil }
+            return (id, cpus)
+        }
+    }
+
     private let object: OpaquePointer
     /// Written by `install` only (the agent's change path, one at a time).
     let profiles = Mutex(ProfileTable())

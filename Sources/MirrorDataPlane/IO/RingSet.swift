@@ -16,6 +16,8 @@ public final class RingSet: @unchecked Sendable {
     /// The CPU of each ring: those online at start (a CPU that comes online
     /// later has no ring; its hooks count `no_ring`).
     public let cpus: [Int]
+    /// The NUMA node of those CPUs, where the rings' memory lives.
+    public let node: Int?
     public let bytesPerRing: UInt32
     let rings: UnsafeMutablePointer<CMirrorBPF_ring>
     /// Read position per ring, ahead of the released consumer position.
@@ -41,9 +43,11 @@ public final class RingSet: @unchecked Sendable {
 
     /// One ring for each of `cpus` (a CPU may repeat: `tm-bench merge`
     /// simulates a host of many CPUs by giving one CPU many rings, each put
-    /// in the program's array in turn with `point(cpu:ring:)`).
-    public init(program: MirrorProgram, cpus: [Int]) throws(SystemError) {
+    /// in the program's array in turn with `point(cpu:ring:)`), its memory
+    /// on NUMA node `node` when one is given (the node of those CPUs).
+    public init(program: MirrorProgram, cpus: [Int], node: Int? = nil) throws(SystemError) {
         self.cpus = cpus
+        self.node = node
         count = cpus.count
         bytesPerRing = program.settings.ringBytes
         rings = .allocate(capacity: count)
@@ -57,7 +61,7 @@ public final class RingSet: @unchecked Sendable {
             wk = try SystemError.check(CMirrorSys_eventfd(), "eventfd")
             try SystemError.check(CMirrorSys_epoll_add(ep, wk, UInt32.max), "epoll_ctl(eventfd)")
             for (r, cpu) in cpus.enumerated() {
-                let fd = try SystemError.check(CMirrorBPF_ringbuf_create("tm_ring", bytesPerRing), "creating the ring buffer of CPU \(cpu)")
+                let fd = try SystemError.check(CMirrorBPF_ringbuf_create("tm_ring", bytesPerRing, Int32(node ?? -1)), "creating the ring buffer of CPU \(cpu)")
                 fds.append(fd)
                 var key = UInt32(cpu)
                 var value = fd

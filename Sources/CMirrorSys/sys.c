@@ -466,6 +466,11 @@ int CMirrorSys_narrow_thread(const int32_t *cpus, int count)
 	return err ? -err : CPU_COUNT(&want);
 }
 
+int CMirrorSys_current_cpu(void)
+{
+	return sched_getcpu();
+}
+
 int CMirrorSys_cpu_count(void)
 {
 	return (int)sysconf(_SC_NPROCESSORS_ONLN);

@@ -50,11 +50,20 @@ struct RingSizingTests {
         let interleaved = RingSizing.groups(cpus: Array(0..<64), nodes: [(1, odd), (0, even)], perThread: 16)
         #expect(interleaved == [G(node: 0, cpus: Array(even[0..<16])), G(node: 0, cpus: Array(even[16..<32])),
                                 G(node: 1, cpus: Array(odd[0..<16])), G(node: 1, cpus: Array(odd[16..<32]))])
+        // All of them fit in one group: one group, however many nodes (one
+        // thread keeps every connection's copies in order), the node named
+        // only when they share it.
+        #expect(RingSizing.groups(cpus: Array(0..<8), nodes: [(0, Array(0..<4)), (1, Array(4..<8))], perThread: 16)
+                == [G(node: nil, cpus: Array(0..<8))])
+        #expect(RingSizing.groups(cpus: [0, 1], nodes: [(0, [0, 1])], perThread: 16) == [G(node: 0, cpus: [0, 1])])
+        #expect(RingSizing.groups(cpus: Array(0..<48), nodes: [(0, Array(0..<24)), (1, Array(24..<48))], perThread: 48)
+                == [G(node: nil, cpus: Array(0..<48))], "--rings-per-thread at the CPU count: one group")
+        #expect(RingSizing.groups(cpus: [], nodes: [(0, [0])], perThread: 16).isEmpty)
         // Every ring in exactly one group, whatever the shape; offline CPUs
         // of a node are not in it, and a CPU no node names comes last.
         let some = RingSizing.groups(cpus: [0, 1, 2, 5, 7, 9], nodes: [(0, [0, 1, 2, 3]), (1, [4, 5, 6, 7])], perThread: 3)
         #expect(some == [G(node: 0, cpus: [0, 1, 2]), G(node: 1, cpus: [5, 7]), G(node: nil, cpus: [9])])
-        for size in [1, 3, 16, 1024] {
+        for size in [1, 3, 16, 255] {
             let g = RingSizing.groups(cpus: Array(0..<256), nodes: [(0, Array(0..<128)), (1, Array(128..<256))], perThread: size)
             #expect(g.flatMap(\.cpus).sorted() == Array(0..<256))
             #expect(g.allSatisfy { group in group.cpus.count <= size && group.cpus.allSatisfy { ($0 < 128 ? 0 : 1) == group.node } })

@@ -32,16 +32,18 @@ struct NUMATests {
         let result = Mutex<[Int32]>([])
         let thread = DedicatedThread()
         try thread.start {
-            var cpus: [Int32] = [0]
+            // A CPU this thread may run on: the one it runs on.
+            let here = CMirrorSys_current_cpu()
+            var cpus: [Int32] = [here]
             let one = CMirrorSys_narrow_thread(&cpus, 1)
             var outside: [Int32] = [-1, 100_000]
             let unchanged = CMirrorSys_narrow_thread(&outside, 2)
-            var back: [Int32] = [0, 1]
+            var back: [Int32] = [here, here + 1, here - 1]
             let still = CMirrorSys_narrow_thread(&back, 2)
             result.withLock { $0 = [one, unchanged, still] }
         }
         thread.join()
         let r = result.withLock { $0 }
-        #expect(r == [1, 1, 1], "narrowed to CPU 0; CPUs it may not use leave it there; a wider list does not widen it")
+        #expect(r == [1, 1, 1], "narrowed to its CPU; CPUs it may not use leave it there; a wider list does not widen it")
     }
 }

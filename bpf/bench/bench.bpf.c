@@ -97,6 +97,11 @@ int tm_count(struct __sk_buff *skb)
 {
 	__u32 segs = skb->gso_segs;
 
+	/* A GSO skb whose count the sending path did not fill in: its
+	 * datagrams from the length (IPv4, UDP, no options: what both
+	 * mirrors send). */
+	if (segs == 0 && skb->gso_size)
+		segs = (skb->len - 14 - 20 - 8 + skb->gso_size - 1) / skb->gso_size;
 	return tm_counted((void *)(long)skb->data, (void *)(long)skb->data_end, segs > 1 ? segs : 1) ?
 		TC_ACT_SHOT : TC_ACT_OK;
 }

@@ -132,6 +132,8 @@ int CMirrorSys_pin_thread(int cpu);
  * on; where none of them is allowed it stays as it was. Returns how many
  * CPUs it runs on now, or -errno. */
 int CMirrorSys_narrow_thread(const int32_t *cpus, int count);
+/* The CPU the calling thread runs on (sched_getcpu). */
+int CMirrorSys_current_cpu(void);
 /* Number of CPUs online. */
 int CMirrorSys_cpu_count(void);
 

@@ -55,7 +55,9 @@ public enum RingSizing {
     }
 
     /// Cuts the rings of `cpus` into forwarding groups of at most
-    /// `perThread`: node by node (`nodes`: each NUMA node's id and CPUs, as
+    /// `perThread`. When they all fit in one, they are one group (every
+    /// connection's copies in order; its node is theirs if they share one).
+    /// Otherwise node by node (`nodes`: each NUMA node's id and CPUs, as
     /// /sys/devices/system/node lists them), so a thread never merges
     /// rings of two nodes, then in the order of `cpus` within a node. CPUs
     /// that no node names come last, grouped the same way.
@@ -63,6 +65,10 @@ public enum RingSizing {
         let size = max(1, perThread)
         var nodeOf = [Int: Int]()
         for n in nodes { for c in n.cpus where nodeOf[c] == nil { nodeOf[c] = n.id } }
+        if cpus.count <= size {
+            let shared = Set(cpus.map { nodeOf[$0] })
+            return cpus.isEmpty ? [] : [Group(node: shared.count == 1 ? shared.first! : nil, cpus: cpus)]
+        }
         var out = [Group]()
         func cut(_ list: [Int], _ node: Int?) {
             for first in stride(from: 0, to: list.count, by: size) {

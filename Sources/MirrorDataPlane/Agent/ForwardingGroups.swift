@@ -3,10 +3,10 @@ import Logging
 import MirrorCore
 
 /// The forwarding threads: the CPUs' rings cut into groups of at most
-/// `ringsPerThread` CPUs of one NUMA node (RingSizing.groups), each group
-/// with its own RingSet (its memory on that node), its own Forwarder
-/// (sockets, emitter, batch) and its own thread, which runs on that node's
-/// CPUs where the agent may. One thread merges its group's rings by
+/// `ringsPerThread` CPUs (of one NUMA node, when there is more than one
+/// group: RingSizing.groups), each group with its own RingSet (its memory
+/// on that node), its own Forwarder (sockets, emitter, batch) and its own
+/// thread, which runs on that node's CPUs where the agent may. One thread merges its group's rings by
 /// timestamp, so the merge's cost per record is bounded by the group size
 /// however many CPUs the host has, and the groups forward side by side.
 /// The copies of a connection keep their order when its packets are hooked
@@ -20,7 +20,7 @@ public final class ForwardingGroups: @unchecked Sendable {
     public let rings: [RingSet]
     public let forwarders: [Forwarder]
     public let counters: ForwarderCounters
-    /// NUMA nodes the groups span (0 where the host shows none).
+    /// NUMA nodes of the rings' CPUs (0 where the host shows none).
     public let nodeCount: Int
     private let threads: [DedicatedThread]
 
@@ -29,7 +29,8 @@ public final class ForwardingGroups: @unchecked Sendable {
         let cpus = MirrorProgram.onlineCPUs().filter { $0 < program.cpuCount }
         let nodes = MirrorProgram.numaNodes()
         let groups = RingSizing.groups(cpus: cpus, nodes: nodes, perThread: ringsPerThread)
-        nodeCount = Set(groups.compactMap(\.node)).count
+        let online = Set(cpus)
+        nodeCount = nodes.filter { !online.isDisjoint(with: $0.cpus) }.count
         do {
             rings = try groups.map { g throws(SystemError) in try RingSet(program: program, cpus: g.cpus, node: g.node) }
         } catch {
@@ -46,10 +47,11 @@ public final class ForwardingGroups: @unchecked Sendable {
         }
         threads = forwarders.map { _ in DedicatedThread() }
         // With more than one node, a group's thread keeps to its node's CPUs
-        // (those the agent may use; all of them where it may use none).
-        let homes: [[Int32]] = nodeCount > 1
-            ? groups.map { g in (nodes.first { $0.id == g.node }?.cpus ?? []).map { Int32($0) } }
-            : groups.map { _ in [] }
+        // (those the agent may use; all of them where it may use none); a
+        // group of several nodes' CPUs has no node and stays as it is.
+        let homes: [[Int32]] = groups.map { g in
+            nodeCount > 1 ? (nodes.first { $0.id == g.node }?.cpus ?? []).map { Int32($0) } : []
+        }
         for (i, (t, f)) in zip(threads, forwarders).enumerated() {
             let name = forwarders.count == 1 ? "tm-forward" : "tm-forward-\(i)"
             let home = homes[i]

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CMirrorBPF
 import MirrorBPFObject
+import MirrorCore
 
 #if canImport(Glibc)
 import Glibc
@@ -13,9 +14,7 @@ struct VersionCommand: ParsableCommand {
     )
 
     func run() throws {
-        var u = utsname()
-        uname(&u)
-        let kernel = withUnsafeBytes(of: u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let kernel = KernelRelease.current()
         print("traffic-mirror \(TrafficMirror.version)")
         print("libbpf \(libbpfVersion)")
         print("bpf object sha256 \(MirrorBPFObject.sha256) (\(MirrorBPFObject.bytes.count) bytes)")

@@ -216,6 +216,13 @@ public final class Agent: @unchecked Sendable {
     /// Loads the program, creates the rings and starts the forwarding
     /// thread. Nothing is attached yet: see `apply`.
     public init(options: Options, logger: Logger) throws(OperationalError) {
+        var options = options
+        let release = KernelRelease.current()
+        if options.forwarder.gso && KernelRelease.fragmentsPacketSocketGSO(release) {
+            options.forwarder.gso = false
+            logger.warning("this kernel sends UDP GSO messages of packet sockets as IP fragments where the device segments UDP (Linux 6.2 to 6.4.5); every copy leaves as a frame of its own, as with --no-gso",
+                           metadata: ["kernel": "\(release)"])
+        }
         self.options = options
         self.logger = logger
         program = try MirrorProgram(settings: options.program)

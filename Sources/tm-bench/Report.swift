@@ -65,6 +65,8 @@ struct Report {
             out += agentCPUs.isEmpty ? "any CPU" : "CPU \(agentCPUs) (taskset)"
         case .shared:
             out += "The generator runs on CPU 0; m0's receive work (RPS: the tc hooks, tc mirred, the sink) and traffic-mirror share CPU 1"
+        case .threaded:
+            out += "The generator runs on CPU 0; m0's receive work (its NAPI in a kernel thread pinned to CPU 1: the tc hooks, tc mirred, the sink) and traffic-mirror share CPU 1"
         }
         switch receiver {
         case .socket: out += "; the target counts at tc ingress, UDP GSO cut into datagrams on m1"
@@ -89,6 +91,15 @@ struct Report {
             let productionRatio = rs.map { $0.saturation[.agent]!.productionRate / $0.saturation[.mirred]!.productionRate }
             out += "\n- mirrored pps at saturation: \(Self.ratios(mirroredRatio)) tc mirred's\n"
             out += "- production pps at saturation: \(Self.ratios(productionRatio)) tc mirred's\n"
+            let agentSat = rs.map { $0.saturation[.agent]! }, mirredSat = rs.map { $0.saturation[.mirred]! }
+            func share(_ v: [Double]) -> String {
+                v.map { String(format: "%.0f %%", $0 * 100) }.joined(separator: ", ")
+            }
+            out += "- at saturation, share of the generator's time: CPU 1 in softirq (/proc/stat) with traffic-mirror "
+            out += share(agentSat.map { $0.softirqCPU1 / $0.seconds })
+            out += ", with tc mirred " + share(mirredSat.map { $0.softirqCPU1 / $0.seconds })
+            out += "; traffic-mirror's forwarding threads on a CPU (user and system, /proc/PID/task, which includes softirq run in their context) "
+            out += share(agentSat.map { $0.forwarding / $0.seconds }) + "\n"
 
             let cpuAgent = rs.map { Round.cpuPerMirrored($0.cpu[.agent]!, none: $0.cpu[.none]!) }
             let cpuMirred = rs.map { Round.cpuPerMirrored($0.cpu[.mirred]!, none: $0.cpu[.none]!) }

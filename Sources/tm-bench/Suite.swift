@@ -41,8 +41,8 @@ struct Suite: ParsableCommand {
     @Option(help: "traffic-mirror's ingress hook for the UDP rounds: tc (its default) or xdp. TCP rounds use tc.") var ingressHook = "tc"
     @Option(help: "CPUs traffic-mirror runs on in the separate placement (a taskset list; empty: anywhere). The generator and the hooks take CPU 0.")
     var agentCPUs = "1"
-    @Option(parsing: .upToNextOption, help: "Placements: separate (the agent on a CPU of its own) and shared (the agent on the CPU that takes the traffic).")
-    var placements: [Placement] = Placement.allCases
+    @Option(parsing: .upToNextOption, help: "Placements: separate (the agent on a CPU of its own), shared (the agent on the CPU that takes the traffic, by RPS) and shared-threaded (the same CPU, m0's NAPI in a kernel thread there).")
+    var placements: [Placement] = [.separate, .shared]
     @Option(parsing: .upToNextOption, help: "Receivers: socket (counted at tc, no ring, UDP GSO cut into datagrams before the link), uso (the same, GSO crossing the link whole as a NIC with UDP segmentation offload sends it) and ring (XDP on a 256-slot veth ring, GSO cut).")
     var receivers: [Receiver] = [.uso, .ring]
     @Option(help: "Also write the Markdown results to this file.") var output: String?
@@ -65,7 +65,7 @@ struct Suite: ParsableCommand {
     /// One placement and receiver: every size, `runs` times (and TCP).
     func section(_ placement: Placement, _ receiver: Receiver, machine: String, tcp: Bool) throws -> String {
         let bench = try BenchNet(agent: agent, object: object, agentArguments: agentArguments.split(separator: " ").map(String.init),
-                                 agentCPUs: placement == .shared ? "1" : agentCPUs, ingressHook: ingressHook,
+                                 agentCPUs: placement == .separate ? agentCPUs : "1", ingressHook: ingressHook,
                                  placement: placement, receiver: receiver)
         Suite.current = bench
         defer { bench.lab.teardown() }
@@ -103,6 +103,10 @@ struct Suite: ParsableCommand {
 
 enum Placement: String, CaseIterable, ExpressibleByArgument {
     case separate, shared
+    /// Shared, with m0's NAPI in a kernel thread (`threaded`) on CPU 1
+    /// instead of RPS: the traffic's receive work is a task the scheduler
+    /// shares with the agent.
+    case threaded = "shared-threaded"
 }
 
 enum Receiver: String, CaseIterable, ExpressibleByArgument {
@@ -139,6 +143,11 @@ struct Trial {
     var busy: Double = 0
     /// The agent's own drop counters, by reason.
     var drops: [String: Double] = [:]
+    /// CPU seconds the agent's forwarding threads ran (tm-forward*).
+    var forwarding: Double = 0
+    /// CPU seconds CPU 1 (the agent's CPU in the shared placement) spent
+    /// in softirq.
+    var softirqCPU1: Double = 0
 
     var offeredRate: Double { offered / seconds }
     var productionRate: Double { production / seconds }
@@ -238,6 +247,7 @@ final class BenchNet: @unchecked Sendable {
             // the stack (tc hooks, tc mirred, the sink) runs on CPU 1.
             try lab.exec(mon, ["sh", "-c", "echo 2 > /sys/class/net/m0/queues/rx-0/rps_cpus"])
         }
+        if placement == .threaded { try pinNAPI(mon, "m0", cpu: 1) }
         if receiver == .ring { try pinNAPI(tgt, "t0", cpu: 0) }
         // Resolve the neighbours once so no trial waits for ARP.
         try lab.exec(gen, ["ping", "-c", "1", "-W", "1", "198.18.0.2"])
@@ -320,10 +330,16 @@ final class BenchNet: @unchecked Sendable {
         defer { tearDown(s, agentProcess) }
         let monBefore = try Snmp(lab, mon), tgtBefore = try targetCount()
         let cpuBefore = try CPUTime.read()
+        let forwardingBefore = agentProcess.map { CPUTime.forwarding(pid: $0.pid) } ?? 0
+        let softirqBefore = try CPUTime.softirq(cpu: 1)
         let out = try Shell.check(["taskset", "-c", "0", "ip", "netns", "exec", gen, benchBinary, "generate",
                                    "--object", object, "--interface", "g0", "--dst-mac", m0MAC, "--src-mac", g0MAC,
                                    "--frame-size", "\(size)", "--rate", "\(Int(rate))", "--duration", "\(duration)"],
                                   timeout: duration + 60)
+        // What the threads ran while the generator did (the drain after it
+        // is not saturation).
+        t.forwarding = (agentProcess.map { CPUTime.forwarding(pid: $0.pid) } ?? 0) - forwardingBefore
+        t.softirqCPU1 = try CPUTime.softirq(cpu: 1) - softirqBefore
         try settle()
         let cpuAfter = try CPUTime.read()
         let monAfter = try Snmp(lab, mon), tgtAfter = try targetCount()
@@ -503,6 +519,31 @@ enum CPUTime {
         guard v.count >= 7 else { throw Failure("short cpu line in /proc/stat") }
         let busy = v[0] + v[1] + v[2] + v[5] + v[6]
         return busy / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// Softirq CPU seconds of one CPU, from /proc/stat.
+    static func softirq(cpu: Int) throws -> Double {
+        let text = try String(contentsOfFile: "/proc/stat", encoding: .utf8)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("cpu\(cpu) ") }) else { return 0 }
+        let v = line.split(separator: " ").dropFirst().compactMap { Double($0) }
+        return v.count >= 7 ? v[6] / Double(sysconf(Int32(_SC_CLK_TCK))) : 0
+    }
+
+    /// CPU seconds (user and system) the threads of `pid` named tm-forward…
+    /// have run, from /proc/PID/task/*/stat.
+    static func forwarding(pid: Int32) -> Double {
+        let dir = "/proc/\(pid)/task"
+        var ticks = 0.0
+        for tid in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            guard let stat = try? String(contentsOfFile: "\(dir)/\(tid)/stat", encoding: .utf8),
+                  let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")"),
+                  stat[stat.index(after: open)..<close].hasPrefix("tm-forward") else { continue }
+            // After "(comm)": state is field 3, utime 14, stime 15.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { continue }
+            ticks += user + system
+        }
+        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 }
 

@@ -14,12 +14,13 @@ import MirrorTestSupport
 /// drops each datagram that arrives, like the NIC of a separate host: a
 /// batched or segmented send counts once per datagram on the wire.
 ///
-/// Two placements: `separate`, the monitored host's receive work (m0's
-/// NAPI) on CPU 0 with the generator and the agent on CPU 1 of its own;
+/// Placements: `separate`, the monitored host's receive work (m0's NAPI)
+/// on CPU 0 with the generator and the agent on CPU 1 of its own;
 /// `shared`, m0's receive work steered to CPU 1 by RPS (the tc hooks,
 /// tc mirred and the sink run there) and the agent pinned to CPU 1 too, a
-/// host whose production CPU is also the agent's. Two
-/// receivers: `socket`, counted at t0's tc ingress (no ring to overflow);
+/// host whose production CPU is also the agent's; `shared-threaded`, the
+/// same with m0's NAPI in a kernel thread on CPU 1 instead of RPS.
+/// Receivers: `socket`, counted at t0's tc ingress (no ring to overflow);
 /// `uso`, the same with UDP GSO messages crossing m1 whole, as a NIC with
 /// UDP segmentation offload sends them (counted by the datagrams they
 /// carry); and `ring`, counted at XDP on t0, whose veth ring has 256 slots

@@ -332,6 +332,15 @@ struct SourcesEndToEndTests {
         #expect(agent.stderr.components(separatedBy: " INFO attached ").count - 1 == n)
 
         let wire = try Capture(lab: lab, ns: topo.tgt, device: "t0", filter: ["-Q", "in", "udp", "port", "4789"])
+        // The new link carries traffic once the kernel has activated both
+        // ends (link events of 1,024 new devices can take seconds on a
+        // loaded host): until then ARP goes unanswered and the datagrams
+        // queued behind it are dropped.
+        var reachable = false
+        for _ in 0..<20 where !reachable {
+            reachable = (try? lab.exec(topo.src, ["ping", "-c", "1", "-W", "1", "198.18.5.1"])) != nil
+        }
+        #expect(reachable, "198.18.5.1 over pb\(n - 1)")
         try lab.exec(topo.src, ["python3", "-c", """
             import socket
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -352,7 +361,7 @@ struct SourcesEndToEndTests {
         let m = try MetricsEndToEndTests.scrape(topo)
         #expect(m.all("traffic_mirror_hook_info").count == n)
         #expect(m.value("traffic_mirror_interface_events_total", ["event": "failed"]) == 1)
-        // The datagrams, and the ARP exchange before them.
+        // The datagrams, the pings and the ARP exchange before them.
         #expect((m.value("traffic_mirror_source_selected_packets_total", ["interface": "pa\(n - 1)", "direction": "ingress"]) ?? 0) >= 100)
 
         let s = Date()

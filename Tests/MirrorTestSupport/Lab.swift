@@ -229,6 +229,15 @@ public final class Capture: @unchecked Sendable {
         return try frames()
     }
 
+    /// Stops tcpdump and returns the frames and what it says the kernel
+    /// dropped before tcpdump read them (its capture ring was full): those
+    /// frames reached the device but are not in the file.
+    public func stopCountingDrops() throws -> (frames: [PcapReader.Frame], droppedByKernel: Int) {
+        let f = try stop()
+        let line = process.stderr.split(separator: "\n").first { $0.hasSuffix("packets dropped by kernel") }
+        return (f, line.flatMap { Int($0.split(separator: " ").first ?? "") } ?? 0)
+    }
+
     /// Length of the whole records at the start of a pcap file.
     private func safePrefix(_ b: [UInt8]) -> Int {
         var o = 24
